@@ -1,0 +1,3 @@
+from bestckpt.cli import main
+
+raise SystemExit(main())
