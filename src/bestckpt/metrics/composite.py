@@ -1,0 +1,172 @@
+"""Composite score: a weighted mean of metrics, each first mapped to a bounded higher-is-better scale in [0, 1].
+
+    composite = Σ_k w_k · m_k(x_k) / Σ_k w_k
+
+Default weights are the guide's (CLIP 0.4, IS 0.3, LPIPS 0.2, FID 0.1). The original applied *negative* weights to
+``1/(1+x)`` of LPIPS and FID — a better (lower) LPIPS or FID then *lowered* the composite — and mixed raw IS (2–10)
+with raw CLIP cosines (≈0.3), so IS swamped everything. Here every mapping is strictly monotone in the metric's
+"better" direction and bounded, so a better value of any component always raises the composite, and all weights are
+positive. Default mappings (the ``scale`` is the value mapped to 0.5):
+
+- ``clip_score`` (raw cosine in [-1, 1]): ``LinearMap(-1, 1)`` → (x + 1) / 2   (other conventions: see
+  :func:`default_mappings`)
+- ``inception_score`` (≥ 1): ``ReciprocalComplementMap()`` → 1 − 1/x
+- ``lpips`` (≥ 0, lower is better): ``InverseMap(0.5)`` → 1 / (1 + x/0.5)
+- ``fid`` (≥ 0, lower is better): ``InverseMap(50)`` → 1 / (1 + x/50)
+
+Contract: if any weighted component is absent, ``None``, NaN or infinite, :class:`CompositeUnavailableError` is raised
+(there is never a partial composite, so a broken evaluation can never beat a working one).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .errors import CompositeUnavailableError
+
+__all__ = [
+    "ScoreMap", "LinearMap", "InverseMap", "RatioMap", "ReciprocalComplementMap", "LogisticMap",
+    "composite_score", "default_mappings", "DEFAULT_WEIGHTS",
+]
+
+#: The guide's weights (all positive: the direction is handled by the mappings).
+DEFAULT_WEIGHTS: dict[str, float] = {"clip_score": 0.4, "inception_score": 0.3, "lpips": 0.2, "fid": 0.1}
+
+
+class ScoreMap:
+    """A strictly monotone map of a metric value to (0, 1); ``increasing`` says which direction is better."""
+
+    increasing: bool = True
+
+    def __call__(self, x: float) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class LinearMap(ScoreMap):
+    """(x − lo) / (hi − lo) for a higher-is-better metric bounded in [lo, hi]; values outside raise."""
+
+    lo: float
+    hi: float
+    increasing = True
+
+    def __call__(self, x: float) -> float:
+        tol = 1e-6 * (self.hi - self.lo)
+        if not self.lo - tol <= x <= self.hi + tol:
+            raise ValueError(f"value {x} is outside the mapping range [{self.lo}, {self.hi}]; configure a mapping "
+                             f"that matches this metric's scale (e.g. another CLIP convention)")
+        return (min(max(x, self.lo), self.hi) - self.lo) / (self.hi - self.lo)
+
+
+@dataclass(frozen=True)
+class InverseMap(ScoreMap):
+    """1 / (1 + x/scale) for a lower-is-better metric x ≥ 0 (FID, LPIPS)."""
+
+    scale: float
+    increasing = False
+
+    def __call__(self, x: float) -> float:
+        if x < 0:
+            raise ValueError(f"InverseMap expects a non-negative value, got {x}; use LogisticMap for metrics that "
+                             f"can be negative (e.g. KID)")
+        return 1.0 / (1.0 + x / self.scale)
+
+
+@dataclass(frozen=True)
+class RatioMap(ScoreMap):
+    """x / (x + scale) for a higher-is-better metric x ≥ 0."""
+
+    scale: float
+    increasing = True
+
+    def __call__(self, x: float) -> float:
+        if x < 0:
+            raise ValueError(f"RatioMap expects a non-negative value, got {x}")
+        return x / (x + self.scale)
+
+
+@dataclass(frozen=True)
+class ReciprocalComplementMap(ScoreMap):
+    """1 − 1/x for a higher-is-better metric x ≥ 1 (Inception Score: 1 = one class or uniform, up to #classes)."""
+
+    increasing = True
+
+    def __call__(self, x: float) -> float:
+        if x < 1.0 - 1e-9:
+            raise ValueError(f"ReciprocalComplementMap expects a value >= 1 (an Inception Score), got {x}")
+        return 1.0 - 1.0 / max(x, 1.0)
+
+
+@dataclass(frozen=True)
+class LogisticMap(ScoreMap):
+    """σ((x − center)/scale), or σ(−(x − center)/scale) when ``higher_is_better`` is False; any real x."""
+
+    scale: float = 1.0
+    center: float = 0.0
+    higher_is_better: bool = True
+
+    @property
+    def increasing(self) -> bool:  # type: ignore[override]
+        return self.higher_is_better
+
+    def __call__(self, x: float) -> float:
+        z = (x - self.center) / self.scale
+        z = z if self.higher_is_better else -z
+        return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
+def default_mappings(clip_convention: str = "cosine") -> dict[str, ScoreMap]:
+    """Default mappings of the guide's four components; the CLIP range follows the CLIP score convention."""
+    clip_ranges = {"cosine": (-1.0, 1.0), "torchmetrics": (0.0, 100.0), "hessel": (0.0, 2.5)}
+    if clip_convention not in clip_ranges:
+        raise ValueError(f"unknown CLIP convention {clip_convention!r}; use one of {sorted(clip_ranges)}")
+    return {
+        "clip_score": LinearMap(*clip_ranges[clip_convention]),
+        "inception_score": ReciprocalComplementMap(),
+        "lpips": InverseMap(0.5),
+        "fid": InverseMap(50.0),
+    }
+
+
+def composite_score(
+    metrics: Mapping[str, float | None],
+    weights: Mapping[str, float] | None = None,
+    mappings: Mapping[str, ScoreMap] | None = None,
+) -> float:
+    """Weighted mean in [0, 1] of the mapped components named in ``weights``.
+
+    ``weights``/``mappings`` default to the registry's (the guide's four plus any custom metric registered with a
+    ``composite_weight``). Raises :class:`CompositeUnavailableError` if a weighted component is missing or failed,
+    and ValueError for a non-positive weight or a mapping whose direction contradicts the metric's.
+    """
+    if weights is None or mappings is None:
+        from .registry import composite_defaults  # registry imports this module: import lazily
+
+        default_w, default_m = composite_defaults()
+        weights = default_w if weights is None else weights
+        mappings = {**default_m, **(mappings or {})}
+    if not weights:
+        raise ValueError("composite weights are empty; give at least one metric a positive weight")
+    missing = tuple(
+        k for k in weights
+        if metrics.get(k) is None or not math.isfinite(float(metrics[k]))  # type: ignore[arg-type]
+    )
+    if missing:
+        raise CompositeUnavailableError(
+            f"composite score unavailable: component(s) {list(missing)} missing or failed "
+            f"(got {{{', '.join(f'{k}: {metrics.get(k)!r}' for k in missing)}}}); no partial composite is computed",
+            missing,
+        )
+    total_w = 0.0
+    acc = 0.0
+    for name, w in weights.items():
+        if not (w > 0 and math.isfinite(w)):
+            raise ValueError(f"composite weight for {name!r} must be positive and finite, got {w}; the direction of "
+                             f"a metric is handled by its mapping, not by a negative weight")
+        if name not in mappings:
+            raise ValueError(f"no composite mapping for {name!r}; pass mappings={{{name!r}: InverseMap(...)}} or "
+                             f"register the metric with a mapping")
+        acc += w * mappings[name](float(metrics[name]))  # type: ignore[arg-type]
+        total_w += w
+    return acc / total_w
