@@ -1,0 +1,418 @@
+"""The evaluation protocol: everything that decides a score, fixed and hashed.
+
+Scores from two checkpoints are only comparable when they were made the same way: same prompts,
+same seeds (hence the same initial noise), same sampler settings, same reference images, same
+backbones and metrics and composite weights. :class:`Protocol` holds all of that; its
+:attr:`Protocol.hash` (sha256 over a canonical JSON form *and the bytes of every reference
+file*) is stored with every score, and the tracker never compares scores with different hashes.
+
+Prompts and reference images should be **held out** from the training data: prompts from the
+training set reward memorisation (the original guide drew them from the training CSV).
+
+Sample sizes: the guide evaluated 20 images. At that size FID (2048-d covariance, rank <= 19)
+and Inception Score (10 splits of 2 images) are noise. The default here is 2,500 samples: more
+than the 2,049 a full-rank 2048-d covariance needs, within the 2k-10k used for in-loop checks,
+250 images per IS split, and enough for KID subsets of 1,000 (KID is unbiased, so it is the
+metric to trust at small N). A protocol with fewer samples is allowed but warns.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import types
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from bestckpt.evaluation.sampler import SamplerSettings
+
+__all__ = [
+    "DEFAULT_BACKBONES",
+    "DEFAULT_METRICS",
+    "DEFAULT_NUM_SAMPLES",
+    "IMAGE_SUFFIXES",
+    "Protocol",
+    "ProtocolError",
+    "SmallSampleWarning",
+    "derive_seed",
+    "load_prompt_file",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NUM_SAMPLES = 2500
+DEFAULT_METRICS = ("clip_score", "lpips", "inception_score", "fid", "kid", "composite_score")
+DEFAULT_BACKBONES: Mapping[str, str] = types.MappingProxyType(
+    {"inception": "inception-2015-12-05", "clip": "clip-vit-b-32", "lpips": "lpips-alex"}
+)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# the guide's CSV columns
+CSV_PROMPT_COLUMN = "text_en"
+CSV_IMAGE_COLUMN = "image_path"
+# below these, FID / IS are dominated by sampling noise (see module docstring)
+FID_MIN_SAMPLES = 2049
+IS_MIN_SAMPLES = 1000
+_HASH_VERSION = 1
+
+
+class ProtocolError(ValueError):
+    """The protocol or one of its files is invalid; the message names the value and the fix."""
+
+
+class SmallSampleWarning(UserWarning):
+    """num_samples is too small for FID or Inception Score to mean anything."""
+
+
+def derive_seed(base_seed: int, index: int) -> int:
+    """Seed of sample ``index``: a stable 32-bit hash of (base seed, index).
+
+    Hash-derived rather than ``base + index`` so neighbouring base seeds do not share most of their
+    noise; 32-bit so it fits every RNG (torch, numpy's legacy RandomState, JAX).
+    """
+    digest = hashlib.sha256(f"bestckpt-seed:{int(base_seed)}:{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_prompt_file(path: str | Path) -> tuple[tuple[str, ...], tuple[Path | None, ...]]:
+    """Read prompts (and paired reference image paths, when the format has them).
+
+    ``.txt``: one prompt per line, blank lines skipped. ``.csv``: the guide's columns
+    ``image_path,text_en`` (``image_path`` may be empty for a row without reference). ``.json``:
+    a list of strings, or of objects ``{"text": ..., "image_path": ...}`` (``text_en``/``prompt``
+    accepted for ``text``). Relative image paths are relative to the prompt file's folder.
+    Returns ``(prompts, reference_paths)`` with one entry per prompt (``None``: no reference).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ProtocolError(f"prompt file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    base = path.parent
+    prompts: list[str] = []
+    refs: list[Path | None] = []
+
+    def ref_of(value: Any) -> Path | None:
+        if value is None or str(value).strip() == "":
+            return None
+        p = Path(str(value).strip())
+        return p if p.is_absolute() else base / p
+
+    if suffix == ".txt":
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                prompts.append(line.strip())
+                refs.append(None)
+    elif suffix == ".csv":
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            found = [c.strip() for c in (reader.fieldnames or [])]
+            if CSV_PROMPT_COLUMN not in found:
+                raise ProtocolError(
+                    f"prompt CSV {str(path)!r} has columns {found}; expected columns "
+                    f"{[CSV_IMAGE_COLUMN, CSV_PROMPT_COLUMN]} ('{CSV_IMAGE_COLUMN}' may be empty per row)"
+                )
+            for row in reader:
+                row = {(k or "").strip(): v for k, v in row.items()}
+                text = (row.get(CSV_PROMPT_COLUMN) or "").strip()
+                if not text:
+                    continue
+                prompts.append(text)
+                refs.append(ref_of(row.get(CSV_IMAGE_COLUMN)))
+    elif suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ProtocolError(f"prompt file {str(path)!r} is not valid JSON: {exc}") from exc
+        if isinstance(data, dict) and "prompts" in data:
+            data = data["prompts"]
+        if not isinstance(data, list):
+            raise ProtocolError(f"prompt JSON {str(path)!r} must be a list of strings or of objects with 'text'")
+        for i, item in enumerate(data):
+            if isinstance(item, str):
+                prompts.append(item.strip())
+                refs.append(None)
+            elif isinstance(item, dict):
+                text = item.get("text", item.get("text_en", item.get("prompt")))
+                if not isinstance(text, str) or not text.strip():
+                    raise ProtocolError(
+                        f"prompt JSON {str(path)!r} item {i} has keys {sorted(item)}; expected 'text' "
+                        "(or 'text_en'/'prompt') and optionally 'image_path'"
+                    )
+                prompts.append(text.strip())
+                refs.append(ref_of(item.get("image_path")))
+            else:
+                raise ProtocolError(f"prompt JSON {str(path)!r} item {i} is a {type(item).__name__}")
+    else:
+        raise ProtocolError(f"prompt file {str(path)!r} has suffix {suffix!r}; expected .txt, .csv or .json")
+    if not prompts:
+        raise ProtocolError(f"prompt file {str(path)!r} contains no prompts")
+    return tuple(prompts), tuple(refs)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What is compared. Frozen: changing any field makes a new protocol with a new hash.
+
+    prompts: evaluation prompts (held out from training). Sample ``i`` uses prompt
+      ``prompts[i % len(prompts)]`` and seed ``derive_seed(seed, i)``, so the first
+      ``len(prompts)`` samples show each prompt once and are the ones written as sample files.
+    reference_images: one path (or None) per prompt for LPIPS and the comparison images;
+      ``None`` for no paired references.
+    reference_dir: folder of real images for FID/KID reference statistics (optional).
+    num_samples: images generated per evaluation (default 2,500; see module docstring).
+    metrics: None (default) means every metric the data supports: CLIP score, IS and the
+      composite always, LPIPS with paired references, FID/KID with a reference set.
+    seed: base seed of the per-sample seeds and of the metrics' random subsets.
+    """
+
+    prompts: tuple[str, ...]
+    reference_images: tuple[Path | None, ...] | None = None
+    reference_dir: Path | None = None
+    num_samples: int = DEFAULT_NUM_SAMPLES
+    seed: int = 0
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
+    backbones: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_BACKBONES))
+    metrics: tuple[str, ...] | None = None
+    composite_weights: Mapping[str, float] | None = None
+    name: str = "default"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prompts, str) or not isinstance(self.prompts, Sequence):
+            raise ProtocolError(f"prompts must be a sequence of strings, got {type(self.prompts).__name__}")
+        prompts = tuple(self.prompts)
+        if not prompts:
+            raise ProtocolError("prompts is empty; give at least one held-out evaluation prompt")
+        bad = [p for p in prompts if not isinstance(p, str) or not p.strip()]
+        if bad:
+            raise ProtocolError(f"prompts must be non-empty strings; got {bad[:3]!r}")
+        object.__setattr__(self, "prompts", prompts)
+        if isinstance(self.num_samples, bool) or not isinstance(self.num_samples, int) or self.num_samples < 1:
+            raise ProtocolError(f"num_samples must be an integer >= 1, got {self.num_samples!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ProtocolError(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.sampler, SamplerSettings):
+            if isinstance(self.sampler, Mapping):
+                object.__setattr__(self, "sampler", SamplerSettings.from_dict(self.sampler))
+            else:
+                raise ProtocolError(f"sampler must be SamplerSettings or a dict, got {type(self.sampler).__name__}")
+        if self.reference_images is not None:
+            refs = tuple(None if r is None else Path(r) for r in self.reference_images)
+            if len(refs) != len(prompts):
+                raise ProtocolError(
+                    f"reference_images has {len(refs)} entries for {len(prompts)} prompts; give one per prompt "
+                    "(None where a prompt has no reference)"
+                )
+            if all(r is None for r in refs):
+                refs = None
+            else:
+                missing = [str(r) for r in refs if r is not None and not r.is_file()]
+                if missing:
+                    shown = ", ".join(missing[:10]) + (f" ... ({len(missing)} in all)" if len(missing) > 10 else "")
+                    raise ProtocolError(f"{len(missing)} reference image(s) do not exist: {shown}")
+            object.__setattr__(self, "reference_images", refs)
+        if self.reference_dir is not None:
+            ref_dir = Path(self.reference_dir)
+            if not ref_dir.is_dir():
+                raise ProtocolError(f"reference_dir {str(ref_dir)!r} is not a directory")
+            object.__setattr__(self, "reference_dir", ref_dir)
+            if not self.reference_set_files():
+                raise ProtocolError(f"reference_dir {str(ref_dir)!r} contains no images ({', '.join(IMAGE_SUFFIXES)})")
+        if self.metrics is None:
+            # default: every metric the protocol's data supports
+            metrics = tuple(
+                m
+                for m in DEFAULT_METRICS
+                if not (m == "lpips" and self.reference_images is None)
+                and not (m in ("fid", "kid") and self.reference_dir is None)
+            )
+        else:
+            metrics = tuple(self.metrics)
+        if not metrics or any(not isinstance(m, str) for m in metrics):
+            raise ProtocolError(f"metrics must be a non-empty list of metric names, got {self.metrics!r}")
+        object.__setattr__(self, "metrics", metrics)
+        if not isinstance(self.backbones, Mapping):
+            raise ProtocolError(f"backbones must map kind -> name, got {type(self.backbones).__name__}")
+        object.__setattr__(self, "backbones", types.MappingProxyType(dict(sorted(self.backbones.items()))))
+        if self.composite_weights is not None:
+            weights = {str(k): float(v) for k, v in dict(self.composite_weights).items()}
+            bad_w = {k: v for k, v in weights.items() if not math.isfinite(v)}
+            if bad_w:
+                raise ProtocolError(f"composite_weights must be finite numbers, got {bad_w}")
+            object.__setattr__(self, "composite_weights", types.MappingProxyType(dict(sorted(weights.items()))))
+        if "lpips" in metrics and self.reference_images is None:
+            raise ProtocolError(
+                "metric 'lpips' needs paired reference images (reference_images / the CSV's image_path column); "
+                "give them or remove 'lpips' from metrics"
+            )
+        if "lpips" in metrics and self.reference_images is not None and any(r is None for r in self.reference_images):
+            n = sum(r is None for r in self.reference_images)
+            raise ProtocolError(
+                f"metric 'lpips' needs a reference for every prompt, but {n} of {len(prompts)} prompts have none; "
+                "fill them or remove 'lpips' from metrics (LPIPS over a subset would not be comparable)"
+            )
+        if ("fid" in metrics or "kid" in metrics) and self.reference_dir is None:
+            raise ProtocolError(
+                "metrics 'fid'/'kid' need a reference image set: set reference_dir (held-out real images) "
+                "or remove them from metrics"
+            )
+        if "fid" in metrics and self.num_samples < FID_MIN_SAMPLES:
+            warnings.warn(
+                f"num_samples={self.num_samples} is too small for FID: a 2048-d covariance needs >= "
+                f"{FID_MIN_SAMPLES} samples and FID is strongly biased below that; rankings can flip. "
+                f"Use >= {DEFAULT_NUM_SAMPLES} or rank by KID",
+                SmallSampleWarning,
+                stacklevel=3,
+            )
+        if "inception_score" in metrics and self.num_samples < IS_MIN_SAMPLES:
+            warnings.warn(
+                f"num_samples={self.num_samples} is too small for Inception Score (10 splits of "
+                f"{self.num_samples // 10} images); use >= {IS_MIN_SAMPLES}",
+                SmallSampleWarning,
+                stacklevel=3,
+            )
+
+    # ----------------------------------------------------------------- sample layout
+    @property
+    def sample_prompts(self) -> tuple[str, ...]:
+        """Prompt of every sample, length ``num_samples`` (prompts repeat cyclically)."""
+        return tuple(self.prompts[i % len(self.prompts)] for i in range(self.num_samples))
+
+    @cached_property
+    def sample_seeds(self) -> tuple[int, ...]:
+        """Seed of every sample, length ``num_samples``; the same at every evaluation."""
+        return tuple(derive_seed(self.seed, i) for i in range(self.num_samples))
+
+    def sample_reference(self, index: int) -> Path | None:
+        """Paired reference image of sample ``index`` (or None)."""
+        if self.reference_images is None:
+            return None
+        return self.reference_images[index % len(self.prompts)]
+
+    def reference_set_files(self) -> list[Path]:
+        """Images of the FID/KID reference set, sorted by name (so order is stable)."""
+        if self.reference_dir is None:
+            return []
+        return sorted(p for p in Path(self.reference_dir).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+    # ----------------------------------------------------------------- identity
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form with absolute paths (what ``to_file`` writes)."""
+        return {
+            "name": self.name,
+            "prompts": list(self.prompts),
+            "reference_images": None
+            if self.reference_images is None
+            else [None if r is None else str(Path(r).resolve()) for r in self.reference_images],
+            "reference_dir": None if self.reference_dir is None else str(Path(self.reference_dir).resolve()),
+            "num_samples": self.num_samples,
+            "seed": self.seed,
+            "sampler": self.sampler.to_dict(),
+            "backbones": dict(self.backbones),
+            "metrics": list(self.metrics),
+            "composite_weights": None if self.composite_weights is None else dict(self.composite_weights),
+        }
+
+    @cached_property
+    def hash(self) -> str:
+        """sha256 of everything that affects scores: settings plus reference file *contents*.
+
+        Paths are not hashed (moving the reference folder keeps the hash); file bytes are, so
+        replacing a reference image changes it. ``name`` is a label and is not hashed.
+        """
+        ident = self.to_dict()
+        ident.pop("name")
+        ident["hash_version"] = _HASH_VERSION
+        ident["reference_images"] = (
+            None
+            if self.reference_images is None
+            else [None if r is None else _sha256_file(Path(r)) for r in self.reference_images]
+        )
+        if self.reference_dir is not None:
+            root = Path(self.reference_dir)
+            ident["reference_dir"] = [
+                [p.relative_to(root).as_posix(), _sha256_file(p)] for p in self.reference_set_files()
+            ]
+        blob = json.dumps(ident, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    @property
+    def short_hash(self) -> str:
+        return self.hash[:12]
+
+    # ----------------------------------------------------------------- files
+    @classmethod
+    def from_file(cls, path: str | Path) -> Protocol:
+        """Load a protocol JSON file.
+
+        Keys: ``prompts`` (list) or ``prompts_file`` (.txt/.csv/.json, see :func:`load_prompt_file`),
+        optional ``reference_images`` (list, one per prompt), ``reference_dir``, ``num_samples``,
+        ``seed``, ``sampler`` ({num_steps, guidance_scale, image_size, extra}), ``backbones``,
+        ``metrics``, ``composite_weights``, ``name``. Relative paths are relative to the JSON file.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ProtocolError(f"protocol file {str(path)!r} does not exist")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ProtocolError(f"protocol file {str(path)!r} is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ProtocolError(f"protocol file {str(path)!r} must hold a JSON object")
+        known = {
+            "name", "prompts", "prompts_file", "reference_images", "reference_dir", "num_samples", "seed",
+            "sampler", "backbones", "metrics", "composite_weights",
+        }
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ProtocolError(f"protocol file {str(path)!r} has unknown key(s) {unknown}; known: {sorted(known)}")
+        base = path.parent
+
+        def resolve(p: Any) -> Path | None:
+            if p is None:
+                return None
+            q = Path(str(p))
+            return q if q.is_absolute() else base / q
+
+        kwargs: dict[str, Any] = {}
+        if ("prompts" in data) == ("prompts_file" in data):
+            raise ProtocolError(f"protocol file {str(path)!r} needs exactly one of 'prompts' or 'prompts_file'")
+        if "prompts_file" in data:
+            prompts, refs = load_prompt_file(resolve(data["prompts_file"]))  # type: ignore[arg-type]
+            kwargs["prompts"] = prompts
+            kwargs["reference_images"] = refs
+        else:
+            kwargs["prompts"] = data["prompts"]
+        if data.get("reference_images") is not None:
+            kwargs["reference_images"] = [resolve(r) for r in data["reference_images"]]
+        if data.get("reference_dir") is not None:
+            kwargs["reference_dir"] = resolve(data["reference_dir"])
+        for key in ("num_samples", "seed", "backbones", "composite_weights", "name"):
+            if key in data and data[key] is not None:
+                kwargs[key] = data[key]
+        if "metrics" in data:
+            kwargs["metrics"] = tuple(data["metrics"])
+        if "sampler" in data:
+            kwargs["sampler"] = SamplerSettings.from_dict(data["sampler"])
+        return cls(**kwargs)
+
+    def to_file(self, path: str | Path) -> Path:
+        """Write this protocol as JSON (absolute reference paths); ``from_file`` round-trips the hash."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.replace(path)
+        return path

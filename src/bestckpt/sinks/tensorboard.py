@@ -1,0 +1,88 @@
+"""TensorBoard sink: the guide's ``Evaluation/*`` scalars at the checkpoint's step, plus a sample grid.
+
+Only metrics that were actually computed are written: a failed or missing metric leaves a gap in
+the curve instead of a made-up 0.0 (which would look like a real, terrible score).
+TensorBoard is optional: importing this module is free, constructing the sink without the
+``tensorboard`` package raises an ImportError that names the extra to install.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["TAGS", "TensorBoardSink"]
+
+logger = logging.getLogger(__name__)
+
+#: metric name -> TensorBoard tag (the guide's names, plus KID)
+TAGS: Mapping[str, str] = {
+    "clip_score": "Evaluation/CLIP_Score",
+    "lpips": "Evaluation/LPIPS",
+    "inception_score": "Evaluation/Inception_Score",
+    "fid": "Evaluation/FID",
+    "kid": "Evaluation/KID",
+    "composite_score": "Evaluation/Composite_Score",
+}
+IS_BEST_TAG = "Evaluation/IsBest"
+SAMPLES_TAG = "Evaluation/Samples"
+
+
+class TensorBoardSink:
+    """Writes evaluation results into a TensorBoard log directory (real event files)."""
+
+    def __init__(self, log_dir: str | Path, *, filename_suffix: str = "") -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "TensorBoard logging needs the 'tensorboard' package: pip install 'bestckpt[tensorboard]' "
+                f"(or drop the tensorboard log dir option). Import error: {exc}"
+            ) from exc
+        self.log_dir = Path(log_dir)
+        self._writer = SummaryWriter(log_dir=str(self.log_dir), filename_suffix=filename_suffix)
+
+    def write(
+        self,
+        step: int,
+        scores: Mapping[str, Any],
+        *,
+        is_best: bool | None = None,
+        images: torch.Tensor | None = None,
+    ) -> list[str]:
+        """Write scalars for ``step`` (and an image grid of uint8 ``images[K,3,H,W]``); returns tags written."""
+        written: list[str] = []
+        for name, value in scores.items():
+            tag = TAGS.get(name, f"Evaluation/{name}")
+            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if not math.isfinite(float(value)):
+                logger.warning("not logging %s=%r at step %d: not a finite number", name, value, step)
+                continue
+            self._writer.add_scalar(tag, float(value), global_step=int(step))
+            written.append(tag)
+        if is_best is not None:
+            self._writer.add_scalar(IS_BEST_TAG, 1.0 if is_best else 0.0, global_step=int(step))
+            written.append(IS_BEST_TAG)
+        if images is not None and images.numel() > 0:
+            from torchvision.utils import make_grid
+
+            nrow = max(1, int(math.ceil(math.sqrt(images.shape[0]))))
+            grid = make_grid(images.detach().cpu(), nrow=nrow, padding=2, pad_value=255)
+            self._writer.add_image(SAMPLES_TAG, grid, global_step=int(step), dataformats="CHW")
+            written.append(SAMPLES_TAG)
+        self._writer.flush()
+        return written
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def __enter__(self) -> TensorBoardSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

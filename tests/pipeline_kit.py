@@ -1,0 +1,125 @@
+"""Test helpers for the evaluation-pipeline tests: a tiny deterministic sampler and checkpoint writer.
+
+The sampler is a real (if tiny) generative model: it loads the checkpoint written by
+``save_checkpoint`` and renders each (prompt, seed) as ``sigmoid(upsampled weights + prompt tint +
+seeded noise)``. Same checkpoint + same seeds -> bit-identical images on any device, because the
+noise is drawn on the CPU from ``torch.Generator().manual_seed(seed)`` (as real samplers should).
+Samplers are named as ``"pipeline_kit:make_sampler"`` so spawned workers and `bestckpt watch`
+subprocesses can build them (this folder is put on PYTHONPATH).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from bestckpt.evaluation.sampler import SampleBatch, SamplerSettings
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def save_checkpoint(path: str | Path, step: int, *, seed: int | None = None, ema: bool = True) -> Path:
+    """Write a small checkpoint atomically (temp file + rename), like a careful trainer."""
+    path = Path(path)
+    g = torch.Generator().manual_seed(step if seed is None else seed)
+    w = torch.randn(3, 8, 8, generator=g) * (1.0 + step / 1000.0)
+    state = {"module": {"w": w}, "steps": step}
+    if ema:
+        state["ema"] = {"w": w * 0.9}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _tint(prompt: str) -> torch.Tensor:
+    h = hashlib.sha256(prompt.encode()).digest()
+    return torch.tensor([h[0], h[1], h[2]], dtype=torch.float32).view(3, 1, 1) / 64.0 - 2.0
+
+
+class TinySampler:
+    """Deterministic sampler over checkpoints written by :func:`save_checkpoint`."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.calls = 0
+
+    def __call__(self, checkpoint_path: Path, prompts: Sequence[str], seeds: Sequence[int],
+                 settings: SamplerSettings, device: torch.device) -> SampleBatch:
+        self.calls += 1
+        if self.delay:
+            time.sleep(self.delay)
+        state = torch.load(Path(checkpoint_path), map_location="cpu", weights_only=True)
+        weights = "ema" if "ema" in state else "online"
+        w = state["ema"]["w"] if weights == "ema" else state["module"]["w"]
+        size = settings.image_size
+        base = torch.nn.functional.interpolate(w[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+        images = []
+        for prompt, seed in zip(prompts, seeds):
+            g = torch.Generator().manual_seed(int(seed))
+            noise = torch.randn(3, size, size, generator=g)
+            x = torch.sigmoid(base + _tint(prompt) + 0.5 * noise).to(device)
+            images.append(x.mul(255).round().clamp(0, 255).to(torch.uint8))
+        return SampleBatch(images=torch.stack(images).cpu(), weights=weights)
+
+
+def make_sampler() -> TinySampler:
+    return TinySampler()
+
+
+def make_slow_sampler() -> TinySampler:
+    """Sampler that takes ~0.3 s per call: makes the cost of synchronous evaluation visible."""
+    return TinySampler(delay=float(os.environ.get("PIPELINE_KIT_DELAY", "0.3")))
+
+
+class _Broken(TinySampler):
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def __call__(self, checkpoint_path, prompts, seeds, settings, device):  # type: ignore[override]
+        if self.mode == "raise":
+            raise RuntimeError("sampler exploded on purpose")
+        batch = super().__call__(checkpoint_path, prompts, seeds, settings, device)
+        if self.mode == "float":
+            return SampleBatch(images=batch.images.float() / 255.0, weights=batch.weights)
+        if self.mode == "shape":
+            return SampleBatch(images=batch.images[:, :1], weights=batch.weights)
+        if self.mode == "count":
+            return SampleBatch(images=batch.images[:-1], weights=batch.weights)
+        if self.mode == "size":
+            return SampleBatch(images=batch.images[:, :, :-2, :-2], weights=batch.weights)
+        raise AssertionError(self.mode)
+
+
+def make_raising_sampler() -> _Broken:
+    return _Broken("raise")
+
+
+def make_float_sampler() -> _Broken:
+    return _Broken("float")
+
+
+def make_shape_sampler() -> _Broken:
+    return _Broken("shape")
+
+
+def write_reference_images(folder: str | Path, n: int, size: int = 40, seed: int = 7) -> list[Path]:
+    """n real PNG images of varying size (so resizing is exercised)."""
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    paths = []
+    for i in range(n):
+        s = size + (i % 3) * 4
+        arr = torch.randint(0, 256, (s, s + 2, 3), generator=g, dtype=torch.uint8).numpy()
+        p = folder / f"ref_{i:03d}.png"
+        Image.fromarray(arr).save(p)
+        paths.append(p)
+    return paths
