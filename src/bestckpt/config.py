@@ -1,0 +1,189 @@
+"""`TrackerConfig`: the one source of defaults for the tracker, its Python API and its CLI.
+
+A frozen, validated dataclass (in the spirit of nanoGPT's ``GPTConfig`` and Orbax's options):
+every value is checked in ``__post_init__`` and a bad value raises ``ValueError``/``TypeError``
+whose message names the value received and how to fix it. The CLI reads its defaults from
+:func:`default_of` so the two can never drift apart.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["TrackerConfig", "DEFAULT_FILENAME_TEMPLATE", "default_of"]
+
+#: DeepSpeed tag / file name of the checkpoint of step N (zero padded so names sort by step).
+DEFAULT_FILENAME_TEMPLATE = "{step:07d}.pt"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """Settings of a :class:`~bestckpt.tracker.BestCheckpointTracker`.
+
+    Attributes:
+        checkpoint_dir: directory holding the checkpoints (files or DeepSpeed tag directories),
+            ``best.pt``, ``best_checkpoints.json`` and ``best_checkpoint_results.json``.
+        metric_name: the metric that ranks checkpoints (the guide's default ``composite_score``).
+        higher_is_better: direction of ``metric_name`` (``False`` for ``lpips``, ``fid``, ``kid``).
+        save_top_k: how many evaluated checkpoints to keep by score; ``-1`` keeps every evaluated one.
+        keep_latest: the newest N checkpoints are always kept (N >= 1: the resume point is never deleted).
+        keep_every_n_steps: also keep every checkpoint whose step is a multiple of this
+            (the guide's 10,000); ``0`` or ``None`` disables it.
+        pinned_steps: steps that are never deleted.
+        min_improvement: a checkpoint becomes the new best only if it beats the current best by
+            more than this (in the metric's own units); ``0.0`` means strictly better.
+        dry_run: plan deletions and log them, but never delete anything.
+        filename_template: ``str.format`` template with one ``{step...}`` field naming a step's
+            checkpoint inside ``checkpoint_dir``.
+    """
+
+    checkpoint_dir: Path
+    metric_name: str = "composite_score"
+    higher_is_better: bool = True
+    save_top_k: int = 3
+    keep_latest: int = 1
+    keep_every_n_steps: int | None = 10_000
+    pinned_steps: tuple[int, ...] = field(default=())
+    min_improvement: float = 0.0
+    dry_run: bool = False
+    filename_template: str = DEFAULT_FILENAME_TEMPLATE
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        if not isinstance(self.checkpoint_dir, (str, Path)) or str(self.checkpoint_dir) == "":
+            raise TypeError(
+                f"checkpoint_dir must be a non-empty str or pathlib.Path, got {self.checkpoint_dir!r}; "
+                "pass the directory your training loop saves checkpoints into"
+            )
+        set_("checkpoint_dir", Path(self.checkpoint_dir).expanduser())
+        if not isinstance(self.metric_name, str) or not self.metric_name.strip():
+            raise ValueError(
+                f"metric_name must be a non-empty string, got {self.metric_name!r}; "
+                "use e.g. 'composite_score', 'clip_score', 'fid'"
+            )
+        if not isinstance(self.higher_is_better, bool):
+            raise TypeError(
+                f"higher_is_better must be True or False, got {self.higher_is_better!r}; "
+                "use False for lpips/fid/kid"
+            )
+        if not _is_int(self.save_top_k) or (self.save_top_k < 1 and self.save_top_k != -1):
+            raise ValueError(
+                f"save_top_k must be an int >= 1, or -1 to keep every evaluated checkpoint; "
+                f"got {self.save_top_k!r}"
+            )
+        if not _is_int(self.keep_latest) or self.keep_latest < 1:
+            raise ValueError(
+                f"keep_latest must be an int >= 1 (the newest checkpoint is the resume point and is never "
+                f"deleted), got {self.keep_latest!r}"
+            )
+        every = self.keep_every_n_steps
+        if every is not None and (not _is_int(every) or every < 0):
+            raise ValueError(
+                f"keep_every_n_steps must be an int >= 1, or 0/None to disable it; got {every!r}"
+            )
+        set_("keep_every_n_steps", every or None)
+        try:
+            pinned = tuple(sorted(set(self.pinned_steps)))
+        except TypeError:
+            raise TypeError(
+                f"pinned_steps must be an iterable of ints (steps), got {self.pinned_steps!r}"
+            ) from None
+        for step in pinned:
+            if not _is_int(step) or step < 0:
+                raise ValueError(f"pinned_steps must hold non-negative int steps, got {step!r} in {self.pinned_steps!r}")
+        set_("pinned_steps", pinned)
+        imp = self.min_improvement
+        if isinstance(imp, bool) or not isinstance(imp, (int, float)) or not math.isfinite(imp) or imp < 0:
+            raise ValueError(
+                f"min_improvement must be a finite number >= 0 (in the metric's units), got {imp!r}"
+            )
+        set_("min_improvement", float(imp))
+        if not isinstance(self.dry_run, bool):
+            raise TypeError(f"dry_run must be True or False, got {self.dry_run!r}")
+        _compile_template(self.filename_template)  # validates
+
+    # -- file names ---------------------------------------------------------------------------
+    def step_filename(self, step: int) -> str:
+        """Name of step ``step``'s checkpoint inside ``checkpoint_dir`` (e.g. ``0002000.pt``)."""
+        return self.filename_template.format(step=step)
+
+    def step_from_name(self, name: str) -> int | None:
+        """The step encoded in a directory entry name, or ``None`` if the name is not a step checkpoint."""
+        match = _compile_template(self.filename_template).fullmatch(name)
+        if match is None:
+            return None
+        step = int(match.group("step"))
+        return step if self.step_filename(step) == name else None
+
+    # -- (de)serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings (``checkpoint_dir`` left out: the state file lives inside it)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "checkpoint_dir"}
+        out["pinned_steps"] = list(self.pinned_steps)
+        return out
+
+    @classmethod
+    def from_dict(cls, checkpoint_dir: str | Path, data: Mapping[str, Any], **overrides: Any) -> "TrackerConfig":
+        """Config from a stored ``tracker_config`` mapping; unknown keys are ignored, ``overrides`` win."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"checkpoint_dir"}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        if "pinned_steps" in kwargs and kwargs["pinned_steps"] is not None:
+            kwargs["pinned_steps"] = tuple(kwargs["pinned_steps"])
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(checkpoint_dir=checkpoint_dir, **kwargs)
+
+    def replace(self, **changes: Any) -> "TrackerConfig":
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def default_of(name: str) -> Any:
+    """The default of field ``name`` (used by the CLI so API and CLI share one source of defaults)."""
+    for f in dataclasses.fields(TrackerConfig):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            break
+    raise KeyError(f"TrackerConfig has no defaulted field {name!r}")
+
+
+_TEMPLATE_CACHE: dict[str, re.Pattern[str]] = {}
+
+
+def _compile_template(template: str) -> re.Pattern[str]:
+    """Regex matching the names produced by ``template`` (exactly one ``{step}`` field)."""
+    cached = _TEMPLATE_CACHE.get(template)
+    if cached is not None:
+        return cached
+    if not isinstance(template, str):
+        raise TypeError(f"filename_template must be a str like '{DEFAULT_FILENAME_TEMPLATE}', got {template!r}")
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"filename_template {template!r} is not a valid format string ({exc}); "
+                         f"use e.g. '{DEFAULT_FILENAME_TEMPLATE}'") from None
+    fields = [p[1] for p in parts if p[1] is not None]
+    if fields != ["step"]:
+        raise ValueError(
+            f"filename_template must contain exactly one '{{step}}' field (e.g. '{DEFAULT_FILENAME_TEMPLATE}'), "
+            f"got {template!r}"
+        )
+    sample = template.format(step=1234)
+    if "/" in sample or "\\" in sample or sample in (".", "..") or sample.startswith("."):
+        raise ValueError(
+            f"filename_template {template!r} must name a plain entry inside checkpoint_dir "
+            "(no path separators, not hidden)"
+        )
+    pattern = "".join(re.escape(lit) + ("(?P<step>[0-9]+)" if fld else "") for lit, fld, _, _ in parts)
+    compiled = re.compile(pattern)
+    _TEMPLATE_CACHE[template] = compiled
+    return compiled

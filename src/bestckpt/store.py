@@ -1,0 +1,296 @@
+"""The only module that does filesystem bookkeeping for the tracker.
+
+- :func:`atomic_write_text` / :func:`atomic_write_json`: temporary file in the same directory,
+  ``fsync``, ``os.replace``, then ``fsync`` of the directory, so a reader (or a restart after a
+  crash) sees the old file or the new one, never a torn one. JSON is strict: non-finite floats
+  are written as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` (see :func:`to_strict_json`
+  and :func:`float_from_json`), never as the bare tokens that strict parsers reject.
+- :func:`atomic_symlink`: ``best.pt`` is a *relative* symlink replaced by creating a temporary link
+  and renaming it over the old one (never unlink-then-create). Where symlinks are impossible
+  (``os.symlink`` raises ``OSError``/``NotImplementedError``: some Windows setups, some network or
+  FAT filesystems) we write a small pointer file ``best.pt.txt`` holding the relative path instead,
+  atomically. We do not copy the checkpoint: checkpoints can be many GB and a copy doubles disk use.
+- :func:`lock`: a cross-process lock (``filelock``; flock-based, released by the kernel even when the
+  holder is SIGKILLed) on ``best_checkpoints.json.lock``.
+- :func:`confine` / :func:`delete_entry`: deletion only of entries inside the checkpoint directory;
+  paths are checked lexically and after resolving their parent, symlinks are never followed (a
+  symlinked checkpoint loses its link, never its target), escapes raise :class:`UnsafePathError`.
+- :func:`cleanup_temporaries`: removes the temporary files and half-deleted directories our own
+  writes can leave behind after a crash (names start with ``.bestckpt-``).
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import math
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+__all__ = [
+    "STATE_FILE",
+    "RESULTS_FILE",
+    "LOCK_FILE",
+    "BEST_LINK",
+    "POINTER_SUFFIX",
+    "TEMP_PREFIX",
+    "UnsafePathError",
+    "StateLockTimeout",
+    "to_strict_json",
+    "float_from_json",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_symlink",
+    "read_pointer",
+    "lock",
+    "confine",
+    "delete_entry",
+    "cleanup_temporaries",
+    "fsync_dir",
+]
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "best_checkpoints.json"
+RESULTS_FILE = "best_checkpoint_results.json"
+LOCK_FILE = STATE_FILE + ".lock"
+BEST_LINK = "best.pt"
+POINTER_SUFFIX = ".txt"  # best.pt.txt: the fallback where symlinks are impossible
+TEMP_PREFIX = ".bestckpt-"  # every temporary name we create starts with this
+_TMP = TEMP_PREFIX + "tmp."
+_DELETING = TEMP_PREFIX + "deleting."
+
+
+class UnsafePathError(ValueError):
+    """A path that would escape the checkpoint directory (``..``, absolute, through a symlink)."""
+
+
+class StateLockTimeout(TimeoutError):
+    """The state lock could not be taken in time (another process holds it)."""
+
+
+# --------------------------------------------------------------------------------------------
+# strict JSON
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _encode(obj: Any) -> Any:
+    if isinstance(obj, float):
+        if math.isfinite(obj):
+            return obj
+        return "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
+    if isinstance(obj, dict):
+        return {str(k): _encode(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_encode(v) for v in obj]
+    return obj
+
+
+def to_strict_json(obj: Any, *, indent: int | None = None) -> str:
+    """Strict JSON text: non-finite floats become ``"NaN"``/``"Infinity"``/``"-Infinity"`` strings."""
+    separators = (",", ":") if indent is None else (",", ": ")
+    return json.dumps(_encode(obj), allow_nan=False, ensure_ascii=False, indent=indent, separators=separators)
+
+
+def float_from_json(value: Any) -> float | None:
+    """Inverse of the float encoding: numbers and the three strings -> float; ``None`` stays ``None``.
+
+    Raises ``ValueError`` for anything else (a foreign value in a metrics field).
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and value in _NONFINITE:
+        return _NONFINITE[value]
+    raise ValueError(f"expected a number or one of {sorted(_NONFINITE)}, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# atomic writes
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _temp_name(directory: Path, name: str) -> Path:
+    return directory / f"{_TMP}{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically and durably (temp file, fsync, rename, dir fsync)."""
+    path = Path(path)
+    tmp = _temp_name(path.parent, path.name)
+    data = text.encode("utf-8")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quiet(tmp)
+        raise
+    os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: Any, *, indent: int | None = None) -> None:
+    """:func:`atomic_write_text` of :func:`to_strict_json` (``obj``)."""
+    atomic_write_text(path, to_strict_json(obj, indent=indent) + "\n")
+
+
+def _unlink_quiet(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------------------------
+# best.pt
+def atomic_symlink(link: Path, target: str, *, target_is_directory: bool = False) -> str:
+    """Point ``link`` at the relative ``target`` atomically; returns ``"symlink"`` or ``"pointer"``.
+
+    A temporary symlink is created next to ``link`` and renamed over it, so ``link`` always
+    resolves to the old or the new target. If ``link`` exists and is a real file or directory
+    (not a symlink) it is not ours to replace: :class:`FileExistsError` says so. Where symlinks
+    are impossible, the relative target is written atomically to ``<link>.txt`` instead.
+    """
+    link = Path(link)
+    if os.path.isabs(target) or ".." in Path(target).parts:
+        raise UnsafePathError(f"best link target must be relative and inside the directory, got {target!r}")
+    if (link.exists() or link.is_symlink()) and not link.is_symlink():
+        raise FileExistsError(
+            f"{link} exists and is not a symlink; bestckpt will not overwrite it. "
+            f"Move it away so that {link.name} can point at the best checkpoint."
+        )
+    tmp = _temp_name(link.parent, link.name)
+    try:
+        os.symlink(target, tmp, target_is_directory=target_is_directory)
+    except (OSError, NotImplementedError) as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.ENOENT):
+            raise
+        logger.warning("symlinks are not available in %s (%s); writing pointer file %s%s instead",
+                       link.parent, exc, link.name, POINTER_SUFFIX)
+        atomic_write_text(link.with_name(link.name + POINTER_SUFFIX), target + "\n")
+        return "pointer"
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+    fsync_dir(link.parent)
+    return "symlink"
+
+
+def read_pointer(link: Path) -> str | None:
+    """The relative target of ``best.pt`` (symlink, else pointer file), or ``None`` if neither exists."""
+    link = Path(link)
+    if link.is_symlink():
+        return os.readlink(link)
+    pointer = link.with_name(link.name + POINTER_SUFFIX)
+    if pointer.is_file():
+        return pointer.read_text(encoding="utf-8").strip() or None
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# lock
+def lock(directory: Path, timeout: float = 600.0) -> filelock.BaseFileLock:
+    """The cross-process lock of a checkpoint directory (reentrant within one lock object)."""
+    return filelock.FileLock(str(Path(directory) / LOCK_FILE), timeout=timeout)
+
+
+# --------------------------------------------------------------------------------------------
+# confined deletion
+def confine(root: Path, relpath: str) -> Path:
+    """``root / relpath`` after checking that it stays inside ``root``.
+
+    Refused (``UnsafePathError``): absolute paths, ``..`` components, the root itself, and paths
+    whose parent directory resolves outside ``root`` (a symlinked parent). The entry itself may be a
+    symlink: callers must not follow it.
+    """
+    root = Path(root)
+    rel = Path(relpath)
+    if rel.is_absolute() or relpath.startswith(("/", "\\")):
+        raise UnsafePathError(f"path {relpath!r} is absolute; only paths inside {root} are handled")
+    if not rel.parts or any(part in ("..", "") for part in rel.parts) or rel.parts == (".",):
+        raise UnsafePathError(f"path {relpath!r} escapes or is not an entry of {root}")
+    full = root / rel
+    real_root = root.resolve()
+    real_parent = full.parent.resolve()
+    if real_parent != real_root and real_root not in real_parent.parents:
+        raise UnsafePathError(f"path {relpath!r} leads outside {root} (through a symlinked directory)")
+    return full
+
+
+def delete_entry(root: Path, relpath: str) -> bool:
+    """Delete the checkpoint entry ``relpath`` inside ``root``; ``False`` if it was already gone.
+
+    A symlink is unlinked (its target is never touched). A directory is first renamed to a
+    ``.bestckpt-deleting.*`` name (atomic), then removed, so a crash mid-removal leaves no
+    half-deleted checkpoint under a real name; the leftover is removed by :func:`cleanup_temporaries`.
+    """
+    full = confine(root, relpath)
+    if full.is_symlink() or full.is_file():
+        try:
+            os.unlink(full)
+        except FileNotFoundError:
+            return False
+        fsync_dir(full.parent)
+        return True
+    if full.is_dir():
+        doomed = full.parent / f"{_DELETING}{full.name}.{uuid.uuid4().hex[:8]}"
+        os.replace(full, doomed)
+        fsync_dir(full.parent)
+        shutil.rmtree(doomed)
+        return True
+    if os.path.lexists(full):  # sockets, fifos...: not a checkpoint we know how to handle
+        raise UnsafePathError(f"{full} is neither a file, a directory nor a symlink; not deleting it")
+    return False
+
+
+def cleanup_temporaries(root: Path) -> list[str]:
+    """Remove leftovers of our own interrupted writes/deletions in ``root`` (call under the lock)."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        if not (name.startswith(_TMP) or name.startswith(_DELETING)):
+            continue
+        full = Path(root) / name
+        try:
+            if full.is_dir() and not full.is_symlink():
+                shutil.rmtree(full)
+            else:
+                os.unlink(full)
+            removed.append(name)
+        except OSError as exc:
+            logger.warning("could not remove leftover temporary %s: %s", full, exc)
+    return removed
