@@ -231,6 +231,23 @@ class BestCheckpointTracker:
         else:
             self._load()
 
+    @classmethod
+    def open(cls, checkpoint_dir: str | Path, *, is_writer: bool = False, **overrides: Any) -> "BestCheckpointTracker":
+        """A tracker configured as the directory's state says (``overrides`` win; defaults where the
+        state is missing or unreadable). Read-only unless ``is_writer``: what ``bestckpt status`` uses."""
+        stored: dict[str, Any] = {}
+        try:
+            data = json.loads((Path(checkpoint_dir) / store.STATE_FILE).read_text(encoding="utf-8"))
+            if isinstance(data, dict):
+                cfg = data.get("tracker_config")
+                stored = dict(cfg) if isinstance(cfg, dict) else {
+                    k: data[k] for k in ("metric_name", "higher_is_better", "save_top_k") if k in data}
+        except (OSError, ValueError):
+            pass
+        lock_timeout = overrides.pop("lock_timeout", 600.0)
+        config = TrackerConfig.from_dict(checkpoint_dir, stored, **overrides)
+        return cls(config=config, is_writer=is_writer, lock_timeout=lock_timeout)
+
     # ------------------------------------------------------------------ public API
     @property
     def metric_name(self) -> str:
@@ -619,8 +636,7 @@ class BestCheckpointTracker:
             self._corrupt(str(exc))
             return
         self._stamp = stamp
-        if self.is_writer:
-            self._reconcile()
+        self._reconcile()
 
     def _parse(self, raw: bytes) -> None:
         data = json.loads(raw.decode("utf-8"))
@@ -721,13 +737,14 @@ class BestCheckpointTracker:
                 yield step, name
 
     def _reconcile(self) -> None:
-        """After a reload: drop records whose checkpoint vanished, finish interrupted deletions."""
+        """After a reload: drop records whose checkpoint vanished, finish interrupted deletions
+        (the writer only; readers just see the vanished ones as pruned)."""
         for rec in self._live():
             if not os.path.lexists(self.dir / rec.path):
                 logger.warning("checkpoint %s (step %d) was deleted outside bestckpt; dropping it", rec.path, rec.step)
                 info = dict(rec.info, removed="missing on disk")
                 self._put(dataclasses.replace(rec, pruned=True, info=info))
-        if self._intents:
+        if self._intents and self.is_writer:
             self._finish_intents()
 
     def _startup(self) -> None:

@@ -1,0 +1,98 @@
+"""`bestckpt status DIR`: the tracker's state as a table (``--json`` for machines). Read-only.
+
+Columns: step, epoch, status, the tracked score, the other metrics, ``★`` on the best (what
+``best.pt`` points at), and what retention does with it (kept + reasons, ``delete`` + reason, or
+``pruned`` for history). Pruned records are hidden unless ``--all``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from bestckpt import store
+from bestckpt.sinks.console import format_metrics, format_score
+
+__all__ = ["add_parser", "run", "collect"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("status", help="show tracked checkpoints, scores, the best and what is kept",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint_dir", type=Path, help="the checkpoint directory (holds best_checkpoints.json)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
+    p.add_argument("--all", action="store_true", help="also list pruned checkpoints (the run's history)")
+    p.set_defaults(func=run)
+    return p
+
+
+def collect(checkpoint_dir: Path) -> dict[str, Any]:
+    """Everything `status` shows, as a JSON-ready dict (read-only: nothing is written)."""
+    from bestckpt.tracker import BestCheckpointTracker
+
+    tracker = BestCheckpointTracker.open(checkpoint_dir, is_writer=False)
+    summary = tracker.summary()
+    decisions = {d.step: d for d in tracker.plan()}
+    best = summary["best_step"]
+    rows = []
+    for rec in tracker.records:
+        row = rec.to_json()
+        row["best"] = rec.step == best
+        row["score"] = rec.score(tracker.metric_name)
+        d = decisions.get(rec.step)
+        if rec.pruned:
+            row["fate"], row["reasons"] = "pruned", [rec.info.get("removed", "deleted by retention")]
+        elif d is None:
+            row["fate"], row["reasons"] = "ignored", ["path outside the checkpoint directory (refused)"]
+        else:
+            row["fate"], row["reasons"] = ("keep" if d.keep else "delete"), list(d.reasons)
+        rows.append(row)
+    return {
+        "checkpoint_dir": str(checkpoint_dir),
+        "summary": summary,
+        "best_link": store.read_pointer(Path(checkpoint_dir) / store.BEST_LINK),
+        "records": rows,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    directory: Path = args.checkpoint_dir
+    if not directory.is_dir():
+        print(f"error: {directory} is not a directory; pass the checkpoint directory of a run", file=sys.stderr)
+        return 2
+    data = collect(directory)
+    if args.json:
+        print(store.to_strict_json(data, indent=2))
+        return 0
+    _print_table(data, show_all=args.all)
+    return 0
+
+
+def _print_table(data: dict[str, Any], *, show_all: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    summary = data["summary"]
+    direction = "higher is better" if summary["higher_is_better"] else "lower is better"
+    table = Table(title=f"{data['checkpoint_dir']} — tracking {summary['metric_name']} ({direction})")
+    for col in ("", "step", "epoch", "status", summary["metric_name"], "other metrics", "fate", "why"):
+        table.add_column(col, overflow="fold")
+    for row in data["records"]:
+        if row.get("pruned") and not show_all:
+            continue
+        others = {k: v for k, v in row["metrics"].items() if k != summary["metric_name"]}
+        tracked = row["metrics"].get(summary["metric_name"])
+        fate_style = {"keep": "green", "delete": "red", "pruned": "dim", "ignored": "yellow"}[row["fate"]]
+        table.add_row(
+            "★" if row["best"] else "", str(row["step"]), "-" if row["epoch"] is None else str(row["epoch"]),
+            row["status"], format_score(tracked), format_metrics(others), f"[{fate_style}]{row['fate']}[/]",
+            "; ".join(row["reasons"] + ([f"error: {row['error']}"] if row.get("error") else [])),
+        )
+    console = Console()
+    console.print(table)
+    best = summary["best_checkpoint"]
+    console.print(f"best: {best or '-'} (score {format_score(summary['best_score'])}); best.pt -> "
+                  f"{data['best_link'] or '-'}; on disk {summary['on_disk']}, pending {len(summary['pending'])}, "
+                  f"failed {len(summary['failed'])}, records {summary['records_total']}", markup=False)
