@@ -1,0 +1,179 @@
+"""Filesystem bookkeeping: strict atomic JSON, atomic best link, the lock, confined deletion."""
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import filelock
+import pytest
+
+from bestckpt import store
+
+
+def _strict_loads(text: str):
+    def refuse(token):
+        raise ValueError(f"non-strict JSON token {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_strict_json_encodes_nonfinite_as_strings_and_round_trips():
+    obj = {"a": math.nan, "b": math.inf, "c": -math.inf, "d": 1.5, "e": [math.nan], "f": None}
+    text = store.to_strict_json(obj)
+    assert "NaN" in text and "Infinity" in text
+    back = _strict_loads(text)
+    assert back["a"] == "NaN" and back["b"] == "Infinity" and back["c"] == "-Infinity"
+    assert math.isnan(store.float_from_json(back["a"]))
+    assert store.float_from_json(back["b"]) == math.inf and store.float_from_json(back["c"]) == -math.inf
+    assert store.float_from_json(back["d"]) == 1.5 and store.float_from_json(None) is None
+    for bad in ("nan", "x", True, [1]):
+        with pytest.raises(ValueError):
+            store.float_from_json(bad)
+
+
+def test_atomic_write_replaces_and_leaves_no_temporaries(tmp_path: Path):
+    target = tmp_path / "state.json"
+    store.atomic_write_json(target, {"v": 1})
+    store.atomic_write_json(target, {"v": 2, "x": math.nan})
+    assert _strict_loads(target.read_text())["v"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["state.json"]
+
+
+def test_atomic_write_failure_keeps_old_file_and_cleans_temp(tmp_path: Path):
+    target = tmp_path / "state.json"
+    target.mkdir()  # os.replace of a file over a directory fails
+    with pytest.raises(OSError):
+        store.atomic_write_text(target, "new")
+    assert target.is_dir() and sorted(os.listdir(tmp_path)) == ["state.json"]
+
+
+def test_atomic_symlink_is_relative_and_swapped(tmp_path: Path):
+    (tmp_path / "0001000.pt").write_bytes(b"a")
+    (tmp_path / "0002000.pt").mkdir()
+    link = tmp_path / "best.pt"
+    assert store.atomic_symlink(link, "0001000.pt") == "symlink"
+    assert os.readlink(link) == "0001000.pt" and link.read_bytes() == b"a"
+    store.atomic_symlink(link, "0002000.pt", target_is_directory=True)
+    assert os.readlink(link) == "0002000.pt" and link.is_dir()
+    assert store.read_pointer(link) == "0002000.pt"
+    assert sorted(os.listdir(tmp_path)) == ["0001000.pt", "0002000.pt", "best.pt"]
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", "../x", "a/../../x"])
+def test_atomic_symlink_refuses_escaping_targets(tmp_path: Path, target: str):
+    with pytest.raises(store.UnsafePathError):
+        store.atomic_symlink(tmp_path / "best.pt", target)
+
+
+def test_atomic_symlink_never_overwrites_a_real_file(tmp_path: Path):
+    (tmp_path / "best.pt").write_bytes(b"user's own file")
+    with pytest.raises(FileExistsError, match="not a symlink"):
+        store.atomic_symlink(tmp_path / "best.pt", "0001000.pt")
+    assert (tmp_path / "best.pt").read_bytes() == b"user's own file"
+
+
+def test_pointer_file_fallback_where_symlinks_are_impossible(tmp_path: Path, monkeypatch):
+    # Fault injection: this filesystem refuses symlinks (as FAT/some Windows setups do).
+    def no_symlinks(*args, **kwargs):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "symlink", no_symlinks)
+    (tmp_path / "0001000.pt").write_bytes(b"a")
+    assert store.atomic_symlink(tmp_path / "best.pt", "0001000.pt") == "pointer"
+    assert (tmp_path / "best.pt.txt").read_text().strip() == "0001000.pt"
+    assert store.read_pointer(tmp_path / "best.pt") == "0001000.pt"
+    assert not (tmp_path / "best.pt").exists()
+
+
+def _hold_lock(directory: str, ready, release) -> None:
+    with store.lock(Path(directory)):
+        ready.set()
+        release.wait(10)
+
+
+def test_lock_excludes_another_process(tmp_path: Path):
+    ctx = mp.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_hold_lock, args=(str(tmp_path), ready, release))
+    proc.start()
+    try:
+        assert ready.wait(10)
+        with pytest.raises(filelock.Timeout):
+            store.lock(tmp_path, timeout=0.2).acquire()
+    finally:
+        release.set()
+        proc.join(10)
+    t0 = time.monotonic()
+    with store.lock(tmp_path, timeout=5):
+        pass
+    assert time.monotonic() - t0 < 5
+
+
+def _hold_lock_forever(directory: str, ready) -> None:
+    store.lock(Path(directory)).acquire()
+    ready.set()
+    time.sleep(60)
+
+
+def test_lock_is_released_when_holder_is_killed(tmp_path: Path):
+    ctx = mp.get_context("fork")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_hold_lock_forever, args=(str(tmp_path), ready))
+    proc.start()
+    assert ready.wait(10)
+    proc.kill()
+    proc.join(10)
+    with store.lock(tmp_path, timeout=5):
+        pass
+
+
+@pytest.mark.parametrize("rel", ["../x", "/etc/passwd", "a/../../x", "", ".", "..", "sub/../../x"])
+def test_confine_refuses_escapes(tmp_path: Path, rel: str):
+    with pytest.raises(store.UnsafePathError):
+        store.confine(tmp_path, rel)
+
+
+def test_confine_refuses_symlinked_parent(tmp_path: Path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir(), outside.mkdir()
+    (outside / "victim.pt").write_bytes(b"precious")
+    (root / "sub").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(store.UnsafePathError, match="outside"):
+        store.delete_entry(root, "sub/victim.pt")
+    assert (outside / "victim.pt").read_bytes() == b"precious"
+    assert store.confine(root, "0001000.pt") == root / "0001000.pt"
+
+
+def test_delete_entry_file_dir_and_symlink_never_followed(tmp_path: Path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir(), outside.mkdir()
+    (outside / "target.pt").write_bytes(b"precious")
+    (root / "0001000.pt").write_bytes(b"x")
+    tag = root / "0002000.pt"
+    tag.mkdir()
+    (tag / "mp_rank_00_model_states.pt").write_bytes(b"m")
+    (tag / "link_out").symlink_to(outside / "target.pt")  # a symlink inside a tag directory
+    (root / "0003000.pt").symlink_to(outside / "target.pt")  # a checkpoint entry that is a symlink
+    assert store.delete_entry(root, "0001000.pt")
+    assert store.delete_entry(root, "0002000.pt")
+    assert store.delete_entry(root, "0003000.pt")
+    assert not store.delete_entry(root, "0004000.pt")
+    assert os.listdir(root) == []
+    assert (outside / "target.pt").read_bytes() == b"precious"
+
+
+def test_cleanup_temporaries_only_removes_ours(tmp_path: Path):
+    (tmp_path / ".bestckpt-tmp.best_checkpoints.json.1.abc").write_text("{")
+    (tmp_path / ".bestckpt-tmp.best.pt.1.abc").symlink_to("nowhere")
+    half = tmp_path / ".bestckpt-deleting.0001000.pt.abc"
+    half.mkdir()
+    (half / "mp_rank_00_model_states.pt").write_bytes(b"m")
+    (tmp_path / ".hidden_user_file").write_text("keep")
+    (tmp_path / "0001000.pt.tmp").write_text("keep")
+    removed = store.cleanup_temporaries(tmp_path)
+    assert len(removed) == 3
+    assert sorted(os.listdir(tmp_path)) == [".hidden_user_file", "0001000.pt.tmp"]
