@@ -133,8 +133,12 @@ def _temp_name(directory: Path, name: str) -> Path:
     return directory / f"{_TMP}{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically and durably (temp file, fsync, rename, dir fsync)."""
+def atomic_write_text(path: Path, text: str, *, durable: bool = True) -> None:
+    """Write ``text`` to ``path`` atomically and durably (temp file, fsync, rename, dir fsync).
+
+    ``durable=False`` skips both fsyncs: still atomic for readers and process crashes (the rename
+    is), not guaranteed across a power loss. For derived files that are rewritten at every call.
+    """
     path = Path(path)
     tmp = _temp_name(path.parent, path.name)
     data = text.encode("utf-8")
@@ -144,7 +148,8 @@ def atomic_write_text(path: Path, text: str) -> None:
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         _unlink_quiet(tmp)
@@ -155,12 +160,13 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         _unlink_quiet(tmp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
-def atomic_write_json(path: Path, obj: Any, *, indent: int | None = None) -> None:
+def atomic_write_json(path: Path, obj: Any, *, indent: int | None = None, durable: bool = True) -> None:
     """:func:`atomic_write_text` of :func:`to_strict_json` (``obj``)."""
-    atomic_write_text(path, to_strict_json(obj, indent=indent) + "\n")
+    atomic_write_text(path, to_strict_json(obj, indent=indent) + "\n", durable=durable)
 
 
 def _unlink_quiet(path: Path) -> None:
