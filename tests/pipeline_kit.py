@@ -123,3 +123,53 @@ def write_reference_images(folder: str | Path, n: int, size: int = 40, seed: int
         Image.fromarray(arr).save(p)
         paths.append(p)
     return paths
+
+
+class KitScorer:
+    """A small but real scorer implementing the Scorer contract on the library's metric functions.
+
+    Features: ``pool`` = 2x2 average-pooled colours (12-d, float64) and ``logits`` = a fixed seeded
+    linear map of them (10 classes); ``lpips`` = mean absolute pixel difference to the paired reference
+    (a stand-in distance; the real LPIPS network is the metrics engineer's). Used where the test is
+    about the pipeline (sharding, gathering, recording), not about the backbones.
+    """
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(1234)
+        self.proj = torch.randn(12, 10, generator=g, dtype=torch.float64) * 4.0
+
+    def _pool(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(torch.float64) / 255.0
+        return torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)
+
+    def features(self, images: torch.Tensor, prompts, references=None) -> dict[str, torch.Tensor]:
+        pool = self._pool(images)
+        out = {"pool": pool, "logits": pool @ self.proj}
+        if references is not None:
+            out["lpips"] = (images.double() - references.double()).abs().mean(dim=(1, 2, 3)) / 255.0
+        return out
+
+    def reference_statistics(self, images: torch.Tensor, cache_dir=None) -> dict[str, torch.Tensor]:
+        return {"pool": self._pool(images)}
+
+    def score(self, features, reference, seed: int = 0) -> dict[str, float]:
+        from bestckpt.metrics.fid import fid_from_features
+        from bestckpt.metrics.inception_score import inception_score_from_logits
+        from bestckpt.metrics.kid import kid_from_features
+
+        n = features["pool"].shape[0]
+        scores: dict[str, float] = {}
+        scores["inception_score"] = inception_score_from_logits(features["logits"], splits=min(2, n), seed=seed)[0]
+        if "lpips" in features:
+            scores["lpips"] = float(features["lpips"].mean())
+        if reference is not None:
+            scores["fid"] = fid_from_features(features["pool"], reference["pool"])
+            size = min(n, reference["pool"].shape[0])
+            scores["kid"] = kid_from_features(features["pool"], reference["pool"], subsets=5, subset_size=size,
+                                              seed=seed)[0]
+        scores["composite_score"] = scores["inception_score"] - scores.get("lpips", 0.0)
+        return scores
+
+
+def make_kit_scorer() -> KitScorer:
+    return KitScorer()

@@ -352,6 +352,10 @@ class Protocol:
     def short_hash(self) -> str:
         return self.hash[:12]
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # MappingProxyType fields do not pickle; a protocol travels (to spawned workers) as its dict
+        return (_restore_protocol, (self.to_dict(),))
+
     # ----------------------------------------------------------------- files
     @classmethod
     def from_file(cls, path: str | Path) -> Protocol:
@@ -416,3 +420,13 @@ class Protocol:
         tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
         tmp.replace(path)
         return path
+
+
+def _restore_protocol(data: dict[str, Any]) -> Protocol:
+    """Unpickle a protocol (its warnings were already shown where it was made)."""
+    kwargs = dict(data)
+    kwargs["sampler"] = SamplerSettings.from_dict(kwargs["sampler"])
+    kwargs["metrics"] = tuple(kwargs["metrics"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallSampleWarning)
+        return Protocol(**kwargs)

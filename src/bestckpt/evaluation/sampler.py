@@ -31,6 +31,7 @@ __all__ = [
     "SamplerOutputError",
     "SamplerSettings",
     "WEIGHT_KINDS",
+    "load_factory",
     "load_sampler",
     "validate_sample_batch",
 ]
@@ -103,6 +104,10 @@ class SamplerSettings:
             raise ValueError(f"unknown sampler setting(s) {unknown}; expected some of {sorted(known)}")
         return cls(**dict(data))
 
+    # MappingProxyType neither pickles nor hashes: travel and hash as the JSON-able dict
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SamplerSettings.from_dict, (self.to_dict(),))
+
     # a MappingProxy is not hashable; hash the JSON form so settings can key caches
     def __hash__(self) -> int:
         return hash(json.dumps(self.to_dict(), sort_keys=True))
@@ -146,6 +151,17 @@ def load_sampler(spec: str) -> Sampler:
 
     ``factory()`` is called with no arguments and must return a callable sampler.
     """
+    sampler = load_factory(spec)
+    if not callable(sampler):
+        raise SamplerError(
+            f"factory {spec!r} returned a {type(sampler).__name__}, which is not callable; "
+            "it must return a sampler(checkpoint_path, prompts, seeds, settings, device)"
+        )
+    return sampler
+
+
+def load_factory(spec: str) -> Any:
+    """``factory()`` for ``"package.module:factory"``: how samplers (and custom scorers) travel by name."""
     if not isinstance(spec, str) or spec.count(":") != 1:
         raise SamplerError(
             f"sampler spec must look like 'package.module:factory', got {spec!r}; "
@@ -171,13 +187,7 @@ def load_sampler(spec: str) -> Sampler:
             ) from exc
     if not callable(target):
         raise SamplerError(f"{spec!r} names a {type(target).__name__}, not a factory function or class")
-    sampler = target()
-    if not callable(sampler):
-        raise SamplerError(
-            f"factory {spec!r} returned a {type(sampler).__name__}, which is not callable; "
-            "it must return a sampler(checkpoint_path, prompts, seeds, settings, device)"
-        )
-    return sampler
+    return target()
 
 
 def validate_sample_batch(output: Any, *, expected_n: int, image_size: int | None = None) -> SampleBatch:

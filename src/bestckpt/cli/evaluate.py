@@ -1,0 +1,119 @@
+"""`bestckpt evaluate CKPT_DIR --protocol P --sampler module:factory [--steps ...]`: score existing
+checkpoints of a run (offline re-ranking) and record the scores in the directory's tracker.
+
+Checkpoints already scored under the same protocol (same hash) are skipped unless --force; those
+scored under another protocol are re-scored, so the ranking only ever compares like with like.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from bestckpt.cli.prune import add_config_options, config_overrides
+
+__all__ = ["add_evaluation_options", "add_parser", "build_evaluator", "open_tracker", "run"]
+
+
+def add_evaluation_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by `evaluate` and `watch`."""
+    p.add_argument("checkpoint_dir", type=Path, help="the run's checkpoint directory")
+    p.add_argument("--protocol", type=Path, required=True, help="evaluation protocol JSON (prompts, seeds, metrics...)")
+    p.add_argument("--sampler", required=True, metavar="MODULE:FACTORY",
+                   help="sampler factory, e.g. my_project.sampling:make_sampler (factory() returns the sampler)")
+    p.add_argument("--scorer", metavar="MODULE:FACTORY",
+                   help="custom scorer factory (default: the protocol's backbones and metrics)")
+    p.add_argument("--device", default="cpu", help="device for sampling and metrics, e.g. cuda:1 (default: cpu)")
+    p.add_argument("--samples-dir", type=Path,
+                   help="where evaluation_samples go (default: CKPT_DIR/../evaluation_samples)")
+    p.add_argument("--tensorboard-dir", type=Path, help="write Evaluation/* scalars to this TensorBoard log dir")
+    p.add_argument("--weights-dir", type=Path, help="folder with backbone weight files (default: standard caches)")
+    p.add_argument("--cache-dir", type=Path, help="reference statistics cache (default: the scorer's)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per sampler call (default: 16)")
+    add_config_options(p)
+
+
+def open_tracker(args: argparse.Namespace) -> Any:
+    from bestckpt.tracker import BestCheckpointTracker
+
+    return BestCheckpointTracker.open(args.checkpoint_dir, is_writer=True, **config_overrides(args))
+
+
+def build_evaluator(args: argparse.Namespace) -> tuple[Any, Any]:
+    """``(protocol, Evaluator)`` from the command line; raises ValueError with a clear message."""
+    from bestckpt.evaluation.protocol import Protocol
+    from bestckpt.evaluation.sampler import load_factory, load_sampler
+    from bestckpt.runners import Evaluator
+
+    protocol = Protocol.from_file(args.protocol)
+    sampler = load_sampler(args.sampler)
+    scorer = load_factory(args.scorer) if args.scorer else None
+    samples_dir = args.samples_dir or (args.checkpoint_dir.resolve().parent / "evaluation_samples")
+    evaluator = Evaluator(protocol, sampler, scorer=scorer, device=args.device, samples_dir=samples_dir,
+                          tensorboard_dir=args.tensorboard_dir, weights_dir=args.weights_dir,
+                          cache_dir=args.cache_dir, dist=None, batch_size=args.batch_size)
+    return protocol, evaluator
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("evaluate", help="score existing checkpoints and update the ranking",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_evaluation_options(p)
+    p.add_argument("--steps", type=int, nargs="+", metavar="STEP", help="only these steps (default: all complete ones)")
+    p.add_argument("--force", action="store_true", help="re-score checkpoints already scored under this protocol")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bestckpt.runners import find_checkpoints
+
+    if not args.checkpoint_dir.is_dir():
+        print(f"error: {args.checkpoint_dir} is not a directory; pass the checkpoint directory of a run",
+              file=sys.stderr)
+        return 2
+    try:
+        protocol, evaluator = build_evaluator(args)
+        tracker = open_tracker(args)
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    records = {r.step: r for r in tracker.records if not r.pruned}
+    found = find_checkpoints(args.checkpoint_dir, tracker.config.step_from_name)
+    wanted = set(args.steps) if args.steps else None
+    todo = []
+    for step, path, complete in found:
+        if wanted is not None and step not in wanted:
+            continue
+        if not complete:
+            print(f"skipping step {step}: {path.name} is not complete yet", file=sys.stderr)
+            continue
+        rec = records.get(step)
+        if (not args.force and rec is not None and rec.status == "evaluated"
+                and rec.protocol_hash == protocol.hash):
+            continue
+        todo.append((step, path, rec))
+    if wanted is not None:
+        missing = sorted(wanted - {s for s, _, _ in found})
+        if missing:
+            print(f"error: no checkpoint for step(s) {missing} in {args.checkpoint_dir}", file=sys.stderr)
+            return 2
+    failed = 0
+    with Progress(TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.description}")) as progress:
+        task = progress.add_task("", total=len(todo))
+        for step, path, rec in todo:
+            progress.update(task, description=f"step {step}")
+            if rec is None:
+                tracker.checkpoint_saved(step, str(path), evaluate=True)
+            result = evaluator.evaluate_and_record(tracker, step, path, None if rec is None else rec.epoch)
+            failed += 0 if result.ok else 1
+            progress.advance(task)
+    evaluator.close()
+    tracker.export_results()
+    tracker.log_summary()
+    print(f"{len(todo)} checkpoint(s) evaluated under protocol {protocol.short_hash}, {failed} failed")
+    return 1 if failed else 0

@@ -1,0 +1,146 @@
+"""Runners: schedule, inline evaluation (determinism, records, files, log line), background worker
+with a real training loop (blocked time measured and reported)."""
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from bestckpt.evaluation.evaluate import evaluate_checkpoint
+from bestckpt.evaluation.protocol import Protocol, SmallSampleWarning
+from bestckpt.evaluation.sampler import SamplerSettings
+from bestckpt.runners import BackgroundRunner, EvalSchedule, Evaluator, InlineRunner
+from bestckpt.tracker import BestCheckpointTracker
+from pipeline_kit import KitScorer, TinySampler, save_checkpoint, write_reference_images
+
+
+def make_protocol(tmp_path: Path, num_samples: int = 8) -> Protocol:
+    refs = write_reference_images(tmp_path / "refs", 4)
+    write_reference_images(tmp_path / "refset", 8, seed=11)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallSampleWarning)
+        return Protocol(prompts=["a red square", "a blue circle", "a green star", "two dots"],
+                        reference_images=refs, reference_dir=tmp_path / "refset", num_samples=num_samples, seed=5,
+                        sampler=SamplerSettings(num_steps=4, guidance_scale=1.0, image_size=16),
+                        metrics=("inception_score", "lpips", "fid", "kid", "composite_score"))
+
+
+def test_schedule_default_is_every_second_checkpoint() -> None:
+    s = EvalSchedule()
+    assert [s.should_evaluate(step, i) for i, step in enumerate((100, 200, 300, 400), 1)] == [False, True, False, True]
+    guide = EvalSchedule(checkpoint_every_steps=100)  # the guide's stateless rule: step % (ckpt_every * 2)
+    assert [guide.should_evaluate(s) for s in (100, 200, 300, 400)] == [False, True, False, True]
+    assert not EvalSchedule.off().should_evaluate(200, 2)
+    assert all(EvalSchedule(every_n_checkpoints=1).should_evaluate(s, i) for i, s in enumerate((1, 2, 3), 1))
+    with pytest.raises(ValueError, match=r"every_n_checkpoints must be an integer >= 1 .*got 0"):
+        EvalSchedule(every_n_checkpoints=0)
+
+
+def test_same_checkpoint_twice_gives_identical_scores(tmp_path: Path) -> None:
+    protocol = make_protocol(tmp_path)
+    ckpt = save_checkpoint(tmp_path / "0000100.pt", 100)
+    scorer = KitScorer()
+    ref = scorer.reference_statistics(torch.zeros(4, 3, 16, 16, dtype=torch.uint8) + 40)
+    a = evaluate_checkpoint(ckpt, 100, protocol, TinySampler(), scorer, ref, dist=None, batch_size=3)
+    b = evaluate_checkpoint(ckpt, 100, protocol, TinySampler(), scorer, ref, dist=None, batch_size=8)
+    assert a.ok and b.ok, (a.error, b.error)
+    assert a.scores == b.scores  # bit-identical, whatever the batch size
+    assert a.weights == "ema" and a.protocol_hash == protocol.hash
+    other = evaluate_checkpoint(save_checkpoint(tmp_path / "0000200.pt", 200), 200, protocol, TinySampler(), scorer,
+                                ref, dist=None)
+    assert other.scores != a.scores
+
+
+def test_inline_runner_records_scores_files_and_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    protocol = make_protocol(tmp_path)
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    ckpt_dir.mkdir(parents=True)
+    tracker = BestCheckpointTracker(ckpt_dir, is_writer=True, save_top_k=2)
+    evaluator = Evaluator(protocol, TinySampler(), scorer=KitScorer(), samples_dir=tmp_path / "run" / "evaluation_samples",
+                          tensorboard_dir=tmp_path / "run" / "tb", dist=None)
+    runner = InlineRunner(tracker, evaluator)
+    caplog.set_level(logging.INFO)
+    results = []
+    for step in (100, 200, 300, 400):
+        results.append(runner.checkpoint_saved(step, save_checkpoint(ckpt_dir / f"{step:07d}.pt", step), epoch=step // 100))
+    runner.close()
+    assert results[0] is None and results[2] is None  # every 2nd checkpoint
+    assert results[1].ok and results[3].ok
+    assert "[Step 200] Evaluating model performance at step 200" in caplog.text
+    recs = {r.step: r for r in tracker.records}
+    assert recs[200].status == "evaluated" and recs[200].protocol_hash == protocol.hash
+    assert recs[200].metrics["composite_score"] == pytest.approx(results[1].scores["composite_score"])
+    assert recs[200].info["weights"] == "ema"
+    assert recs[100].status == "saved"
+    best = tracker.best
+    assert best is not None and best.step in (200, 400)
+    samples = tmp_path / "run" / "evaluation_samples"
+    assert (samples / "0000200" / "eval_generated_003.jpg").is_file()
+    assert (samples / "0000200" / "eval_comparison_000.jpg").is_file()
+    assert (samples / "0000400" / "eval_prompt_000.txt").read_text().strip() == "a red square"
+    assert (samples / "progress_grid.jpg").is_file()
+    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+
+
+def _train(runner, ckpt_dir: Path, n_checkpoints: int, steps_per_ckpt: int = 20) -> list[float]:
+    """A real (tiny) training loop: an MLP regressing a fixed target, checkpoint every few steps.
+
+    Returns the wall time the loop spent inside ``runner.checkpoint_saved`` per checkpoint.
+    """
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(192, 64), torch.nn.Tanh(), torch.nn.Linear(64, 192))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x = torch.randn(32, 192)
+    blocked = []
+    step = 0
+    for _ in range(n_checkpoints):
+        for _ in range(steps_per_ckpt):
+            loss = (model(x) - x).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+        w = model[2].weight.detach()[:192, :1].reshape(3, 8, 8)
+        path = ckpt_dir / f"{step:07d}.pt"
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"module": {"w": w.clone()}, "ema": {"w": w.clone() * 0.9}, "steps": step}, tmp)
+        tmp.replace(path)
+        t0 = time.perf_counter()
+        runner.checkpoint_saved(step, path, epoch=0)
+        blocked.append(time.perf_counter() - t0)
+    return blocked
+
+
+def test_background_runner_does_not_block_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIPELINE_KIT_DELAY", "0.3")
+    protocol = make_protocol(tmp_path)
+    ckpt_dir = tmp_path / "checkpoints"
+    ckpt_dir.mkdir()
+    tracker = BestCheckpointTracker(ckpt_dir, is_writer=True, save_top_k=2, keep_every_n_steps=0)
+    runner = BackgroundRunner(tracker, protocol, "pipeline_kit:make_slow_sampler", scorer_spec="pipeline_kit:make_kit_scorer",
+                              schedule=EvalSchedule(every_n_checkpoints=1), samples_dir=tmp_path / "samples",
+                              batch_size=4)
+    t0 = time.perf_counter()
+    blocked = _train(runner, ckpt_dir, n_checkpoints=4)
+    loop_time = time.perf_counter() - t0
+    runner.close(wait=True, timeout=120)
+    recs = {r.step: r for r in tracker.records}
+    assert sorted(recs) == [20, 40, 60, 80]
+    assert all(r.status == "evaluated" for r in recs.values()), {s: (r.status, r.error) for s, r in recs.items()}
+    assert tracker.pending_steps() == []
+    # synchronous cost of one evaluation of the same protocol (2 sampler calls of >= 0.3 s each)
+    evaluator = Evaluator(protocol, TinySampler(delay=0.3), scorer=KitScorer(), dist=None, batch_size=4)
+    evaluator.evaluate(80, ckpt_dir / "0000080.pt")  # warm-up (reference statistics)
+    t1 = time.perf_counter()
+    evaluator.evaluate(80, ckpt_dir / "0000080.pt")
+    sync = time.perf_counter() - t1
+    per_ckpt = sum(blocked) / len(blocked)
+    print(f"\nbackground runner: blocked {per_ckpt * 1e3:.1f} ms per evaluated checkpoint "
+          f"(max {max(blocked) * 1e3:.1f} ms; first includes worker start) vs synchronous evaluation "
+          f"{sync * 1e3:.0f} ms -> ratio {per_ckpt / sync:.3f}; training loop {loop_time:.2f} s")
+    assert sync >= 0.6
+    assert sorted(blocked)[len(blocked) // 2] < 0.25 * sync  # median well below a synchronous evaluation
