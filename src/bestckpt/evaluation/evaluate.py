@@ -177,8 +177,11 @@ def evaluate_checkpoint(
             idx = range(lo, min(lo + batch_size, shard.stop))
             prompts = [prompts_all[i] for i in idx]
             seeds = [seeds_all[i] for i in idx]
-            with torch.no_grad():
-                raw = sampler(path, prompts, seeds, protocol.sampler, device)
+            try:
+                with torch.no_grad():
+                    raw = sampler(path, prompts, seeds, protocol.sampler, device)
+            except Exception as exc:  # name the checkpoint: "pop from empty list" alone helps nobody
+                raise RuntimeError(f"sampler failed on checkpoint {str(path)!r}: {_describe(exc)}") from exc
             batch = validate_sample_batch(raw, expected_n=len(idx), image_size=size)
             weights_seen.add(batch.weights)
             refs = paired_references(protocol, idx, (size, size)) if "lpips" in protocol.metrics else None
@@ -194,7 +197,7 @@ def evaluate_checkpoint(
         if len(weights_seen) > 1:
             raise RuntimeError(f"sampler mixed weights {sorted(weights_seen)} within one evaluation")
     except Exception as exc:  # recorded, agreed on below; training goes on
-        local_error = _describe(exc)
+        local_error = str(exc) if type(exc) is RuntimeError and str(exc).startswith("sampler failed") else _describe(exc)
         logger.debug("evaluation of step %d failed on rank %d", step, rank, exc_info=True)
 
     # --- status exchange: every rank learns every failure before any data collective
