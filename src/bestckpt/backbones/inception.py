@@ -30,7 +30,7 @@ INPUT_SIZE = 299
 def resize_bilinear_tf1(x: torch.Tensor, size: int) -> torch.Tensor:
     """TF1 ``resize_bilinear(align_corners=False)``: source = dst · (in/out), no half-pixel offset. x [N, C, H, W] float."""
     out = x
-    for dim in (2, 3):
+    for dim in (3, 2):  # width first, then height: the order TF (and torch-fidelity) use, for exact equality
         n_in = out.shape[dim]
         if n_in == size:
             continue
