@@ -1,0 +1,93 @@
+"""Sidecar: a trainer process writes checkpoints while `python -m bestckpt watch` scores them.
+
+Every scheduled checkpoint is scored exactly once, pruning never removes a pending one, and the
+sidecar SIGKILLed mid-evaluation and restarted loses no evaluation and records none twice.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from bestckpt.tracker import BestCheckpointTracker
+from pipeline_kit import TESTS_DIR
+from test_runners import make_protocol
+
+N_CHECKPOINTS = 12
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
+                OMP_NUM_THREADS="1", COLUMNS="400", PYTHONWARNINGS="ignore", PIPELINE_KIT_DELAY="0.25")
+
+
+def _watch(ckpt_dir: Path, protocol: Path, log: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "bestckpt", "watch", str(ckpt_dir), "--protocol", str(protocol),
+           "--sampler", "pipeline_kit:make_slow_sampler", "--scorer", "pipeline_kit:make_kit_scorer",
+           "--poll", "0.2", "--batch-size", "4", "--samples-dir", str(ckpt_dir.parent / "evaluation_samples"), *extra]
+    return subprocess.Popen(cmd, env=_env(), stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sidecar_scores_each_once_and_survives_sigkill(tmp_path: Path) -> None:
+    protocol = make_protocol(tmp_path)
+    protocol_file = protocol.to_file(tmp_path / "protocol.json")
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    ckpt_dir.mkdir(parents=True)
+    trainer = subprocess.Popen([sys.executable, str(TESTS_DIR / "sidecar_trainer.py"), str(ckpt_dir),
+                                str(N_CHECKPOINTS), "0.5"], env=_env())
+    try:
+        _wait_for(lambda: (ckpt_dir / "best_checkpoints.json").exists(), 60, "the trainer's first checkpoint")
+        log_a, log_b = tmp_path / "watch_a.log", tmp_path / "watch_b.log"
+        first = _watch(ckpt_dir, protocol_file, log_a)
+        # kill it in the middle of its second evaluation
+        _wait_for(lambda: log_a.read_text().count("Evaluating model performance") >= 2, 120, "a second evaluation")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        second = _watch(ckpt_dir, protocol_file, log_b, "--idle-timeout", "3")
+        assert trainer.wait(120) == 0
+        assert second.wait(180) == 0, log_b.read_text()[-3000:]
+    finally:
+        for p in ("trainer", "first", "second"):
+            proc = locals().get(p)
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    text_a, text_b = log_a.read_text(), log_b.read_text()
+    scheduled = [i * 100 for i in range(1, N_CHECKPOINTS + 1) if i % 2 == 0]
+    recorded = Counter(int(m) for m in re.findall(r"\[Step (\d+)\] evaluated in", text_a + text_b))
+    assert recorded == Counter(scheduled), (recorded, text_a[-2000:], text_b[-2000:])  # each exactly once
+    started_a = [int(m) for m in re.findall(r"\[Step (\d+)\] Evaluating model performance", text_a)]
+    killed_step = started_a[-1]
+    assert killed_step not in [int(m) for m in re.findall(r"\[Step (\d+)\] evaluated in", text_a)]
+    assert f"[Step {killed_step}] evaluated in" in text_b  # the interrupted one was redone after restart
+    unscheduled = set(range(100, N_CHECKPOINTS * 100 + 1, 100)) - set(scheduled)
+    assert not unscheduled & set(int(m) for m in re.findall(r"\[Step (\d+)\] Evaluating", text_a + text_b))
+
+    tracker = BestCheckpointTracker(ckpt_dir, is_writer=False)
+    recs = {r.step: r for r in tracker.records}
+    for step in scheduled:
+        assert recs[step].status == "evaluated", (step, recs[step])
+        assert recs[step].protocol_hash == protocol.hash
+    assert tracker.pending_steps() == []
+    assert not (tmp_path / "run" / "violations.txt").exists()
+    on_disk = sorted(p.name for p in ckpt_dir.glob("0*.pt"))
+    assert len(on_disk) < N_CHECKPOINTS  # pruning did happen while the sidecar worked
+    best = tracker.best
+    assert best is not None and (ckpt_dir / "best.pt").resolve() == (ckpt_dir / best.path).resolve()
+    assert json.loads((ckpt_dir / "best_checkpoint_results.json").read_text())
