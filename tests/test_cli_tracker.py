@@ -1,0 +1,73 @@
+"""`bestckpt status` and `bestckpt prune` through `python -m bestckpt` on a real directory."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bestckpt.tracker import BestCheckpointTracker
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, COLUMNS="200", PYTHONIOENCODING="utf-8")
+    return subprocess.run([sys.executable, "-m", "bestckpt", *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+@pytest.fixture()
+def run_dir(tmp_path: Path) -> Path:
+    tracker = BestCheckpointTracker(tmp_path, save_top_k=3, keep_every_n_steps=None)
+    for step, score in [(100, 0.4), (200, 0.9), (300, 0.6), (400, 0.5), (500, 0.7)]:
+        (tmp_path / f"{step:07d}.pt").write_bytes(b"x")
+        tracker.update_checkpoint(step, step // 100, None, {"composite_score": score, "clip_score": 0.3})
+    (tmp_path / "0000600.pt").write_bytes(b"x")
+    tracker.checkpoint_saved(600, None, epoch=6, evaluate=True)
+    return tmp_path
+
+
+def test_status_table_and_json(run_dir: Path):
+    before = sorted(os.listdir(run_dir))
+    table = cli("status", str(run_dir))
+    assert table.returncode == 0, table.stderr
+    out = table.stdout
+    assert "composite_score" in out and "★" in out and "0.90" in out and "pending evaluation" in out
+    assert "best: 0000200.pt" in out and "best.pt -> 0000200.pt" in out
+    assert "0.40" not in out  # pruned history hidden without --all
+    assert "0.40" in cli("status", str(run_dir), "--all").stdout
+
+    js = cli("status", str(run_dir), "--json")
+    assert js.returncode == 0, js.stderr
+    data = json.loads(js.stdout)
+    assert data["summary"]["best_step"] == 200 and data["best_link"] == "0000200.pt"
+    rows = {r["step"]: r for r in data["records"]}
+    assert rows[200]["best"] and rows[200]["fate"] == "keep" and "best" in rows[200]["reasons"]
+    assert rows[100]["fate"] == "pruned" and rows[600]["status"] == "pending"
+    assert sorted(os.listdir(run_dir)) == before  # status is read-only
+
+
+def test_prune_dry_run_then_apply(run_dir: Path):
+    dry = cli("prune", str(run_dir), "--dry-run", "--save-top-k", "1")
+    assert dry.returncode == 0, dry.stderr
+    lines = {line.split()[1]: line for line in dry.stdout.splitlines() if line.startswith(("KEEP", "DELETE"))}
+    assert lines["0000200.pt"].startswith("KEEP") and "best" in lines["0000200.pt"]
+    assert lines["0000500.pt"].startswith("DELETE") and "outside the top-k" in lines["0000500.pt"]
+    assert lines["0000600.pt"].startswith("KEEP") and "pending evaluation" in lines["0000600.pt"]
+    assert "would delete" in dry.stdout
+    assert (run_dir / "0000500.pt").exists()  # dry run deleted nothing
+
+    applied = cli("prune", str(run_dir), "--save-top-k", "1")
+    assert applied.returncode == 0, applied.stderr
+    assert sorted(n for n in os.listdir(run_dir) if n[:7].isdigit()) == ["0000200.pt", "0000600.pt"]
+    assert os.readlink(run_dir / "best.pt") == "0000200.pt"
+
+
+def test_cli_bad_input_messages(tmp_path: Path, run_dir: Path):
+    missing = cli("status", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "is not a directory" in missing.stderr
+    bad = cli("prune", str(run_dir), "--keep-latest", "0")
+    assert bad.returncode == 2 and "keep_latest must be an int >= 1" in bad.stderr
+    assert (run_dir / "0000500.pt").exists()

@@ -1,0 +1,99 @@
+"""Several processes sharing one checkpoint directory through the file lock: no lost record."""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+from bestckpt.tracker import BestCheckpointTracker
+
+N_PER_WRITER = 30
+
+
+def score_of(step: int) -> float:
+    return ((step * 7919) % 101) / 100.0
+
+
+def _writer(ckdir: str, parity: int, start, errors) -> None:
+    try:
+        tracker = BestCheckpointTracker(ckdir, save_top_k=3, keep_every_n_steps=None)
+        start.wait(10)
+        for i in range(N_PER_WRITER):
+            step = 2 * i + parity + 1
+            path = Path(ckdir) / f"{step:07d}.pt"
+            path.write_bytes(b"%d" % step)
+            tracker.checkpoint_saved(step, path)
+            tracker.update_checkpoint(step, 0, path, {"composite_score": score_of(step)})
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        errors.put(f"writer {parity}: {exc!r}")
+
+
+def test_two_writers_lose_no_record(tmp_path: Path):
+    ctx = mp.get_context("fork")
+    start, errors = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), p, start, errors)) for p in (0, 1)]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(60)
+    assert errors.empty(), errors.get()
+    assert all(p.exitcode == 0 for p in procs)
+    state = json.loads((tmp_path / "best_checkpoints.json").read_text())
+    steps = sorted(r["step"] for r in state["checkpoints"])
+    assert steps == list(range(1, 2 * N_PER_WRITER + 1))  # every record from both processes
+    assert all(r["status"] == "evaluated" and r["metrics"]["composite_score"] == score_of(r["step"])
+               for r in state["checkpoints"])
+    tracker = BestCheckpointTracker(tmp_path, save_top_k=3, keep_every_n_steps=None)
+    top = sorted(steps, key=lambda s: (-score_of(s), s))[:3]
+    assert tracker.best.step == top[0] and os.readlink(tmp_path / "best.pt") == f"{top[0]:07d}.pt"
+    on_disk = {int(n[:7]) for n in os.listdir(tmp_path) if n[:7].isdigit()}
+    assert set(top) <= on_disk and 2 * N_PER_WRITER in on_disk
+    assert on_disk <= set(top) | {2 * N_PER_WRITER - 1, 2 * N_PER_WRITER}  # at most the other's last
+
+
+def _trainer(ckdir: str, n: int) -> None:
+    tracker = BestCheckpointTracker(ckdir, save_top_k=2, keep_every_n_steps=None)
+    for step in range(1, n + 1):
+        path = Path(ckdir) / f"{step:07d}.pt"
+        path.write_bytes(b"%d" % step)
+        tracker.checkpoint_saved(step, path, evaluate=True)  # protected until the evaluator scores it
+        time.sleep(0.01)
+
+
+def _evaluator(ckdir: str, n: int, errors) -> None:
+    try:
+        tracker = BestCheckpointTracker(ckdir, save_top_k=2, keep_every_n_steps=None)
+        done: set[int] = set()
+        deadline = time.monotonic() + 30
+        while len(done) < n and time.monotonic() < deadline:
+            for step in tracker.pending_steps():
+                path = Path(ckdir) / f"{step:07d}.pt"
+                assert path.exists(), f"pending checkpoint {path} was deleted before its evaluation"
+                tracker.update_checkpoint(step, 0, path, {"composite_score": score_of(step)})
+                done.add(step)
+            time.sleep(0.005)
+    except BaseException as exc:  # noqa: BLE001
+        errors.put(repr(exc))
+
+
+def test_trainer_and_separate_evaluator_share_a_directory(tmp_path: Path):
+    n = 25
+    BestCheckpointTracker(tmp_path, save_top_k=2, keep_every_n_steps=None)
+    ctx = mp.get_context("fork")
+    errors = ctx.Queue()
+    procs = [ctx.Process(target=_trainer, args=(str(tmp_path), n)),
+             ctx.Process(target=_evaluator, args=(str(tmp_path), n, errors))]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert errors.empty(), errors.get()
+    tracker = BestCheckpointTracker(tmp_path, save_top_k=2, keep_every_n_steps=None)
+    assert tracker.pending_steps() == []
+    assert sorted(r.step for r in tracker.records if r.status == "evaluated") == list(range(1, n + 1))
+    top = sorted(range(1, n + 1), key=lambda s: (-score_of(s), s))[:2]
+    on_disk = {int(x[:7]) for x in os.listdir(tmp_path) if x[:7].isdigit()}
+    assert on_disk == set(top) | {n}
