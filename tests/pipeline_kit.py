@@ -173,3 +173,29 @@ class KitScorer:
 
 def make_kit_scorer() -> KitScorer:
     return KitScorer()
+
+
+class DeepSpeedTinySampler(TinySampler):
+    """TinySampler over DeepSpeed tag directories written by tests/deepspeed_worker.py.
+
+    Loads ``mp_rank_00_model_states.pt`` through ``bestckpt.integrations.deepspeed.load_model_states``
+    (EMA when present) and renders from the last layer's first column.
+    """
+
+    def __call__(self, checkpoint_path, prompts, seeds, settings, device):  # type: ignore[override]
+        from bestckpt.integrations.deepspeed import load_model_states
+
+        state, weights = load_model_states(checkpoint_path)
+        w = state["2.weight"][:, :1].reshape(3, 8, 8).float()
+        size = settings.image_size
+        base = torch.nn.functional.interpolate(w[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+        images = []
+        for prompt, seed in zip(prompts, seeds):
+            g = torch.Generator().manual_seed(int(seed))
+            noise = torch.randn(3, size, size, generator=g)
+            images.append(torch.sigmoid(base + _tint(prompt) + 0.5 * noise).mul(255).round().to(torch.uint8))
+        return SampleBatch(images=torch.stack(images), weights=weights)
+
+
+def make_deepspeed_sampler() -> DeepSpeedTinySampler:
+    return DeepSpeedTinySampler()
