@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 __all__ = ["add_parser", "run"]
@@ -27,16 +28,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from bestckpt.sinks.report import ReportError, write_report
 
-    console = Console(stderr=True)
     try:
         path = write_report(args.run_dir, args.output, checkpoint_dir=args.checkpoint_dir,
                             samples_dir=args.samples_dir, protocol_file=args.protocol)
     except ReportError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     print(path)
     return 0
