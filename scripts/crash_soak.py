@@ -35,13 +35,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from bestckpt.store import read_state
 from bestckpt.tracker import BestCheckpointTracker
 
 SETTINGS = dict(save_top_k=3, keep_latest=2, keep_every_n_steps=200)
 TOP_K = SETTINGS["save_top_k"]
 
 
-def _child(ckdir: Path, seed: int) -> None:
+def _child(ckdir: Path, seed: int, compact_bytes: int) -> None:
     """The training-like loop that gets killed (runs in a forked process, never returns)."""
     logging.disable(logging.CRITICAL)
     rng = random.Random(seed)
@@ -54,7 +55,7 @@ def _child(ckdir: Path, seed: int) -> None:
                 os.rmdir(full)
             else:
                 os.unlink(full)
-    tracker = BestCheckpointTracker(ckdir, **SETTINGS)
+    tracker = BestCheckpointTracker(ckdir, **SETTINGS, state_compact_bytes=compact_bytes)
     # What an integration does on resume: the checkpoint DeepSpeed's `latest` names (saved just
     # before the previous process died, maybe before it could tell the tracker) is registered.
     try:
@@ -112,7 +113,8 @@ def check_after_kill(ckdir: Path) -> list[str]:
         raise ValueError(f"bare {token}")
 
     try:
-        state = json.loads(state_path.read_text(), parse_constant=refuse)
+        json.loads(state_path.read_text(), parse_constant=refuse)  # the snapshot is strict JSON
+        state = read_state(ckdir)  # snapshot + journal
         assert state["schema"] == "bestckpt.state/1" and isinstance(state["checkpoints"], list)
     except Exception as exc:  # noqa: BLE001 - any failure to parse is a violation
         return [f"state does not parse: {exc!r}"]
@@ -148,11 +150,11 @@ def check_after_kill(ckdir: Path) -> list[str]:
     return problems
 
 
-def check_resume(ckdir: Path) -> list[str]:
+def check_resume(ckdir: Path, compact_bytes: int = 256 * 1024) -> list[str]:
     """A new tracker resumes cleanly and repairs the one allowed window."""
     problems: list[str] = []
     try:
-        tracker = BestCheckpointTracker(ckdir, **SETTINGS)
+        tracker = BestCheckpointTracker(ckdir, **SETTINGS, state_compact_bytes=compact_bytes)
         best = tracker.best
     except Exception as exc:  # noqa: BLE001
         return [f"resume raised {exc!r}"]
@@ -168,11 +170,13 @@ def check_resume(ckdir: Path) -> list[str]:
     return problems
 
 
-def run_soak(ckdir: Path, kills: int, seed: int = 0, max_delay: float = 0.25,
+def run_soak(ckdir: Path, kills: int, seed: int = 0, max_delay: float = 0.25, compact_bytes: int = 256 * 1024,
              log=lambda msg: None) -> tuple[int, int, list[str]]:
-    """Kill ``kills`` children; returns (kills done, violations, violation messages)."""
+    """Kill ``kills`` children; returns (kills done, violations, violation messages).
+
+    ``compact_bytes=0`` makes every transaction a journal append (the large-state path)."""
     ckdir.mkdir(parents=True, exist_ok=True)
-    BestCheckpointTracker(ckdir, **SETTINGS)
+    BestCheckpointTracker(ckdir, **SETTINGS, state_compact_bytes=compact_bytes)
     rng = random.Random(seed)
     violations: list[str] = []
     done = 0
@@ -181,7 +185,7 @@ def run_soak(ckdir: Path, kills: int, seed: int = 0, max_delay: float = 0.25,
         if pid == 0:  # child
             code = 0
             try:
-                _child(ckdir, seed * 1_000_003 + i)
+                _child(ckdir, seed * 1_000_003 + i, compact_bytes)
             except BaseException:  # noqa: BLE001 - a crash of the child itself is reported by exit code
                 code = 3
             finally:
@@ -193,7 +197,7 @@ def run_soak(ckdir: Path, kills: int, seed: int = 0, max_delay: float = 0.25,
             violations.append(f"kill {i}: child ended on its own with status {status} (it raised)")
         done += 1
         found = [f"kill {i}: {p}" for p in check_after_kill(ckdir)]
-        found += [f"kill {i} (resume): {p}" for p in check_resume(ckdir)]
+        found += [f"kill {i} (resume): {p}" for p in check_resume(ckdir, compact_bytes)]
         violations += found
         for p in found:
             log(p)
@@ -207,14 +211,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-delay", type=float, default=0.25, help="kill within this many seconds of the start")
+    parser.add_argument("--compact-bytes", type=int, default=256 * 1024,
+                        help="state size above which transactions go to the journal (0: always)")
     parser.add_argument("--dir", type=Path, default=None, help="checkpoint directory (default: a temporary one)")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)
     ckdir = args.dir or Path(tempfile.mkdtemp(prefix="bestckpt-soak-")) / "checkpoints"
     t0 = time.monotonic()
-    kills, n_viol, messages = run_soak(ckdir, args.kills, args.seed, args.max_delay,
+    kills, n_viol, messages = run_soak(ckdir, args.kills, args.seed, args.max_delay, args.compact_bytes,
                                        log=lambda m: print(m, flush=True))
-    state = json.loads((ckdir / "best_checkpoints.json").read_text())
+    state = read_state(ckdir)
     known = {r["checkpoint_path"] for r in state["checkpoints"]}
     unknown = [n for n in os.listdir(ckdir) if n[:7].isdigit() and n not in known]
     print(f"kills: {kills}  violations: {n_viol}  records: {len(state['checkpoints'])}  unrecorded: {len(unknown)}  "

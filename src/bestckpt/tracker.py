@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 STATE_SCHEMA = "bestckpt.state/1"
 STATUSES = ("pending", "saved", "evaluated", "failed")
+_HEADER_TOP = 100  # the state header's "top_k" lists at most this many steps (the ranking's head)
 _T = TypeVar("_T")
 
 
@@ -187,6 +188,7 @@ class BestCheckpointTracker:
         is_writer: bool | None = None,
         config: TrackerConfig | None = None,
         lock_timeout: float = 600.0,
+        state_compact_bytes: int = 256 * 1024,
     ) -> None:
         if config is None:
             if checkpoint_dir is None:
@@ -202,13 +204,20 @@ class BestCheckpointTracker:
         self.is_writer = _default_is_writer() if is_writer is None else bool(is_writer)
         self.dir = config.checkpoint_dir
         self._state_path = self.dir / store.STATE_FILE
+        self._sf = store.StateFile(self.dir, compact_bytes=state_compact_bytes)
         self._records: dict[int, Record] = {}
+        self._live_steps: set[int] = set()  # not pruned, not refused: what retention looks at
+        self._dirty: set[int] = set()  # records changed since the last write (journal entries)
+        self._version = 0  # bumped at every change: keys the memo of ranking computations
+        self._memo: dict[str, Any] = {}
+        self._force_full = False
         self._unreadable: list[Any] = []  # stored entries we could not parse: kept, written back
         self._intents: list[dict[str, Any]] = []  # deletions decided, maybe not yet done
         self._refused: dict[int, str] = {}  # records whose path escapes the directory
         self._stored_config: dict[str, Any] = {}
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: tuple[Any, Any] | None = None
         self._fragments: dict[int, tuple[Record, str]] = {}  # cached JSON of unchanged records
+        self._results_signature: str | None = None
         self._lock = None
         if self.is_writer:
             if self.dir.exists() and not self.dir.is_dir():
@@ -238,16 +247,16 @@ class BestCheckpointTracker:
         state is missing or unreadable). Read-only unless ``is_writer``: what ``bestckpt status`` uses."""
         stored: dict[str, Any] = {}
         try:
-            data = json.loads((Path(checkpoint_dir) / store.STATE_FILE).read_text(encoding="utf-8"))
+            data = store.read_state(Path(checkpoint_dir))
             if isinstance(data, dict):
                 cfg = data.get("tracker_config")
                 stored = dict(cfg) if isinstance(cfg, dict) else {
                     k: data[k] for k in ("metric_name", "higher_is_better", "save_top_k") if k in data}
         except (OSError, ValueError):
             pass
-        lock_timeout = overrides.pop("lock_timeout", 600.0)
+        extra = {k: overrides.pop(k) for k in ("lock_timeout", "state_compact_bytes") if k in overrides}
         config = TrackerConfig.from_dict(checkpoint_dir, stored, **overrides)
-        return cls(config=config, is_writer=is_writer, lock_timeout=lock_timeout)
+        return cls(config=config, is_writer=is_writer, **extra)
 
     # ------------------------------------------------------------------ public API
     @property
@@ -371,7 +380,7 @@ class BestCheckpointTracker:
         self._refresh()
         return self._summary()
 
-    def _summary(self) -> dict[str, Any]:
+    def _summary(self, limit: int | None = None) -> dict[str, Any]:
         ranking = self._ranking()
         best = ranking[0] if ranking else None
         live = self._live()
@@ -383,7 +392,7 @@ class BestCheckpointTracker:
             "best_score": best.score(self.metric_name) if best else None,
             "best_checkpoint": best.path if best else None,
             "best_step": best.step if best else None,
-            "ranking": [r.to_json() for r in ranking],
+            "ranking": [r.to_json() for r in ranking[:limit]],
             "evaluated": sum(1 for r in live if r.status == "evaluated"),
             "pending": sorted(r.step for r in live if r.status == "pending"),
             "failed": [{"step": r.step, "error": r.error} for r in sorted(live, key=lambda r: r.step)
@@ -403,7 +412,7 @@ class BestCheckpointTracker:
             return path
         with self._locked():
             self._load()
-            self._write_results()
+            self._write_results(force=True)
         return path
 
     # ------------------------------------------------------------------ transactions
@@ -448,15 +457,18 @@ class BestCheckpointTracker:
             return result
 
     def _check_present(self) -> None:
-        """Drop (with a warning) the records best.pt could point at whose checkpoint vanished.
+        """Drop (with a warning) vanished checkpoints that best.pt could point at, and the newest.
 
-        Cheap (about k + 2 ``lstat`` calls): the full check of every live record runs on reload.
+        Cheap (a few ``lstat`` calls): the full check of every live record runs on full reloads.
         """
-        ranked = self._ranking()
-        newest = max((r.step for r in self._live()), default=None)
-        for rec in ranked + ([self._records[newest]] if newest is not None else []):
-            if not os.path.lexists(self.dir / rec.path):
-                self._drop_missing(rec)
+        newest = max(self._live_steps, default=None)
+        if newest is not None and not os.path.lexists(self.dir / self._records[newest].path):
+            self._drop_missing(self._records[newest])
+        while True:
+            best = self._best_step()
+            if best is None or os.path.lexists(self.dir / self._records[best].path):
+                return
+            self._drop_missing(self._records[best])
 
     def _drop_missing(self, rec: Record) -> None:
         logger.warning("checkpoint %s (step %d) was deleted outside bestckpt; dropping it", rec.path, rec.step)
@@ -515,23 +527,37 @@ class BestCheckpointTracker:
 
     # ------------------------------------------------------------------ ranking
     def _live(self) -> list[Record]:
-        return [r for r in self._records.values() if not r.pruned and r.step not in self._refused]
+        return [self._records[s] for s in self._live_steps]
+
+    def _memoized(self, key: str, compute: Callable[[], _T]) -> _T:
+        """Ranking computations are done once per state version (a commit asks several times)."""
+        if self._memo.get("version") != self._version:
+            self._memo = {"version": self._version}
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def _candidates(self) -> list[Candidate]:
         name = self.metric_name
-        return [Candidate(r.step, r.path, r.status, r.score(name), r.time) for r in self._live()]
+        return self._memoized("candidates", lambda: [
+            Candidate(r.step, r.path, r.status, r.score(name), r.time) for r in self._live()])
 
     def _best_step(self, candidates: list[Candidate] | None = None) -> int | None:
-        cands = self._candidates() if candidates is None else candidates
-        best = select_best(cands, self.higher_is_better, self.config.min_improvement)
-        return None if best is None else best.step
+        def compute() -> int | None:
+            best = select_best(self._candidates(), self.higher_is_better, self.config.min_improvement)
+            return None if best is None else best.step
+
+        return self._memoized("best", compute)
 
     def _ranking(self) -> list[Record]:
         """The top-k records, best first (the best leads even when min_improvement kept it over a
         slightly higher score)."""
+        return self._memoized("ranking", self._compute_ranking)
+
+    def _compute_ranking(self) -> list[Record]:
         cands = self._candidates()
         ranked = rank(cands, self.higher_is_better)
-        best = self._best_step(cands)
+        best = self._best_step()
         steps = [c.step for c in ranked]
         if best is not None:
             steps.remove(best)
@@ -543,7 +569,7 @@ class BestCheckpointTracker:
     def _decide(self, best_step: int | None = None) -> list[Decision]:
         cands = self._candidates()
         if best_step is None:
-            best_step = self._best_step(cands)
+            best_step = self._best_step()
         cfg = self.config
         policy = retention_policy(
             save_top_k=cfg.save_top_k, higher_is_better=cfg.higher_is_better, metric_name=cfg.metric_name,
@@ -562,14 +588,27 @@ class BestCheckpointTracker:
         step = self.config.step_from_name(tag) if tag else None
         if step is not None:
             out[step] = "named by DeepSpeed 'latest'"
-        for r in self._records.values():
-            if r.info.get("recovered") and r.status == "saved" and not r.pruned:
+        for r in self._live():
+            if r.info.get("recovered") and r.status == "saved":
                 out[r.step] = "recovered after state loss (evaluate it, or delete it by hand)"
         return out
 
     # ------------------------------------------------------------------ state I/O
-    def _put(self, record: Record) -> None:
+    def _put(self, record: Record, *, dirty: bool = True) -> None:
         self._records[record.step] = record
+        if record.pruned or record.step in self._refused:
+            self._live_steps.discard(record.step)
+        else:
+            self._live_steps.add(record.step)
+        if dirty:
+            self._dirty.add(record.step)
+        self._version += 1
+
+    def _set_records(self, records: dict[int, Record]) -> None:
+        self._records = records
+        self._live_steps = {s for s, r in records.items() if not r.pruned and s not in self._refused}
+        self._dirty = set()
+        self._version += 1
 
     def _check_step(self, step: Any) -> int:
         if isinstance(step, bool) or not isinstance(step, int):
@@ -633,37 +672,53 @@ class BestCheckpointTracker:
         return clean, None
 
     def _load(self) -> None:
-        """Reload the state if the file changed since we last read or wrote it."""
-        try:
-            fd = os.open(self._state_path, os.O_RDONLY)
-        except FileNotFoundError:
-            if self._stamp is not None:
+        """Reload the state if another process changed it since we last read or wrote it.
+
+        The snapshot's and the journal's ``(mtime_ns, size, inode)`` tell; when only the journal
+        grew, just the new transactions are read.
+        """
+        stamp = self._sf.stamp()
+        if stamp == self._stamp:
+            return
+        if stamp[0] is None:
+            if self._stamp is not None and self._stamp[0] is not None:
                 logger.warning("%s disappeared; rebuilding the state from the checkpoints on disk", self._state_path)
-                self._stamp = None
+                self._set_records({})
                 self._rebuild_from_disk()
+            self._stamp = stamp
             return
-        except NotADirectoryError:
-            return
-        try:
-            st = os.fstat(fd)
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-            if stamp == self._stamp:
+        if self._stamp is not None and stamp[0] == self._stamp[0] and self._sf.journal_id is not None:
+            try:
+                entries = self._sf.read_journal(self._sf.journal_id, incremental=True)
+            except ValueError:
+                entries = None
+            if entries is not None:
+                for entry in entries:
+                    self._apply_entry(entry)
+                self._stamp = stamp
                 return
-            with os.fdopen(fd, "rb", closefd=False) as fh:
-                raw = fh.read()
-        finally:
-            os.close(fd)
+        snap = self._sf.read_snapshot()
+        if snap is None:
+            self._stamp = None
+            return self._load()
         try:
-            self._parse(raw)
+            data = self._parse(snap[0])
         except StateError:
             raise
         except (ValueError, UnicodeDecodeError) as exc:
             self._corrupt(str(exc))
             return
+        try:
+            entries = self._sf.read_journal(data.get("journal_id"))
+        except ValueError as exc:
+            self._journal_corrupt(str(exc))
+            entries = []
+        for entry in entries:
+            self._apply_entry(entry)
         self._stamp = stamp
         self._reconcile()
 
-    def _parse(self, raw: bytes) -> None:
+    def _parse(self, raw: bytes) -> dict[str, Any]:
         data = json.loads(raw.decode("utf-8"))
         if not isinstance(data, dict):
             raise ValueError(f"top level is a {type(data).__name__}, not an object")
@@ -672,6 +727,7 @@ class BestCheckpointTracker:
             if not isinstance(data.get("checkpoints"), list) or "metric_name" not in data:
                 raise ValueError("not a bestckpt state file (no 'schema', no 'checkpoints' list)")
             logger.info("%s is in the original tracker's format; importing it", self._state_path)
+            self._force_full = True
         elif isinstance(schema, str) and schema.startswith("bestckpt.state/") and schema != STATE_SCHEMA:
             raise StateError(f"{self._state_path} has schema {schema!r}, newer than this bestckpt ({STATE_SCHEMA}); "
                              "upgrade bestckpt")
@@ -694,20 +750,63 @@ class BestCheckpointTracker:
             if rec.step in records:
                 logger.warning("%s lists step %d twice; the later entry wins", self._state_path, rec.step)
             records[rec.step] = rec
-        intents = data.get("deleting") or []
-        self._records = records
-        self._unreadable = unreadable
-        self._intents = [i for i in intents if isinstance(i, dict)] if isinstance(intents, list) else []
-        cfg = data.get("tracker_config")
-        self._stored_config = dict(cfg) if isinstance(cfg, dict) else {
-            "metric_name": data.get("metric_name"), "higher_is_better": data.get("higher_is_better")}
         self._refused = {}
         for rec in records.values():
+            self._check_confined(rec)
+        self._set_records(records)
+        self._unreadable = unreadable
+        self._apply_header(data)
+        self._sf.journal_id = data.get("journal_id") if isinstance(data.get("journal_id"), str) else None
+        return data
+
+    def _check_confined(self, rec: Record) -> None:
+        try:
+            store.confine(self.dir, rec.path)
+        except store.UnsafePathError as exc:
+            self._refused[rec.step] = str(exc)
+            logger.error("state entry of step %d refused: %s (never deleted, never best)", rec.step, exc)
+        else:
+            self._refused.pop(rec.step, None)
+
+    def _apply_header(self, header: Mapping[str, Any]) -> None:
+        intents = header.get("deleting") or []
+        self._intents = [i for i in intents if isinstance(i, dict)] if isinstance(intents, list) else []
+        cfg = header.get("tracker_config")
+        if isinstance(cfg, dict):
+            self._stored_config = dict(cfg)
+        elif "metric_name" in header:
+            self._stored_config = {"metric_name": header.get("metric_name"),
+                                   "higher_is_better": header.get("higher_is_better")}
+
+    def _apply_entry(self, entry: Mapping[str, Any]) -> None:
+        """One journal transaction: its header fields and the records it changed."""
+        header = entry.get("header")
+        if isinstance(header, dict):
+            self._apply_header(header)
+        for raw in entry.get("records") or []:
             try:
-                store.confine(self.dir, rec.path)
-            except store.UnsafePathError as exc:
-                self._refused[rec.step] = str(exc)
-                logger.error("state entry of step %d refused: %s (never deleted, never best)", rec.step, exc)
+                rec = Record.from_json(raw)
+            except ValueError as exc:
+                logger.error("%s: unreadable record kept aside (%s): %r", self._sf.journal_path, exc, raw)
+                self._unreadable.append(raw)
+                continue
+            self._check_confined(rec)
+            self._put(rec, dirty=False)
+
+    def _journal_corrupt(self, why: str) -> None:
+        """Keep the snapshot, move the unreadable journal aside, and re-adopt what is on disk."""
+        journal = self._sf.journal_path
+        if self.is_writer:
+            aside = journal.with_name(f"{journal.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+            os.replace(journal, aside)
+            store.fsync_dir(self.dir)
+            logger.error("%s (%s); moved it to %s; checkpoints on disk that the state lost are re-adopted",
+                         why, journal, aside.name)
+        else:
+            logger.error("%s; ignoring the journal", why)
+        self._sf.torn = True
+        self._force_full = True
+        self._rebuild_from_disk()
 
     def _legacy_relpath(self, path: str) -> str:
         p = Path(path)
@@ -731,14 +830,22 @@ class BestCheckpointTracker:
                          self._state_path, why, aside.name)
         else:
             logger.error("%s is unreadable (%s); reading the checkpoints on disk instead", self._state_path, why)
-        self._records, self._unreadable, self._intents, self._refused = {}, [], [], {}
+        if self.is_writer and os.path.lexists(self._sf.journal_path):
+            journal = self._sf.journal_path
+            os.replace(journal, journal.with_name(f"{journal.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"))
+        self._refused = {}
+        self._set_records({})
+        self._unreadable, self._intents = [], []
         self._stored_config = {}
         self._stamp = None
+        self._sf.journal_id = None
+        self._force_full = True
         self._rebuild_from_disk()
 
     def _rebuild_from_disk(self) -> None:
         """Every step checkpoint on disk that the state does not know becomes a ``saved`` record,
         protected from pruning (its scores were lost: re-evaluate it or delete it by hand)."""
+        adopted = 0
         for step, name in self._scan():
             if step in self._records and not self._records[step].pruned:
                 continue
@@ -746,10 +853,11 @@ class BestCheckpointTracker:
                 mtime = os.lstat(self.dir / name).st_mtime
             except OSError:
                 continue
-            self._records[step] = Record(step=step, epoch=None, path=name, metrics={}, status="saved", time=mtime,
-                                         info={"recovered": "state lost; rebuilt from disk"})
-        if self._records:
-            logger.warning("rebuilt %d checkpoint records from disk in %s", len(self._records), self.dir)
+            self._put(Record(step=step, epoch=None, path=name, metrics={}, status="saved", time=mtime,
+                             info={"recovered": "state lost; rebuilt from disk"}))
+            adopted += 1
+        if adopted:
+            logger.warning("rebuilt %d checkpoint records from disk in %s", adopted, self.dir)
 
     def _scan(self) -> Iterator[tuple[int, str]]:
         try:
@@ -782,7 +890,7 @@ class BestCheckpointTracker:
         if removed:
             logger.info("removed %d leftover temporary entries in %s", len(removed), self.dir)
         self._load()
-        if self._stamp is None and not self._records:
+        if (self._stamp is None or self._stamp[0] is None) and not self._records:
             self._rebuild_from_disk()
         known = {r.path for r in self._records.values() if not r.pruned}
         unknown = [name for _, name in self._scan() if name not in known]
@@ -801,6 +909,7 @@ class BestCheckpointTracker:
                 )
             logger.info("re-ranking %s by %s (higher_is_better=%s), was %s (higher_is_better=%s)",
                         self.dir, self.metric_name, self.higher_is_better, old_name, old_dir)
+        self._force_full = True  # every start compacts: best_checkpoints.json alone is current again
         self._write_state(self._best_step(), None)
         self._repair_best_link()
 
@@ -815,7 +924,8 @@ class BestCheckpointTracker:
             logger.info("best.pt now points at %s", rel)
 
     def _write_state(self, best_step: int | None, marker: dict[str, Any] | None) -> None:
-        ranking = [r.step for r in self._ranking()]
+        """Persist the state: a full atomic snapshot, or (large states) one journal line."""
+        ranking = [r.step for r in self._ranking()[:_HEADER_TOP]]
         header: dict[str, Any] = {
             "schema": STATE_SCHEMA,
             "metric_name": self.metric_name,
@@ -825,35 +935,43 @@ class BestCheckpointTracker:
             "best_step": best_step,
             "best_checkpoint": None if best_step is None else self._records[best_step].path,
             "top_k": ranking,
+            "best_link": marker,
+            "deleting": self._intents,
             "updated_at": time.time(),
         }
-        if marker is not None:
-            header["best_link"] = marker
-        if self._intents:
-            header["deleting"] = self._intents
-        if self._unreadable:
-            header["unreadable_checkpoints"] = self._unreadable
-        fragments = []
-        cache = self._fragments
-        for step in sorted(self._records):
-            rec = self._records[step]
-            hit = cache.get(step)
-            if hit is None or hit[0] is not rec:
-                hit = (rec, store.to_strict_json(rec.to_json()))
-                cache[step] = hit
-            fragments.append(hit[1])
-        for step in [s for s in cache if s not in self._records]:
-            del cache[step]
-        text = store.to_strict_json(header)[:-1] + ',"checkpoints":[\n' + ",\n".join(fragments) + "\n]}\n"
-        store.atomic_write_text(self._state_path, text)
-        st = os.stat(self._state_path)
-        self._stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if self._force_full or self._sf.needs_full_write():
+            if self._unreadable:
+                header["unreadable_checkpoints"] = self._unreadable
+            fragments = []
+            cache = self._fragments
+            for step in sorted(self._records):
+                rec = self._records[step]
+                hit = cache.get(step)
+                if hit is None or hit[0] is not rec:
+                    hit = (rec, store.to_strict_json(rec.to_json()))
+                    cache[step] = hit
+                fragments.append(hit[1])
+            if len(cache) > len(self._records):
+                for step in [s for s in cache if s not in self._records]:
+                    del cache[step]
+            self._sf.write_full(store.to_strict_json(header)[:-1] + ',"checkpoints":[\n' + ",\n".join(fragments) + "\n]")
+            self._force_full = False
+        else:
+            changed = [self._records[s].to_json() for s in sorted(self._dirty)]
+            self._sf.append(store.to_strict_json({"header": header, "records": changed}))
+        self._dirty.clear()
+        self._stamp = self._sf.stamp()
         self._stored_config = self.config.to_dict()
 
-    def _write_results(self) -> None:
-        doc = results_document(self._summary(), self.config.to_dict(), time.time())
-        # Derived from the state at every call: atomic, but not fsynced (saves ~10 ms per call).
+    def _write_results(self, force: bool = False) -> None:
+        """Rewrite ``best_checkpoint_results.json`` when its content changed (the ranking's first
+        ``_HEADER_TOP`` records are listed). Derived from the state, so atomic but not fsynced."""
+        doc = results_document(self._summary(limit=_HEADER_TOP), self.config.to_dict(), time.time())
+        signature = store.to_strict_json({k: v for k, v in doc.items() if k != "updated_at"})
+        if not force and signature == self._results_signature and (self.dir / store.RESULTS_FILE).exists():
+            return
         store.atomic_write_json(self.dir / store.RESULTS_FILE, doc, indent=2, durable=False)
+        self._results_signature = signature
 
     def __repr__(self) -> str:
         return (f"BestCheckpointTracker({str(self.dir)!r}, metric_name={self.metric_name!r}, "
