@@ -177,3 +177,49 @@ def test_cleanup_temporaries_only_removes_ours(tmp_path: Path):
     removed = store.cleanup_temporaries(tmp_path)
     assert len(removed) == 3
     assert sorted(os.listdir(tmp_path)) == [".hidden_user_file", "0001000.pt.tmp"]
+
+
+def _snapshot_text(records: list[dict], **header) -> str:
+    body = {"schema": "bestckpt.state/1", **header}
+    return json.dumps(body)[:-1] + ',"checkpoints":' + json.dumps(records)
+
+
+def test_state_file_journal_append_merge_and_compaction(tmp_path: Path):
+    sf = store.StateFile(tmp_path, compact_bytes=0)
+    sf.write_full(_snapshot_text([{"step": 1, "v": 1}], best_step=1))
+    assert not sf.needs_full_write()
+    sf.append(json.dumps({"header": {"best_step": 2}, "records": [{"step": 2, "v": 2}]}))
+    sf.append(json.dumps({"header": {"best_step": 1}, "records": [{"step": 1, "v": 3}]}))
+    state = store.read_state(tmp_path)
+    assert state["best_step"] == 1 and state["checkpoints"] == [{"step": 1, "v": 3}, {"step": 2, "v": 2}]
+    # incremental read by another reader sees only the new lines
+    other = store.StateFile(tmp_path)
+    snap = other.read_snapshot()
+    jid = json.loads(snap[0])["journal_id"]
+    assert len(other.read_journal(jid)) == 2
+    sf.append(json.dumps({"header": {}, "records": [{"step": 3}]}))
+    assert other.read_journal(jid, incremental=True) == [{"header": {}, "records": [{"step": 3}]}]
+    # compaction: a new snapshot id makes the old journal irrelevant and removes it
+    sf.write_full(_snapshot_text([{"step": 9}]))
+    assert not (tmp_path / store.JOURNAL_FILE).exists()
+    assert store.read_state(tmp_path)["checkpoints"] == [{"step": 9}]
+    assert other.read_journal(jid, incremental=True) is None  # the journal it followed is gone
+
+
+def test_state_file_torn_tail_and_stale_journal(tmp_path: Path):
+    sf = store.StateFile(tmp_path, compact_bytes=0)
+    sf.write_full(_snapshot_text([{"step": 1}]))
+    sf.append(json.dumps({"header": {}, "records": [{"step": 2}]}))
+    with open(tmp_path / store.JOURNAL_FILE, "ab") as fh:
+        fh.write(b'{"header": {}, "records": [{"st')  # a crash mid-append
+    reader = store.StateFile(tmp_path)
+    jid = json.loads(reader.read_snapshot()[0])["journal_id"]
+    assert reader.read_journal(jid) == [{"header": {}, "records": [{"step": 2}]}] and reader.torn
+    assert reader.needs_full_write()  # a writer rewrites instead of appending after torn bytes
+    assert [r["step"] for r in store.read_state(tmp_path)["checkpoints"]] == [1, 2]
+    # a journal from before a compaction (other id) is ignored
+    (tmp_path / store.JOURNAL_FILE).write_text('{"journal_id": "old"}\n{"header": {}, "records": [{"step": 7}]}\n')
+    assert [r["step"] for r in store.read_state(tmp_path)["checkpoints"]] == [1]
+    (tmp_path / store.JOURNAL_FILE).write_text(f'{{"journal_id": "{jid}"}}\nnot json\n{{}}\n')
+    with pytest.raises(ValueError, match="line 2 is corrupt"):
+        store.StateFile(tmp_path).read_journal(jid)

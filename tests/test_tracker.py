@@ -309,3 +309,28 @@ def test_record_json_round_trip():
                  protocol_hash="abc", error="boom", info={"k": 1}, pruned=True)
     back = Record.from_json(json.loads(json.dumps(rec.to_json(), allow_nan=True)))
     assert back.step == 5 and back.error == "boom" and back.pruned and math.isnan(back.metrics["a"])
+
+
+def test_large_state_journal_path(tmp_path: Path):
+    """With state_compact_bytes=0 every call appends to the journal; everything still holds."""
+    from bestckpt.store import JOURNAL_FILE, read_state
+
+    tracker = BestCheckpointTracker(tmp_path, save_top_k=2, keep_every_n_steps=None, state_compact_bytes=0)
+    other = BestCheckpointTracker(tmp_path, save_top_k=2, keep_every_n_steps=None, state_compact_bytes=0)
+    scores = {1: 0.3, 2: 0.8, 3: 0.5, 4: 0.1, 5: 0.6, 6: 0.2}
+    for step, score in scores.items():
+        save_file(tmp_path, step)
+        writer = tracker if step % 2 else other  # two tracker objects take turns, as two processes would
+        writer.update_checkpoint(step, 0, None, {"composite_score": score})
+    assert (tmp_path / JOURNAL_FILE).exists()
+    snapshot = strict_json(tmp_path / "best_checkpoints.json")
+    assert len(snapshot["checkpoints"]) < 6  # the snapshot lags; the journal holds the rest
+    merged = read_state(tmp_path)
+    assert sorted(r["step"] for r in merged["checkpoints"]) == [1, 2, 3, 4, 5, 6] and merged["best_step"] == 2
+    assert entries(tmp_path) == {"0000002.pt", "0000005.pt", "0000006.pt"}
+    assert tracker.best.step == 2 and len(tracker.records) == 6 and len(other.records) == 6
+    reader = BestCheckpointTracker(tmp_path, is_writer=False)
+    assert [r.step for r in reader.records] == [1, 2, 3, 4, 5, 6]
+    BestCheckpointTracker(tmp_path, save_top_k=2, keep_every_n_steps=None)  # a start compacts
+    assert not (tmp_path / JOURNAL_FILE).exists()
+    assert len(strict_json(tmp_path / "best_checkpoints.json")["checkpoints"]) == 6

@@ -405,7 +405,7 @@ class StateFile:
     def needs_full_write(self) -> bool:
         if self.journal_id is None or self.torn or self.snapshot_size <= self.compact_bytes:
             return True
-        return self.journal_offset > max(self.compact_bytes, self.snapshot_size // 4)
+        return self.journal_offset > max(self.compact_bytes, self.snapshot_size // 4, 4096)
 
     def write_full(self, text_without_id: str) -> None:
         """Atomically replace the snapshot (``text_without_id`` is a JSON object missing its
