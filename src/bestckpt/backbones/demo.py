@@ -4,7 +4,7 @@ They let `bestckpt demo` compute real FID/KID/IS, CLIP score and LPIPS offline. 
 only** (32x32 shapes from `bestckpt.demo.data`); on any other images their numbers mean nothing. Real runs use the
 standard backbones (Inception, CLIP ViT-B/32, LPIPS-alex), which stay the defaults.
 
-- ``demo-classifier`` (kind "inception"): a 6-conv CNN predicting the five caption attributes, one linear head each.
+- ``demo-classifier`` (kind "inception"): a 6-conv CNN (16/32/64 channels, coordinate input channels) predicting the five caption attributes, one linear head each.
   ``features(images)`` gives ``pool`` [N, 128] (global average and max of the last conv stage, for FID/KID) and ``logits``
   [N, 35] over the joint (shape, colour) classes, log p(shape) + log p(colour) of the two heads. IS is meaningful
   with these logits: it is high when each image is confidently one coloured shape (sharp p(y|x)) and the set covers
@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bestckpt.backbones.weights import WeightsError
 from bestckpt.demo.data import ATTRIBUTE_NAMES, ATTRIBUTES, IMAGE_SIZE, Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ DEMO_BACKBONES: dict[str, str] = {"demo-classifier": "inception", "demo-clip": "
 _BATCH = 256  # images per forward pass: bounds memory for large evaluation sets
 
 
-class DemoWeightsError(RuntimeError):
+class DemoWeightsError(WeightsError):
     """A demo evaluator weight file is missing, unlisted in the manifest, or fails its sha256 check."""
 
 
@@ -277,12 +278,11 @@ class _DemoBackbone:
     def __init__(self, weights_dir: Path, device: str | torch.device):
         self.weights_dir = Path(weights_dir)
         self.device = torch.device(device)
-
-    @property
-    def identity(self) -> str:
-        """Stable id for caches: name, weights sha256 (the backbone fully determines preprocessing and layers)."""
-        shas = [sha256_file(self.weights_dir / f)[:16] for f in self._files()]
-        return f"{self.name}:{'+'.join(shas)}"
+        # id for reference-statistics caches: the name and the weights' sha256 (preprocessing and layers are fixed
+        # by the name); read from the manifest, which load_weights_file has checked against the files
+        manifest = json.loads((self.weights_dir / MANIFEST).read_text())
+        shas = [manifest["files"][f]["sha256"][:16] for f in self._files()]
+        self.cache_id = f"{self.name}-{'-'.join(shas)}"
 
     def _files(self) -> list[str]:
         return [WEIGHT_FILES[self.name]]
@@ -304,8 +304,8 @@ class DemoClassifier(_DemoBackbone):
     kind, name = "inception", "demo-classifier"
 
     def __init__(self, weights_dir: Path = DEFAULT_WEIGHTS_DIR, device: str | torch.device = "cpu"):
+        self.net = _load_classifier(Path(weights_dir)).to(device)
         super().__init__(weights_dir, device)
-        self.net = _load_classifier(self.weights_dir).to(self.device)
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -335,8 +335,8 @@ class DemoClip(_DemoBackbone):
     kind, name = "clip", "demo-clip"
 
     def __init__(self, weights_dir: Path = DEFAULT_WEIGHTS_DIR, device: str | torch.device = "cpu"):
+        payload = load_weights_file(Path(weights_dir), WEIGHT_FILES["demo-clip"])
         super().__init__(weights_dir, device)
-        payload = load_weights_file(self.weights_dir, WEIGHT_FILES["demo-clip"])
         self.tokenizer = Tokenizer(payload["arch"]["max_length"])
         if payload["arch"]["vocab_size"] != self.tokenizer.vocab_size:
             raise DemoWeightsError(f"demo-clip weights in {self.weights_dir} were trained with a vocabulary of "
@@ -365,11 +365,12 @@ class DemoLpips(_DemoBackbone):
     kind, name = "lpips", "demo-lpips"
 
     def __init__(self, weights_dir: Path = DEFAULT_WEIGHTS_DIR, device: str | torch.device = "cpu"):
+        payload = load_weights_file(Path(weights_dir), WEIGHT_FILES["demo-lpips"])
+        trunk = _load_classifier(Path(weights_dir)).trunk
         super().__init__(weights_dir, device)
-        payload = load_weights_file(self.weights_dir, WEIGHT_FILES["demo-lpips"])
         sd = payload["state_dict"]
         self.lin = [sd[f"lin{i}"].clamp_min(0.0).to(self.device) for i in range(len(sd))]
-        self.trunk = _load_classifier(self.weights_dir).trunk.to(self.device)
+        self.trunk = trunk.to(self.device)
         widths = [int(w.numel()) for w in self.lin]
         if widths != list(self.trunk.widths):
             raise DemoWeightsError(f"demo-lpips weights have layer widths {widths} but the demo classifier has "
@@ -413,8 +414,18 @@ def register() -> bool:
         logger.debug("bestckpt.backbones.register_backbone not available; demo evaluators not registered")
         return False
     for name, kind in DEMO_BACKBONES.items():
-        register_backbone(kind, name, lambda _name=name, **kw: build_demo_backbone(_name, **kw))
+        register_backbone(kind, name, _factory(name), replace=True)
     return True
+
+
+def _factory(name: str):
+    """`bestckpt.backbones` factory signature: factory(weights_dir: Path | None, device: torch.device)."""
+
+    def factory(weights_dir: Path | None, device: torch.device) -> _DemoBackbone:
+        return build_demo_backbone(name, weights_dir=weights_dir, device=device)
+
+    factory.__name__ = f"demo_factory_{name.replace('-', '_')}"
+    return factory
 
 
 register()
