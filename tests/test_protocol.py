@@ -79,6 +79,7 @@ def test_hash_covers_settings_and_reference_contents(tmp_path: Path) -> None:
     assert _quiet(**{**base, "num_samples": 4}).hash != h
     assert _quiet(**base, sampler=SamplerSettings(num_steps=20)).hash != h
     assert _quiet(**base, composite_weights={"clip_score": 1.0}).hash != h
+    assert _quiet(**base, metric_options={"kid": {"subsets": 5}}).hash != h
     assert _quiet(**base, name="renamed").hash == h  # a label, not a setting
     refs[0].write_bytes(refs[1].read_bytes())  # same path, different contents
     assert _quiet(**base).hash != h

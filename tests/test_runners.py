@@ -144,3 +144,42 @@ def test_background_runner_does_not_block_training(tmp_path: Path, monkeypatch: 
           f"{sync * 1e3:.0f} ms -> ratio {per_ckpt / sync:.3f}; training loop {loop_time:.2f} s")
     assert sync >= 0.6
     assert sorted(blocked)[len(blocked) // 2] < 0.25 * sync  # median well below a synchronous evaluation
+
+
+RANDOM_BACKBONES = {"inception": "inception-2015-12-05-random-test", "clip": "clip-tiny-random-test",
+                    "lpips": "lpips-alex-random-test"}
+
+
+def real_protocol(tmp_path: Path, num_samples: int = 4) -> Protocol:
+    """All six metrics through the real Scorer and random-initialised backbones of the real architectures."""
+    refs = write_reference_images(tmp_path / "refs_real", 3, size=24)
+    write_reference_images(tmp_path / "refset_real", 4, size=24, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallSampleWarning)
+        return Protocol(prompts=["a red square", "a blue circle", "a green star"], reference_images=refs,
+                        reference_dir=tmp_path / "refset_real", num_samples=num_samples, seed=1,
+                        sampler=SamplerSettings(num_steps=2, image_size=32), backbones=RANDOM_BACKBONES,
+                        metrics=("clip_score", "lpips", "inception_score", "fid", "kid", "composite_score"),
+                        composite_weights={"clip_score": 0.4, "inception_score": 0.3, "lpips": 0.2, "fid": 0.1},
+                        metric_options={"inception_score": {"splits": 2}, "kid": {"subsets": 10, "subset_size": 4}})
+
+
+def test_inline_with_the_real_scorer_and_random_backbones(tmp_path: Path) -> None:
+    torch.set_num_threads(2)
+    protocol = real_protocol(tmp_path)
+    ckpt_dir = tmp_path / "checkpoints"
+    ckpt_dir.mkdir()
+    tracker = BestCheckpointTracker(ckpt_dir, is_writer=True)
+    evaluator = Evaluator(protocol, TinySampler(), cache_dir=tmp_path / "cache", dist=None, batch_size=4)
+    runner = InlineRunner(tracker, evaluator, EvalSchedule(every_n_checkpoints=1))
+    path = save_checkpoint(ckpt_dir / "0000100.pt", 100)
+    first = runner.checkpoint_saved(100, path)
+    assert first.ok, first.error
+    for name in ("clip_score", "lpips", "inception_score", "fid", "kid"):
+        assert isinstance(first.scores[name], float), (name, first.scores, first.failures)
+    assert first.scores["composite_score"] is not None
+    again = evaluator.evaluate(100, path)  # same checkpoint, same protocol -> identical scores
+    assert again.scores == first.scores
+    assert list((tmp_path / "cache").glob("refstats-*.npz"))  # reference statistics cached on disk
+    rec = tracker.records[0]
+    assert rec.status == "evaluated" and rec.metrics["fid"] == pytest.approx(first.scores["fid"])

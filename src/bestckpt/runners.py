@@ -148,6 +148,8 @@ def build_scorer(protocol: Any, *, device: Any = "cpu", weights_dir: str | Path 
         metrics=tuple(protocol.metrics), backbones=dict(protocol.backbones), weights_dir=weights_dir,
         device=str(device), cache_dir=cache_dir,
     )
+    if getattr(protocol, "metric_options", None):
+        kwargs["metric_options"] = {k: dict(v) for k, v in protocol.metric_options.items()}
     if protocol.composite_weights is not None:
         kwargs["composite"] = scorer_mod.CompositeConfig(weights=dict(protocol.composite_weights))
     return scorer_mod.Scorer(**kwargs)

@@ -68,6 +68,7 @@ class EvaluationResult:
     error: str | None = None
     num_samples: int = 0
     samples_dir: Path | None = None
+    failures: Mapping[str, str] = field(default_factory=dict)
     preview: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -81,6 +82,7 @@ class EvaluationResult:
             "duration_s": round(self.duration, 3),
             "num_samples": self.num_samples,
             "samples_dir": None if self.samples_dir is None else str(self.samples_dir),
+            **({"metric_failures": dict(self.failures)} if self.failures else {}),
         }
 
 
@@ -234,10 +236,12 @@ def evaluate_checkpoint(
     preview = all_gather_padded(preview_local, ctx)
 
     # --- rank 0 scores, everyone receives the same answer
-    outcome: tuple[dict[str, float | None], str | None] | None = None
+    outcome: tuple[dict[str, float | None], str | None, dict[str, str]] | None = None
     if rank == 0:
         try:
             raw_scores = scorer.score(gathered, reference_stats, seed=protocol.seed)
+            # the scorer reports failed metrics as None with the reason in .failures
+            failures = {str(k): str(getattr(v, "error", v)) for k, v in getattr(raw_scores, "failures", {}).items()}
             scores: dict[str, float | None] = {}
             for name, value in dict(raw_scores).items():
                 if value is None:
@@ -247,13 +251,13 @@ def evaluate_checkpoint(
                 if not math.isfinite(value):
                     raise ValueError(f"scorer returned non-finite {name}={value}")
                 scores[name] = value
-            outcome = (scores, None)
+            outcome = (scores, None, failures)
         except Exception as exc:
             logger.debug("scoring step %d failed", step, exc_info=True)
-            outcome = ({}, _describe(exc))
+            outcome = ({}, _describe(exc), {})
     outcome = broadcast_object(outcome, ctx)
     assert outcome is not None
-    scores, score_error = outcome
+    scores, score_error, failures = outcome
 
     written: Path | None = None
     if rank == 0 and score_error is None and samples_dir is not None and preview.shape[0] > 0:
@@ -278,5 +282,6 @@ def evaluate_checkpoint(
         error=score_error,
         num_samples=n,
         samples_dir=written,
+        failures=failures,
         preview=preview if rank == 0 else None,
     )

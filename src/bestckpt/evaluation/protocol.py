@@ -176,6 +176,7 @@ class Protocol:
     metrics: None (default) means every metric the data supports: CLIP score, IS and the
       composite always, LPIPS with paired references, FID/KID with a reference set.
     seed: base seed of the per-sample seeds and of the metrics' random subsets.
+    metric_options: per-metric keyword options for the scorer (IS splits, KID subsets...), hashed.
     """
 
     prompts: tuple[str, ...]
@@ -187,6 +188,7 @@ class Protocol:
     backbones: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_BACKBONES))
     metrics: tuple[str, ...] | None = None
     composite_weights: Mapping[str, float] | None = None
+    metric_options: Mapping[str, Mapping[str, Any]] | None = None
     name: str = "default"
 
     def __post_init__(self) -> None:
@@ -252,6 +254,15 @@ class Protocol:
             if bad_w:
                 raise ProtocolError(f"composite_weights must be finite numbers, got {bad_w}")
             object.__setattr__(self, "composite_weights", types.MappingProxyType(dict(sorted(weights.items()))))
+        if self.metric_options is not None:
+            if not isinstance(self.metric_options, Mapping):
+                raise ProtocolError(f"metric_options must map metric -> options, got {self.metric_options!r}")
+            try:
+                opts = json.loads(json.dumps({str(k): dict(v) for k, v in self.metric_options.items()},
+                                             sort_keys=True, allow_nan=False))
+            except (TypeError, ValueError) as exc:
+                raise ProtocolError(f"metric_options must be JSON-serialisable (they are hashed): {exc}") from exc
+            object.__setattr__(self, "metric_options", types.MappingProxyType(opts))
         if "lpips" in metrics and self.reference_images is None:
             raise ProtocolError(
                 "metric 'lpips' needs paired reference images (reference_images / the CSV's image_path column); "
@@ -323,6 +334,7 @@ class Protocol:
             "backbones": dict(self.backbones),
             "metrics": list(self.metrics),
             "composite_weights": None if self.composite_weights is None else dict(self.composite_weights),
+            "metric_options": None if self.metric_options is None else {k: dict(v) for k, v in self.metric_options.items()},
         }
 
     @cached_property
@@ -364,7 +376,8 @@ class Protocol:
         Keys: ``prompts`` (list) or ``prompts_file`` (.txt/.csv/.json, see :func:`load_prompt_file`),
         optional ``reference_images`` (list, one per prompt), ``reference_dir``, ``num_samples``,
         ``seed``, ``sampler`` ({num_steps, guidance_scale, image_size, extra}), ``backbones``,
-        ``metrics``, ``composite_weights``, ``name``. Relative paths are relative to the JSON file.
+        ``metrics``, ``composite_weights``, ``metric_options`` (e.g. ``{"inception_score": {"splits": 10}}``),
+        ``name``. Relative paths are relative to the JSON file.
         """
         path = Path(path)
         if not path.is_file():
@@ -377,7 +390,7 @@ class Protocol:
             raise ProtocolError(f"protocol file {str(path)!r} must hold a JSON object")
         known = {
             "name", "prompts", "prompts_file", "reference_images", "reference_dir", "num_samples", "seed",
-            "sampler", "backbones", "metrics", "composite_weights",
+            "sampler", "backbones", "metrics", "composite_weights", "metric_options",
         }
         unknown = sorted(set(data) - known)
         if unknown:
@@ -403,7 +416,7 @@ class Protocol:
             kwargs["reference_images"] = [resolve(r) for r in data["reference_images"]]
         if data.get("reference_dir") is not None:
             kwargs["reference_dir"] = resolve(data["reference_dir"])
-        for key in ("num_samples", "seed", "backbones", "composite_weights", "name"):
+        for key in ("num_samples", "seed", "backbones", "composite_weights", "metric_options", "name"):
             if key in data and data[key] is not None:
                 kwargs[key] = data[key]
         if "metrics" in data:
