@@ -97,3 +97,31 @@ def test_trainer_and_separate_evaluator_share_a_directory(tmp_path: Path):
     top = sorted(range(1, n + 1), key=lambda s: (-score_of(s), s))[:2]
     on_disk = {int(x[:7]) for x in os.listdir(tmp_path) if x[:7].isdigit()}
     assert on_disk == set(top) | {n}
+
+
+def test_threads_sharing_one_tracker_object(tmp_path: Path):
+    """A background runner thread and the training thread may share one tracker object."""
+    import threading
+
+    tracker = BestCheckpointTracker(tmp_path, save_top_k=2, keep_every_n_steps=None)
+    errors: list[BaseException] = []
+
+    def work(parity: int) -> None:
+        try:
+            for i in range(15):
+                step = 2 * i + parity + 1
+                path = tmp_path / f"{step:07d}.pt"
+                path.write_bytes(b"x")
+                tracker.checkpoint_saved(step, path)
+                tracker.update_checkpoint(step, 0, path, {"composite_score": score_of(step)})
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(p,)) for p in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert sorted(r.step for r in tracker.records) == list(range(1, 31))
+    assert tracker.best.step == min(range(1, 31), key=lambda s: (-score_of(s), s))

@@ -334,3 +334,14 @@ def test_large_state_journal_path(tmp_path: Path):
     BestCheckpointTracker(tmp_path, save_top_k=2, keep_every_n_steps=None)  # a start compacts
     assert not (tmp_path / JOURNAL_FILE).exists()
     assert len(strict_json(tmp_path / "best_checkpoints.json")["checkpoints"]) == 6
+
+
+def test_comparing_scores_of_different_protocols_warns(tmp_path: Path, caplog):
+    caplog.set_level(logging.WARNING, logger="bestckpt")
+    tracker = BestCheckpointTracker(tmp_path)
+    for step, proto in ((1, "aaaa"), (2, "aaaa"), (3, "bbbb")):
+        save_file(tmp_path, step)
+        tracker.update_checkpoint(step, 0, None, {"composite_score": step / 10}, protocol_hash=proto)
+    warnings = [m for m in caplog.messages if "not comparable" in m]
+    assert len(warnings) == 1 and "bbbb" in warnings[0] and "aaaa" in warnings[0]
+    assert tracker.best.protocol_hash == "bbbb"

@@ -8,6 +8,13 @@ anything is removed, so a crash mid-delete is finished on the next start. A cras
 state write and the ``best.pt`` swap leaves ``best.pt`` on the previous best (still on disk, since
 deletions come after the swap) with a ``best_link`` marker in the state; the next call repairs it.
 
+Large states: once ``best_checkpoints.json`` exceeds ``state_compact_bytes`` (256 KiB, roughly
+800 records) each call appends one fsynced line to ``best_checkpoints.journal`` instead of rewriting
+the snapshot; the snapshot is rewritten when the journal reaches a quarter of its size and at every
+tracker start. Read the state with :func:`bestckpt.store.read_state` (snapshot + journal) or
+``bestckpt status --json``; for ordinary runs ``best_checkpoints.json`` alone is always current.
+A tracker object may be shared by threads (an in-process lock serialises its calls).
+
 Documented choices:
 - A checkpoint is ranked only when evaluated with a finite tracked metric; NaN, inf, a missing
   metric or :meth:`record_failure` give a ``failed`` record that is never best and never raises.
@@ -32,6 +39,7 @@ import math
 import operator
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,6 +227,7 @@ class BestCheckpointTracker:
         self._fragments: dict[int, tuple[Record, str]] = {}  # cached JSON of unchanged records
         self._results_signature: str | None = None
         self._lock = None
+        self._tlock = threading.RLock()
         if self.is_writer:
             if self.dir.exists() and not self.dir.is_dir():
                 raise NotADirectoryError(
@@ -306,6 +315,12 @@ class BestCheckpointTracker:
             if old is not None and not old.pruned and old.status in ("evaluated", "failed"):
                 logger.info("step %d re-scored: the new scores replace the earlier ones", step)
             prev_epoch = old.epoch if old is not None and not old.pruned else None
+            best_now = self._records.get(before[0]) if before[0] is not None else None
+            if (protocol_hash is not None and best_now is not None and best_now.protocol_hash is not None
+                    and best_now.protocol_hash != protocol_hash):
+                logger.warning("step %d was evaluated with protocol %s, the current best (step %d) with %s: "
+                               "their scores are not comparable; re-evaluate with one protocol", step,
+                               protocol_hash, best_now.step, best_now.protocol_hash)
             self._put(Record(
                 step=step, epoch=epoch if epoch is not None else prev_epoch, path=rel, metrics=clean,
                 status="failed" if error else "evaluated", time=time.time(), protocol_hash=protocol_hash,
@@ -418,39 +433,44 @@ class BestCheckpointTracker:
     # ------------------------------------------------------------------ transactions
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        """This object's thread lock (a background runner thread may share it), then the file lock."""
         assert self._lock is not None, "only the writer takes the lock"
-        try:
-            self._lock.acquire()
-        except filelock.Timeout:
-            raise store.StateLockTimeout(
-                f"could not lock {self.dir / store.LOCK_FILE} within {self._lock.timeout} s; another "
-                "process holds it (a hung trainer/evaluator?). Stop it, or raise lock_timeout") from None
-        try:
-            yield
-        finally:
-            self._lock.release()
+        with self._tlock:
+            try:
+                self._lock.acquire()
+            except filelock.Timeout:
+                raise store.StateLockTimeout(
+                    f"could not lock {self.dir / store.LOCK_FILE} within {self._lock.timeout} s; another "
+                    "process holds it (a hung trainer/evaluator?). Stop it, or raise lock_timeout") from None
+            try:
+                yield
+            finally:
+                self._lock.release()
 
     def _refresh(self) -> None:
         if self.is_writer:
             with self._locked():
                 self._load()
         else:
-            self._load()
+            with self._tlock:
+                self._load()
 
     def _transaction(self, mutate: Callable[[], _T], *, dry_run: bool | None = None) -> _T:
         """lock -> reload -> mutate -> write state -> swap best.pt -> delete (-> results)."""
         if not self.is_writer:
-            self._load()
-            return mutate()  # same answers in memory, nothing written
+            with self._tlock:
+                self._load()
+                return mutate()  # same answers in memory, nothing written
         with self._locked():
             self._load()
-            result = mutate()
             try:
+                result = mutate()
                 self._commit(self.config.dry_run if dry_run is None else dry_run)
-            except OSError as exc:
-                if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+            except BaseException as exc:
+                self._stamp = None  # memory may differ from disk now: reread the disk next time
+                if not isinstance(exc, OSError) or exc.errno not in (
+                        errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
                     raise
-                self._stamp = None  # reread what is really on disk next time
                 raise type(exc)(exc.errno, f"could not update the bookkeeping in {self.dir} ({exc}); fix its "
                                 "permissions/free space. The files on disk stay consistent (every write is atomic) "
                                 "and the next call repairs best.pt and finishes deletions") from exc
