@@ -9,6 +9,15 @@ import torch
 from bestckpt.demo import data as D
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny renders: intra-op threads only add overhead on the shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_attributes_shape_and_colour_sets_disjoint_from_backgrounds():
     assert set(D.ATTRIBUTES["color"]).isdisjoint(D.ATTRIBUTES["background"])
     assert set(D.COLOR_RGB) == set(D.ATTRIBUTES["color"])

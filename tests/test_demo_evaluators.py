@@ -34,6 +34,15 @@ def _noisy(imgs: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Small tensors: intra-op threads only add overhead on the shared 2-core machine (14x slower renders)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def classifier():
     return B.DemoClassifier()
