@@ -178,14 +178,14 @@ def _rerender(idx: torch.Tensor, g: torch.Generator, jitter: float) -> torch.Ten
 # ---------------------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
-def evaluate(weights_dir: Path, seed: int, log) -> dict:
+def evaluate(weights_dir: Path, seed: int, log, num_images: int = 2000, groups: int = 10) -> dict:
     """Quality figures of the weights in `weights_dir`, loaded and verified as the package loads them."""
     clf = B.DemoClassifier(weights_dir)
     clip = B.DemoClip(weights_dir)
     lp = B.DemoLpips(weights_dir)
     figs: dict = {"seed": seed}
 
-    imgs, idx, caps = make_pool(2000, seed, jitter=1.0)
+    imgs, idx, caps = make_pool(num_images, seed, jitter=1.0)
     preds = clf.predict_attributes(imgs)
     figs["classifier_accuracy_jittered"] = {n: (preds[n] == idx[:, k]).float().mean().item()
                                             for k, n in enumerate(D.ATTRIBUTE_NAMES)}
@@ -194,7 +194,7 @@ def evaluate(weights_dir: Path, seed: int, log) -> dict:
     preds = clf.predict_attributes(noisy)
     figs["classifier_accuracy_noise0.1"] = {n: (preds[n] == idx[:, k]).float().mean().item()
                                             for k, n in enumerate(D.ATTRIBUTE_NAMES)}
-    held = D.combinations("heldout")
+    held = D.combinations("heldout")[:num_images]  # all 189 unless a miniature run asks for fewer
     refs = D.reference_images(held)
     preds = clf.predict_attributes(refs)
     hidx = torch.tensor([D.attrs_to_indices(a) for a in held])
@@ -203,7 +203,7 @@ def evaluate(weights_dir: Path, seed: int, log) -> dict:
 
     # retrieval among 100 distinct random captions (10 groups), fresh jittered renders
     i2t, t2i = [], []
-    for grp in range(10):
+    for grp in range(groups):
         gg = torch.Generator().manual_seed(seed * 100 + grp)
         combos = D.combinations()
         pick = torch.randperm(len(combos), generator=gg)[:100].tolist()
@@ -287,7 +287,7 @@ def main(args: argparse.Namespace) -> int:
     B.write_manifest(out)
 
     log(f"evaluating the written weights on fresh data (seed {args.eval_seed})")
-    figs = evaluate(out, args.eval_seed, log)
+    figs = evaluate(out, args.eval_seed, log, args.eval_images, args.eval_groups)
     recipe = {k: v for k, v in vars(args).items() if k != "out"}
     B.write_manifest(out, {"training": {"script": "scripts/train_demo_evaluators.py", "args": recipe,
                                         "seconds": round(time.time() - t0, 1), "figures": figs}})
@@ -309,6 +309,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clip-batch", type=int, default=128)
     p.add_argument("--clip-steps", type=int, default=300)
     p.add_argument("--lpips-triplets", type=int, default=1024)
+    p.add_argument("--eval-images", type=int, default=2000, help="fresh images for the accuracy figures (also caps the held-out set used)")
+    p.add_argument("--eval-groups", type=int, default=10, help="groups of 100 captions for retrieval figures")
     return p.parse_args(argv)
 
 
