@@ -330,10 +330,12 @@ class BestCheckpointTracker:
                 logger.warning("step %d: evaluation recorded as failed (%s); it will never be best", step, error)
             return True
 
-        self._transaction(mutate)
-        best = self._best_step()
-        if best == step and before[0] != step:
-            logger.info("🏆 New best checkpoint! Score: %s", format_score(self._records[step].score(self.metric_name)))
+        with self._tlock:  # the answer must describe this call's commit, not another thread's
+            self._transaction(mutate)
+            best = self._best_step()
+            if best == step and before[0] != step and self.is_writer:  # one log line per run, not per rank
+                logger.info("🏆 New best checkpoint! Score: %s",
+                            format_score(self._records[step].score(self.metric_name)))
         return best == step
 
     def record_failure(self, step: int, error: str, *, epoch: int | None = None,

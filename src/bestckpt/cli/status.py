@@ -7,7 +7,6 @@ Columns: step, epoch, status, the tracked score, the other metrics, ``★`` on t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
