@@ -133,3 +133,26 @@ def test_registry_directions_are_metadata() -> None:
     assert METRICS["clip_score"].higher_is_better and METRICS["inception_score"].higher_is_better
     assert METRICS["kid"].needs_reference and METRICS["fid"].needs_reference
     assert np.isclose(sum(s.composite_weight or 0 for s in METRICS.values()), 1.0)
+
+
+def test_public_api_is_pinned_and_metrics_import_nothing_else_of_ours() -> None:
+    import subprocess
+    import sys
+
+    import bestckpt.metrics as metrics
+
+    assert sorted(metrics.__all__) == sorted([
+        "CLIP_CONVENTIONS", "clip_cosines", "clip_score", "DEFAULT_WEIGHTS", "InverseMap", "LinearMap",
+        "LogisticMap", "RatioMap", "ReciprocalComplementMap", "ScoreMap", "composite_score", "default_mappings",
+        "CompositeUnavailableError", "MetricError", "NumericalError", "ReferenceStatistics", "fid_from_features",
+        "fid_from_statistics", "inception_score_from_logits", "kid_from_features", "lpips_from_features",
+        "FEATURE_CLIP_IMAGE", "FEATURE_CLIP_TEXT", "FEATURE_INCEPTION_LOGITS", "FEATURE_INCEPTION_POOL",
+        "FEATURE_LPIPS", "METRICS", "REFERENCE_FID_STATISTICS", "REFERENCE_INCEPTION_POOL", "MetricSpec",
+        "composite_defaults", "register_metric", "unregister_metric",
+    ])
+    assert all(hasattr(metrics, name) for name in metrics.__all__)
+    code = ("import sys, bestckpt.metrics; "
+            "print(sorted(m for m in sys.modules if m.startswith('bestckpt') and not m.startswith('bestckpt.metrics')"
+            " and m != 'bestckpt'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

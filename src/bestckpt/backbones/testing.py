@@ -24,7 +24,7 @@ from .weights import INCEPTION_FID, WeightSpec, sha256_of
 
 __all__ = [
     "init_random_", "random_fid_inception", "random_lpips_parts", "random_open_clip",
-    "write_random_inception_weights", "write_random_lpips_weights", "write_tiny_hf_clip", "spec_for_file",
+    "write_random_inception_weights", "write_random_lpips_weights", "write_tiny_hf_clip", "write_random_hf_clip", "spec_for_file",
 ]
 
 
@@ -117,8 +117,15 @@ def _openai_vocab() -> tuple[dict[str, int], list[str]]:
 
 
 def write_tiny_hf_clip(directory: str | Path, seed: int = 0, image_size: int = 32) -> Path:
-    """Save a tiny random Hugging Face CLIP (2 layers, width 32) with the real OpenAI tokenizer and an OpenAI-style
-    image processor (short side → ``image_size`` bicubic, centre crop) into ``directory``; returns it."""
+    """Save a tiny random Hugging Face CLIP (2 layers, width 32) with the real OpenAI tokenizer; returns the folder."""
+    return write_random_hf_clip(directory, seed, architecture="tiny", image_size=image_size)
+
+
+def write_random_hf_clip(directory: str | Path, seed: int = 0, architecture: str = "tiny",
+                         image_size: int | None = None) -> Path:
+    """Save a random Hugging Face CLIP with the real OpenAI tokenizer and an OpenAI-style image processor (short side
+    → ``image_size`` bicubic, centre crop) into ``directory``. ``architecture`` "tiny" (2 layers, width 32, 32 px) or
+    "vit-b-32" (the exact ViT-B/32 shapes of openai/clip-vit-base-patch32, 224 px)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
     directory = Path(directory)
@@ -127,17 +134,31 @@ def write_tiny_hf_clip(directory: str | Path, seed: int = 0, image_size: int = 3
     (directory / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))
+    special = dict(bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                   pad_token_id=vocab["<|endoftext|>"])
+    if architecture == "tiny":
+        image_size = image_size or 32
+        config = CLIPConfig(
+            text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=2, max_position_embeddings=77, **special),
+            vision_config=dict(image_size=image_size, patch_size=8, hidden_size=32, intermediate_size=64,
+                               num_hidden_layers=2, num_attention_heads=2),
+            projection_dim=16,
+        )
+    elif architecture == "vit-b-32":
+        image_size = image_size or 224
+        config = CLIPConfig(
+            text_config=dict(vocab_size=len(vocab), hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
+                             num_attention_heads=8, max_position_embeddings=77, hidden_act="quick_gelu", **special),
+            vision_config=dict(image_size=image_size, patch_size=32, hidden_size=768, intermediate_size=3072,
+                               num_hidden_layers=12, num_attention_heads=12, hidden_act="quick_gelu"),
+            projection_dim=512,
+        )
+    else:
+        raise ValueError(f"unknown architecture {architecture!r}; use 'tiny' or 'vit-b-32'")
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
         image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
-    )
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
-                         eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"]),
-        vision_config=dict(image_size=image_size, patch_size=8, hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=2, num_attention_heads=2),
-        projection_dim=16,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
