@@ -12,6 +12,20 @@ import pytest
 from bestckpt.tracker import BestCheckpointTracker
 
 
+def in_process(*args: str) -> int:
+    """The same subcommands without a new interpreter (cheap checks): our parsers only."""
+    import argparse
+
+    from bestckpt.cli import prune, status
+
+    parser = argparse.ArgumentParser(prog="bestckpt")
+    sub = parser.add_subparsers(dest="command", required=True)
+    status.add_parser(sub)
+    prune.add_parser(sub)
+    ns = parser.parse_args(list(args))
+    return ns.func(ns)
+
+
 def cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, COLUMNS="200", PYTHONIOENCODING="utf-8")
     return subprocess.run([sys.executable, "-m", "bestckpt", *args], capture_output=True, text=True, env=env,
@@ -37,7 +51,6 @@ def test_status_table_and_json(run_dir: Path):
     assert "composite_score" in out and "★" in out and "0.90" in out and "pending evaluation" in out
     assert "best: 0000200.pt" in out and "best.pt -> 0000200.pt" in out
     assert "0.40" not in out  # pruned history hidden without --all
-    assert "0.40" in cli("status", str(run_dir), "--all").stdout
 
     js = cli("status", str(run_dir), "--json")
     assert js.returncode == 0, js.stderr
@@ -65,9 +78,13 @@ def test_prune_dry_run_then_apply(run_dir: Path):
     assert os.readlink(run_dir / "best.pt") == "0000200.pt"
 
 
-def test_cli_bad_input_messages(tmp_path: Path, run_dir: Path):
-    missing = cli("status", str(tmp_path / "nope"))
-    assert missing.returncode == 2 and "is not a directory" in missing.stderr
-    bad = cli("prune", str(run_dir), "--keep-latest", "0")
-    assert bad.returncode == 2 and "keep_latest must be an int >= 1" in bad.stderr
+def test_status_all_and_bad_input_messages(tmp_path: Path, run_dir: Path, capsys):
+    assert in_process("status", str(run_dir), "--all") == 0
+    assert "0.40" in capsys.readouterr().out  # pruned history shown with --all
+    assert in_process("status", str(tmp_path / "nope")) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert in_process("prune", str(run_dir), "--keep-latest", "0") == 2
+    assert "keep_latest must be an int >= 1" in capsys.readouterr().err
+    assert in_process("prune", str(run_dir), "--dry-run", "--metric-name", "fid") == 2
+    assert "re-ranking by 'fid' is impossible" in capsys.readouterr().err
     assert (run_dir / "0000500.pt").exists()

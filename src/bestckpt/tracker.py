@@ -249,6 +249,7 @@ class BestCheckpointTracker:
                                 "fix its permissions/free space, or pass is_writer=False to only read") from exc
         else:
             self._load()
+            self._check_metric_change()
 
     @classmethod
     def open(cls, checkpoint_dir: str | Path, *, is_writer: bool = False, **overrides: Any) -> "BestCheckpointTracker":
@@ -919,6 +920,13 @@ class BestCheckpointTracker:
         if unknown:
             logger.warning("%d checkpoint entries in %s are not in the state and will not be touched: %s",
                            len(unknown), self.dir, ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else ""))
+        self._check_metric_change()
+        self._force_full = True  # every start compacts: best_checkpoints.json alone is current again
+        self._write_state(self._best_step(), None)
+        self._repair_best_link()
+
+    def _check_metric_change(self) -> None:
+        """Re-rank by a new metric/direction from the stored metrics, or fail clearly if absent."""
         old_name = self._stored_config.get("metric_name")
         old_dir = self._stored_config.get("higher_is_better")
         if (old_name, old_dir) != (None, None) and (old_name, old_dir) != (self.metric_name, self.higher_is_better):
@@ -931,9 +939,6 @@ class BestCheckpointTracker:
                 )
             logger.info("re-ranking %s by %s (higher_is_better=%s), was %s (higher_is_better=%s)",
                         self.dir, self.metric_name, self.higher_is_better, old_name, old_dir)
-        self._force_full = True  # every start compacts: best_checkpoints.json alone is current again
-        self._write_state(self._best_step(), None)
-        self._repair_best_link()
 
     def _repair_best_link(self) -> None:
         best_step = self._best_step()

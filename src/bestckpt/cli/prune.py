@@ -52,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from bestckpt.tracker import BestCheckpointTracker
+    from bestckpt.tracker import BestCheckpointTracker, StateError
 
     directory: Path = args.checkpoint_dir
     if not directory.is_dir():
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         # A dry run opens read-only: it writes nothing at all (not even the state).
         tracker = BestCheckpointTracker.open(directory, is_writer=not args.dry_run, dry_run=False, **overrides)
         decisions = tracker.plan() if args.dry_run else tracker.prune(dry_run=False)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, StateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     verb_keep, verb_delete = ("KEEP", "DELETE") if args.dry_run else ("kept", "deleted")
