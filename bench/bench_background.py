@@ -111,6 +111,7 @@ def main() -> int:
         bg.close(wait=True)
         drain = time.perf_counter() - t
         ok = sum(1 for r in tracker2.records if r.status == "evaluated")
+        failed = [(r.step, r.error) for t in (tracker, tracker2) for r in t.records if r.status != "evaluated"]
 
         # no evaluation at all: the loop's own cost
         d3 = work / "none"
@@ -118,6 +119,9 @@ def main() -> int:
         off = InlineRunner(BestCheckpointTracker(d3, is_writer=True, keep_every_n_steps=0), evaluator, EvalSchedule.off())
         blocked_off, loop_off = train(off, d3, args.checkpoints, args.steps_per_ckpt, args.device)
 
+    if failed:  # a ratio over failed evaluations would be meaningless
+        print(f"evaluation failed, no ratio reported: {failed[:3]}", file=sys.stderr)
+        return 1
     med_bg = statistics.median(blocked_bg)
     print(f"device={args.device} threads={args.threads} num_samples={args.num_samples} checkpoints={args.checkpoints}")
     print(f"inline     : blocked per evaluated checkpoint median {sync * 1e3:9.1f} ms (first {blocked_inline[0] * 1e3:.0f} ms,"
