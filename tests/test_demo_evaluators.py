@@ -120,12 +120,21 @@ def test_inputs_must_be_uint8(classifier, clip, lpips):
     imgs = D.reference_images(D.combinations("heldout")[:2])
     with pytest.raises(TypeError, match="uint8"):
         classifier.features(imgs.float())
-    with pytest.raises(ValueError, match=r"\[N>0, 3, H, W\]"):
+    with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
         clip.encode_images(imgs[:, :1])
     with pytest.raises(ValueError, match="same number"):
         lpips.distance(imgs, imgs[:1])
-    with pytest.raises(ValueError, match="non-empty list"):
+    with pytest.raises(ValueError, match="list of strings"):
         clip.encode_texts("a red circle")
+
+
+def test_empty_inputs_give_empty_outputs(classifier, clip, lpips):
+    """An empty distributed shard featurises to correctly shaped empty tensors (concatenation still works)."""
+    none = torch.empty(0, 3, 32, 32, dtype=torch.uint8)
+    out = classifier.features(none)
+    assert out["pool"].shape == (0, 128) and out["logits"].shape == (0, 35)
+    assert clip.encode_images(none).shape == (0, 64) and clip.encode_texts([]).shape == (0, 64)
+    assert lpips.distance(none, none).shape == (0,)
 
 
 # --------------------------------------------------------------------------------------- classifier
@@ -228,10 +237,27 @@ def test_lpips_properties(lpips):
     torch.testing.assert_close(lpips.distance(refs[:5], changed[:5]), d_chg[:5])  # per pair, batch-independent
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_demo_evaluators_on_cuda_match_cpu(classifier, clip, lpips, fresh):
+    imgs = fresh[0][:64]
+    caps = [D.caption(a) for a in fresh[1][:64]]
+    on_gpu = {name: B.build_demo_backbone(name, device="cuda") for name in B.WEIGHT_FILES}
+    f_cpu, f_gpu = classifier.features(imgs), on_gpu["demo-classifier"].features(imgs)
+    assert f_gpu["pool"].device.type == "cpu"  # outputs come back to the CPU like the standard backbones'
+    torch.testing.assert_close(f_gpu["pool"], f_cpu["pool"], rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(f_gpu["logits"], f_cpu["logits"], rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(on_gpu["demo-clip"].encode_images(imgs), clip.encode_images(imgs), rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(on_gpu["demo-clip"].encode_texts(caps), clip.encode_texts(caps), rtol=1e-2, atol=1e-2)
+    flipped = imgs.flip(-1)
+    torch.testing.assert_close(on_gpu["demo-lpips"].distance(imgs, flipped), lpips.distance(imgs, flipped),
+                               rtol=1e-2, atol=1e-3)
+
+
 # ---------------------------------------------------------------------------- FID / KID via metrics
 
-def test_fid_kid_on_demo_features_separate_real_from_noise(classifier, fresh):
-    from bestckpt.metrics import fid_from_features, kid_from_features
+def test_fid_kid_is_on_demo_features_separate_real_from_noise(classifier, fresh):
+    from bestckpt.metrics import fid_from_features, inception_score_from_logits, kid_from_features
 
     real_a = classifier.features(fresh[0][:300])["pool"]
     real_b = classifier.features(_fresh(300, FRESH_SEED + 5)[0])["pool"]
@@ -244,6 +270,11 @@ def test_fid_kid_on_demo_features_separate_real_from_noise(classifier, fresh):
     kid_rr, _ = kid_from_features(real_b, real_a, subsets=20, subset_size=100, seed=0)
     kid_rn, _ = kid_from_features(noise, real_a, subsets=20, subset_size=100, seed=0)
     assert kid_rr < 0.05 * kid_rn, (kid_rr, kid_rn)
+    is_real, _ = inception_score_from_logits(classifier.features(fresh[0][:300])["logits"], splits=3)
+    is_noise, _ = inception_score_from_logits(
+        classifier.features(torch.randint(0, 256, (300, 3, 32, 32), generator=g, dtype=torch.uint8))["logits"],
+        splits=3)
+    assert is_real > 3 * is_noise, (is_real, is_noise)
 
 
 # ------------------------------------------------------------------------------------- training script

@@ -79,16 +79,17 @@ class DemoWeightsError(WeightsError):
 def preprocess(images: torch.Tensor) -> torch.Tensor:
     """uint8 [N, 3, H, W] (0..255) -> float32 [N, 3, 32, 32] in [-1, 1] (the DiT's pixel space).
 
-    Other sizes are resized with antialiased bilinear interpolation, since the nets were trained at 32x32.
+    Outputs of all demo backbones are float32 on the CPU, like the standard backbones'; N = 0 (an empty
+    distributed shard) gives empty outputs. Other sizes are resized with antialiased bilinear interpolation, since the nets were trained at 32x32.
     """
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
         got = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
         raise TypeError(f"demo evaluators take uint8 images 0..255, got {got}; convert [-1, 1] floats with "
                         "((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)")
-    if images.dim() != 4 or images.shape[1] != 3 or images.shape[0] == 0:
-        raise ValueError(f"expected images of shape [N>0, 3, H, W], got {tuple(images.shape)}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images of shape [N, 3, H, W], got {tuple(images.shape)}")
     x = images.float() / 127.5 - 1.0
-    if x.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
+    if x.shape[0] and x.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
         x = F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True, align_corners=False)
     return x
 
@@ -310,18 +311,19 @@ class DemoClassifier(_DemoBackbone):
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         x = preprocess(images)
-        pools, logits = [], []
+        pools = [torch.empty(0, 2 * self.net.trunk.widths[-1])]
+        logits = [torch.empty(0, len(ATTRIBUTES["shape"]) * len(ATTRIBUTES["color"]))]
         for chunk in x.split(_BATCH):
             pool, heads = self.net(chunk.to(self.device))
-            pools.append(pool)
-            logits.append(DemoClassifierNet.joint_logits(heads))
+            pools.append(pool.float().cpu())
+            logits.append(DemoClassifierNet.joint_logits(heads).float().cpu())
         return {"pool": torch.cat(pools), "logits": torch.cat(logits)}
 
     @torch.no_grad()
     def predict_attributes(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Predicted class index per attribute: name -> int64 [N] (for accuracy checks and reports)."""
         x = preprocess(images)
-        preds: dict[str, list[torch.Tensor]] = {name: [] for name in ATTRIBUTE_NAMES}
+        preds: dict[str, list[torch.Tensor]] = {name: [torch.empty(0, dtype=torch.long)] for name in ATTRIBUTE_NAMES}
         for chunk in x.split(_BATCH):
             _, heads = self.net(chunk.to(self.device))
             for name in ATTRIBUTE_NAMES:
@@ -349,14 +351,19 @@ class DemoClip(_DemoBackbone):
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         x = preprocess(images)
-        return torch.cat([self.net.encode_image(c.to(self.device)) for c in x.split(_BATCH)])
+        return torch.cat([self._empty()] + [self.net.encode_image(c.to(self.device)).float().cpu()
+                                            for c in x.split(_BATCH)])
+
+    def _empty(self) -> torch.Tensor:
+        return torch.empty(0, self.net.image_proj.out_features)
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        if isinstance(texts, str) or len(texts) == 0:
-            raise ValueError(f"encode_texts takes a non-empty list of strings, got {texts!r}")
+        if isinstance(texts, str):
+            raise ValueError(f"encode_texts takes a list of strings, got the string {texts!r}; pass [{texts!r}]")
         ids = self.tokenizer.encode(list(texts))
-        return torch.cat([self.net.encode_text(c.to(self.device)) for c in ids.split(_BATCH)])
+        return torch.cat([self._empty()] + [self.net.encode_text(c.to(self.device)).float().cpu()
+                                            for c in ids.split(_BATCH)])
 
 
 class DemoLpips(_DemoBackbone):
@@ -387,11 +394,11 @@ class DemoLpips(_DemoBackbone):
             raise ValueError(f"distance pairs images row by row: got {images_a.shape[0]} and {images_b.shape[0]} "
                              "images; pass the same number of each")
         xa, xb = preprocess(images_a), preprocess(images_b)  # both resized to 32x32
-        out = []
+        out = [torch.empty(0)]
         for ca, cb in zip(xa.split(_BATCH), xb.split(_BATCH)):
             fa = self.trunk(ca.to(self.device))
             fb = self.trunk(cb.to(self.device))
-            out.append(lpips_from_features(fa, fb, self.lin))
+            out.append(lpips_from_features(fa, fb, self.lin).float().cpu())
         return torch.cat(out)
 
 
