@@ -64,6 +64,10 @@ def _child(ckdir: Path, seed: int, compact_bytes: int) -> None:
         latest = ""
     if latest[:7].isdigit() and (ckdir / latest).exists() and int(latest[:7]) not in {r.step for r in tracker.records}:
         tracker.checkpoint_saved(int(latest[:7]), ckdir / latest, evaluate=True)
+    # ... and, like a runner restarting, evaluations that were pending when the process died are redone.
+    for pending in tracker.pending_steps():
+        rec = {r.step: r for r in tracker.records}[pending]
+        tracker.update_checkpoint(pending, rec.epoch, ckdir / rec.path, {"composite_score": round(rng.random(), 3)})
     steps = [int(n[:7]) for n in os.listdir(ckdir) if n.endswith(".pt") and n[:7].isdigit()]
     steps += [r.step for r in tracker.records]
     step = max(steps, default=0)
