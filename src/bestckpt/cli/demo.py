@@ -104,16 +104,17 @@ def run(args: argparse.Namespace) -> int:
     best = tracker.best
     table = Table(title="Evaluated checkpoints")
     table.add_column("step", justify="right")
-    table.add_column("status")
     for _, label in _COLUMNS:
         table.add_column(label, justify="right")
-    table.add_column("on disk")
+    table.add_column("checkpoint")
     for rec in tracker.records:
         if rec.status not in ("evaluated", "failed", "pending"):
             continue
         mark = " ★" if best is not None and rec.step == best.step else ""
-        table.add_row(f"{rec.step}{mark}", rec.status, *(_fmt(rec.metrics.get(k)) for k, _ in _COLUMNS),
-                      "pruned" if rec.pruned else "kept",
+        state = "pruned" if rec.pruned else "kept"
+        if rec.status != "evaluated":
+            state = f"{rec.status}, {state}"
+        table.add_row(f"{rec.step}{mark}", *(_fmt(rec.metrics.get(k)) for k, _ in _COLUMNS), state,
                       style="bold green" if mark else ("dim" if rec.pruned else None))
     console.print(table)
 
@@ -140,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
     outputs.add_row("TensorBoard logs", f"{result.run_dir / 'tensorboard_logs'}  "
                     f"(tensorboard --logdir {result.run_dir / 'tensorboard_logs'})")
     outputs.add_row("evaluation protocol", str(result.run_dir / "protocol" / "protocol.json"))
+    outputs.add_row("evaluation worker log", str(result.run_dir / "logs" / "evaluation_worker.log"))
     if result.report is not None:
         outputs.add_row("report", str(result.report))
     console.print(outputs)

@@ -70,6 +70,8 @@ logger = logging.getLogger(__name__)
 DEMO_BACKBONES = {"inception": "demo-classifier", "clip": "demo-clip", "lpips": "demo-lpips"}
 #: The sampler, named as a spec so the background worker process can build it.
 SAMPLER_SPEC = "bestckpt.demo.sampler:make_sampler"
+#: Environment variable naming the background worker's log file (read by ``sampler.make_sampler``).
+WORKER_LOG_ENV = "BESTCKPT_DEMO_WORKER_LOG"
 _CKPT_RE = re.compile(r"^(\d{7})\.pt$")
 
 
@@ -78,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = parser
     p.add_argument("--run-dir", type=Path, default=Path("runs/demo"), help="experiment directory (default: runs/demo)")
     p.add_argument("--steps", type=int, default=None,
-                   help="total training steps (default: 1200, or 80 with --quick)")
+                   help="total training steps (default: 1200, or 60 with --quick)")
     p.add_argument("--quick", action="store_true",
                    help="a short run for tests: few steps, few evaluation prompts (well under 2 minutes)")
     p.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
@@ -96,9 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--save-top-k", type=int, default=3, help="checkpoints kept by score (the guide's default: 3)")
     p.add_argument("--keep-every-n-steps", type=int, default=None,
                    help="also keep one checkpoint every N steps (the guide's 10,000 scaled to the demo: default 500, "
-                        "or 40 with --quick; 0 disables)")
+                        "or 30 with --quick; 0 disables)")
     p.add_argument("--num-eval-prompts", type=int, default=None,
-                   help="held-out evaluation prompts, one image each (default: 128, or 32 with --quick)")
+                   help="held-out evaluation prompts (default: 128, or 24 with --quick)")
     p.add_argument("--sample-steps", type=int, default=12, help="Euler steps when sampling (default: 12)")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default: 3.0)")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and noise (default: 0)")
@@ -118,13 +120,13 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     a = argparse.Namespace(**vars(args))
     quick = bool(getattr(a, "quick", False))
     if a.steps is None:
-        a.steps = 80 if quick else 1200
+        a.steps = 60 if quick else 1200
     if a.ckpt_every is None:
         a.ckpt_every = 10 if quick else 100
     if a.keep_every_n_steps is None:
-        a.keep_every_n_steps = 40 if quick else 500
+        a.keep_every_n_steps = 30 if quick else 500
     if a.num_eval_prompts is None:
-        a.num_eval_prompts = 32 if quick else 128
+        a.num_eval_prompts = 24 if quick else 128
     for name in ("steps", "ckpt_every", "batch_size", "num_eval_prompts", "sample_steps", "eval_every_n_checkpoints",
                  "samples_per_prompt", "save_top_k", "hidden", "depth"):
         value = getattr(a, name)
@@ -330,7 +332,12 @@ def main(args: argparse.Namespace, observer: TrainObserver | None = None) -> Tra
         keep_every_n_steps=args.keep_every_n_steps or None,
     )
     runner = None
+    saved_env = os.environ.get(WORKER_LOG_ENV)
     if not args.no_eval:
+        # The worker process is spawned fresh: its log (every evaluation's details, the metrics'
+        # sample-size notes) goes to a file; this process echoes the guide's lines to the terminal.
+        (run_dir / "logs").mkdir(exist_ok=True)
+        os.environ[WORKER_LOG_ENV] = str(run_dir / "logs" / "evaluation_worker.log")
         protocol = build_protocol(args, run_dir / "protocol")
         logger.info("Evaluation: %d held-out prompts x %d seeds, demo evaluators %s (not the standard backbones: "
                     "they cannot be downloaded offline and are meaningless on 32x32 shapes)",
@@ -351,18 +358,25 @@ def main(args: argparse.Namespace, observer: TrainObserver | None = None) -> Tra
                 runner.checkpoint_saved(rec.step, ckpt_dir / rec.path, rec.epoch)
     writer = SummaryWriter(str(run_dir / "tensorboard_logs"), filename_suffix=".train")
 
-    def report_results() -> None:
-        """Log the worker's results in this process (the worker's own log does not reach the terminal)."""
+    seen = 0
+
+    def report_results(closed: bool = False) -> None:
+        """Log the worker's results in this process (the worker logs to its own file, see above)."""
+        nonlocal seen
         if runner is None:
             return
-        for res in runner.poll():
+        if not closed:
+            runner.poll()  # moves arrived results into runner.completed
+        new, seen = runner.completed[seen:], len(runner.completed)
+        for res in new:
             step_r = res["step"]
             if res.get("skipped"):
                 continue
             if not res.get("ok"):
                 logger.error("[Step %d] evaluation failed (recorded; training goes on): %s", step_r, res.get("error"))
                 continue
-            shown = ", ".join(f"{k}: {v:.4f}" for k, v in res["scores"].items() if v is not None)
+            shown = ", ".join(f"{k}: {v:.4f}" for k, v in res["scores"].items()
+                              if v is not None and not k.endswith("_std"))
             logger.info("[Step %d] evaluated in %.1fs: %s", step_r, res.get("duration", 0.0), shown)
             score = _new_best_announcement(tracker, step_r)
             if score is not None:
@@ -424,7 +438,11 @@ def main(args: argparse.Namespace, observer: TrainObserver | None = None) -> Tra
         if runner is not None:
             obs.on_phase("finishing background evaluations")
             runner.close(wait=True)
-            report_results()
+            report_results(closed=True)
+            if saved_env is None:
+                os.environ.pop(WORKER_LOG_ENV, None)
+            else:
+                os.environ[WORKER_LOG_ENV] = saved_env
     tracker.log_summary()  # the guide's "=== Best Checkpoint Summary ===" block
     tracker.export_results()
     report = None

@@ -124,7 +124,7 @@ def _svg_plot(title: str, points: Sequence[_Point], best_step: int | None, lower
     best = next((p for p in pts if p.step == best_step), None)
     if best is not None:
         bx, by = sx(best.step), sy(best.value)
-        anchor = "end" if bx > left + pw * 0.7 else "start"
+        anchor = "end" if bx > left + pw * 0.55 else "start"
         dx = -8 if anchor == "end" else 8
         parts.append(f'<circle cx="{bx:.1f}" cy="{by:.1f}" r="7" class="best"><title>best checkpoint, step '
                      f"{best.step}: {_fmt(best.value)}</title></circle>")

@@ -1,0 +1,137 @@
+"""End to end: `python -m bestckpt demo --quick` trains, evaluates in the background, keeps the
+best checkpoints and writes every promised output; a re-run resumes.
+
+One subprocess run (about 40 s on an idle 2-core machine) shared by the checks below."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_report import check_images
+
+EVAL_STEPS = [20, 40, 60]  # --quick: a checkpoint every 10 steps, every 2nd evaluated, 60 steps
+GUIDE_TAGS = ["Evaluation/CLIP_Score", "Evaluation/LPIPS", "Evaluation/Inception_Score", "Evaluation/FID",
+              "Evaluation/Composite_Score", "Evaluation/IsBest"]
+
+
+def _demo(run_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, COLUMNS="200", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "bestckpt", "demo", "--quick", "--run-dir", str(run_dir), *extra],
+                          capture_output=True, text=True, timeout=540, env=env)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    run_dir = tmp_path_factory.mktemp("demo") / "run"
+    proc = _demo(run_dir)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return run_dir, proc.stdout + proc.stderr
+
+
+def _state(run_dir: Path) -> tuple[dict, dict]:
+    ckpt = run_dir / "checkpoints"
+    return (json.loads((ckpt / "best_checkpoints.json").read_text(encoding="utf-8")),
+            json.loads((ckpt / "best_checkpoint_results.json").read_text(encoding="utf-8")))
+
+
+def test_console_output_follows_the_guide(demo_run: tuple[Path, str]) -> None:
+    _, out = demo_run
+    assert "built-in demo evaluators" in out and "not the standard backbones" in out
+    for step in EVAL_STEPS:
+        assert f"[Step {step}] Evaluating model performance at step {step}" in out
+    assert "🏆 New best checkpoint! Score: " in out
+    assert "=== Best Checkpoint Summary ===" in out and "Tracking metric: composite_score" in out
+    assert "Evaluated checkpoints" in out and "report.html" in out and "best.pt ->" in out
+
+
+def test_best_link_and_json_files_agree(demo_run: tuple[Path, str]) -> None:
+    run_dir, _ = demo_run
+    ckpt = run_dir / "checkpoints"
+    state, results = _state(run_dir)
+    best = ckpt / "best.pt"
+    assert best.is_symlink() and best.resolve().is_file()
+    best_step = state["best_step"]
+    assert best.resolve().name == f"{best_step:07d}.pt" == state["best_checkpoint"]
+    loaded = torch.load(best, map_location="cpu", weights_only=False)
+    assert loaded["step"] == best_step and "ema" in loaded and "model" in loaded and "opt" in loaded
+
+    records = {r["step"]: r for r in state["checkpoints"]}
+    evaluated = sorted(s for s, r in records.items() if r["status"] == "evaluated")
+    assert evaluated == EVAL_STEPS
+    assert sorted(records) == list(range(10, 61, 10))
+    # results summary == state: same best, same ranking, same numbers
+    summary = results["summary"]
+    assert summary["best_step"] == best_step and summary["best_checkpoint"] == state["best_checkpoint"]
+    ranking = [r["step"] for r in results["best_checkpoints"]]
+    assert ranking == state["top_k"] and ranking[0] == best_step and len(ranking) == 3
+    for r in results["best_checkpoints"]:
+        assert r["metrics"] == records[r["step"]]["metrics"]
+    composite = {s: records[s]["metrics"]["composite_score"] for s in evaluated}
+    assert summary["best_score"] == composite[best_step] == max(composite.values())
+    for s in evaluated:
+        m = records[s]["metrics"]
+        assert set(m) >= {"clip_score", "lpips", "inception_score", "fid", "kid", "composite_score"}
+        assert records[s]["info"]["weights"] == "ema" and records[s]["protocol_hash"]
+    # retention: top-3 + latest + every-30-steps kept on disk, the rest pruned, and the state says so
+    on_disk = sorted(int(p.name[:7]) for p in ckpt.glob("0*.pt"))
+    assert on_disk == sorted(set(ranking) | {60, 30})
+    for s, r in records.items():
+        assert r.get("pruned", False) == (s not in on_disk)
+
+
+def test_samples_and_tensorboard(demo_run: tuple[Path, str]) -> None:
+    run_dir, _ = demo_run
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    protocol = json.loads((run_dir / "protocol" / "protocol.json").read_text(encoding="utf-8"))
+    samples = run_dir / "evaluation_samples"
+    for step in EVAL_STEPS:
+        d = samples / f"{step:07d}"
+        for i in range(20):  # the guide's 20 sample files per evaluation
+            with Image.open(d / f"eval_generated_{i:03d}.jpg") as im:
+                assert im.size == (32, 32)
+            with Image.open(d / f"eval_comparison_{i:03d}.jpg") as im:
+                assert im.size == (64, 32)  # reference left, generated right
+            assert (d / f"eval_prompt_{i:03d}.txt").read_text(encoding="utf-8").strip() == protocol["prompts"][i]
+    assert (samples / "progress_grid.jpg").is_file()
+
+    acc = EventAccumulator(str(run_dir / "tensorboard_logs"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert "Train/Loss" in tags
+    for tag in GUIDE_TAGS + ["Evaluation/KID"]:
+        assert tag in tags, (tag, tags)
+        assert sorted(e.step for e in acc.Scalars(tag)) == EVAL_STEPS
+    losses = [e.value for e in acc.Scalars("Train/Loss")]
+    assert losses[-1] < losses[0]
+    state, _ = _state(run_dir)
+    is_best = {e.step: e.value for e in acc.Scalars("Evaluation/IsBest")}
+    assert is_best[state["best_step"]] == 1.0
+
+
+def test_report_has_no_broken_images(demo_run: tuple[Path, str]) -> None:
+    run_dir, _ = demo_run
+    text = (run_dir / "report.html").read_text(encoding="utf-8")
+    c = check_images(text, run_dir)
+    assert len(c.imgs) >= 8 * len(EVAL_STEPS) + 2 * 20
+    assert text.count('class="plot"') >= 6
+
+
+def test_rerun_resumes(demo_run: tuple[Path, str]) -> None:
+    run_dir, _ = demo_run
+    proc = _demo(run_dir, "--steps", "70")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "Resuming from" in out and "0000060.pt" in out and "steps 60->70" in out
+    ckpt = torch.load(run_dir / "checkpoints" / "0000070.pt", map_location="cpu", weights_only=False)
+    assert ckpt["step"] == 70
+    state, _ = _state(run_dir)
+    assert {r["step"] for r in state["checkpoints"]} >= {60, 70}
+    assert (run_dir / "checkpoints" / "best.pt").resolve().is_file()
