@@ -424,7 +424,11 @@ class BestCheckpointTracker:
         logger.info("%s", format_summary(self.summary()))
 
     def export_results(self) -> Path:
-        """Write ``best_checkpoint_results.json`` (the guide's summary export); returns its path."""
+        """Write ``best_checkpoint_results.json`` (the guide's summary export) and return its path.
+
+        Only the writer writes (a non-writer rank just gets the path). The file is also refreshed
+        by every call that changes what it shows; it lists the ranking's first 100 records.
+        """
         path = self.dir / store.RESULTS_FILE
         if not self.is_writer:
             return path
