@@ -111,3 +111,16 @@ def test_kid_adapts_subset_size_with_warning_and_is_seeded(caplog: pytest.LogCap
     assert m1[0] > 0  # shifted distributions
     with pytest.raises(ValueError, match="at least 2"):
         kid_from_features(a[:1], b)
+
+
+def test_fid_with_rank_deficient_reference_uses_eigh_factor() -> None:
+    """A reference with N <= D has a singular covariance: no Cholesky, the eigh factor V·√Λ is used instead."""
+    from torch_fidelity.metric_fid import fid_statistics_to_metric
+
+    d = 64
+    ref_x, gen_x = _features(40, d, 12), _features(200, d, 13, 0.2)
+    ref = ReferenceStatistics.from_features(ref_x)
+    assert np.allclose(ref.factor @ ref.factor.T, ref.sigma, atol=1e-10)
+    ours = ref.fid_to_features(gen_x)
+    tf = fid_statistics_to_metric(_stats(gen_x), _stats(ref_x), False)["frechet_inception_distance"]
+    assert ours == pytest.approx(tf, rel=1e-6)

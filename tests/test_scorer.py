@@ -109,7 +109,7 @@ def test_reference_statistics_cached_on_disk_by_content(data: dict[str, Any],
     r2 = s2.reference_statistics(data["ref_set"])
     assert counter.images_seen == seen  # loaded from disk, no Inception pass
     assert torch.equal(r2["inception_pool"], r1["inception_pool"])
-    assert (r2.statistics.sqrt_sigma == r1.statistics.sqrt_sigma).all()
+    assert (r2.statistics.factor == r1.statistics.factor).all()
     # other reference images -> another cache entry
     s2.reference_statistics(data["ref_set"][:2])
     assert len(list(tmp_path.glob("refstats-*.npz"))) == 2

@@ -13,7 +13,7 @@ the feature names of :mod:`bestckpt.metrics.registry` (``inception_pool`` [N, 20
 never shift out of alignment). Distributed ranks featurise their shards and concatenate before ``score``.
 
 ``reference_statistics`` returns a :class:`ReferenceSet` (``inception_pool`` features for KID and
-:class:`~bestckpt.metrics.ReferenceStatistics` with the cached √Σ for FID). On disk it is cached as
+:class:`~bestckpt.metrics.ReferenceStatistics` with its cached covariance factor for FID). On disk it is cached as
 ``refstats-<backbone cache id>-<sha256 of the uint8 reference tensor>.npz`` — the name encodes backbone, weights,
 layer, preprocessing and data — written atomically (temp file + ``os.replace``).
 
@@ -256,7 +256,7 @@ class Scorer:
                 return ref
         feats = inception.features(images)["pool"]
         stats = ReferenceStatistics.from_features(feats)
-        _ = stats.sqrt_sigma  # factorise once, store with the statistics
+        _ = stats.factor  # factorise once, store with the statistics
         ref = ReferenceSet(feats, stats, digest, backbone_id, path)
         if path is not None:
             self._save_cached(path, ref)
@@ -272,7 +272,7 @@ class Scorer:
                 if str(z["content_hash"]) != digest or str(z["backbone"]) != backbone_id:
                     logger.warning("reference cache %s does not match its name; recomputing", path)
                     return None
-                stats = ReferenceStatistics.from_arrays({k: z[k] for k in ("mu", "sigma", "sqrt_sigma",
+                stats = ReferenceStatistics.from_arrays({k: z[k] for k in ("mu", "sigma", "factor",
                                                                            "num_samples")})
                 feats = torch.from_numpy(z["features"].copy())
         except Exception as exc:  # a damaged cache is recomputed, never trusted

@@ -4,11 +4,13 @@ FID = ‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 · tr √(Σ₁ Σ₂)
 
 Why not ``scipy.linalg.sqrtm``: it is slow (≈10 s at d=2048 on 2 cores), returned huge spurious imaginary parts in
 some scipy versions and its API changed (scipy 1.18 removed ``disp``). The trace only needs the eigenvalues of
-Σ₁Σ₂, which equal those of the *symmetric* positive semi-definite matrix √Σ_ref Σ_gen √Σ_ref, so ``eigvalsh`` applies
-(``eigvalsh`` on the non-symmetric Σ₁Σ₂ itself would be wrong). √Σ_ref is computed once per reference set
-(``ReferenceStatistics.sqrt_sigma``) so repeated FID against one reference costs two matrix products and one
-symmetric eigenvalue problem — or, when the generated set has fewer samples N than dimensions D, only an N×N
-eigenvalue problem on the centred features (the non-zero spectrum of AᵀA equals that of AAᵀ).
+Σ_gen Σ_ref. For any factor F of the reference covariance (F Fᵀ = Σ_ref) they equal the eigenvalues of the
+*symmetric* positive semi-definite matrix Fᵀ Σ_gen F, so ``eigvalsh`` (no eigenvectors) applies — ``eigvalsh`` on the
+non-symmetric Σ₁Σ₂ itself would be wrong. F is the Cholesky factor when Σ_ref is positive definite (cheap), else
+V·√Λ from ``eigh`` (rank-deficient references). F is computed once per reference set (``ReferenceStatistics.factor``)
+so repeated FID against one reference costs two matrix products and one symmetric eigenvalue problem — or, when
+the generated set has fewer samples N than dimensions D, only an N×N eigenvalue problem on the centred features
+(the non-zero spectrum of AᵀA equals that of AAᵀ, A = X_c F / √(N−1)).
 
 Eigenvalues that come out slightly negative are round-off of a PSD matrix and are clipped to zero; if their
 magnitude is large (what sqrtm would report as a large imaginary part) a :class:`NumericalError` is raised instead
@@ -46,12 +48,15 @@ def warn_if_small_sample(n: int, d: int, what: str = "FID") -> None:
         )
 
 
-def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a PSD matrix [D, D] via ``eigh``; round-off negatives are clipped to zero."""
+def _psd_factor(sigma: np.ndarray) -> np.ndarray:
+    """F [D, D] with F Fᵀ = sigma: Cholesky if positive definite, else V·√Λ via ``eigh`` (negatives clipped)."""
     sym = 0.5 * (sigma + sigma.T)
-    lam, vec = np.linalg.eigh(sym)
-    lam = _clip_roundoff(lam, "reference covariance")
-    return (vec * np.sqrt(lam)) @ vec.T
+    try:
+        return np.linalg.cholesky(sym)
+    except np.linalg.LinAlgError:  # singular (N <= D) or indefinite by round-off
+        lam, vec = np.linalg.eigh(sym)
+        lam = _clip_roundoff(lam, "reference covariance")
+        return vec * np.sqrt(lam)
 
 
 def _clip_roundoff(lam: np.ndarray, what: str) -> np.ndarray:
@@ -78,12 +83,12 @@ def _sum_sqrt_eig_sym(m: np.ndarray, what: str) -> float:
 
 
 class ReferenceStatistics:
-    """Mean [D] and covariance [D, D] (float64) of a reference feature set, with √Σ cached on first use.
+    """Mean [D] and covariance [D, D] (float64) of a reference feature set, with a factor F (F Fᵀ = Σ) cached.
 
     Build with :meth:`from_features`; persist with :meth:`to_arrays` / :meth:`from_arrays` (the caller owns the disk).
     """
 
-    def __init__(self, mu: Any, sigma: Any, num_samples: int, sqrt_sigma: Any | None = None) -> None:
+    def __init__(self, mu: Any, sigma: Any, num_samples: int, factor: Any | None = None) -> None:
         self.mu = as_float64(mu, "mu")
         self.sigma = as_float64(sigma, "sigma")
         if self.mu.ndim != 1 or self.sigma.shape != (self.mu.shape[0],) * 2:
@@ -91,7 +96,7 @@ class ReferenceStatistics:
                 f"mu must be [D] and sigma [D, D]; got mu {self.mu.shape} and sigma {self.sigma.shape}"
             )
         self.num_samples = int(num_samples)
-        self._sqrt_sigma = None if sqrt_sigma is None else as_float64(sqrt_sigma, "sqrt_sigma")
+        self._factor = None if factor is None else as_float64(factor, "factor")
 
     @classmethod
     def from_features(cls, features: Any) -> "ReferenceStatistics":
@@ -107,21 +112,22 @@ class ReferenceStatistics:
         return int(self.mu.shape[0])
 
     @property
-    def sqrt_sigma(self) -> np.ndarray:
-        """√Σ [D, D], computed once (eigh) and kept: the per-reference factorisation that makes repeated FID cheap."""
-        if self._sqrt_sigma is None:
-            self._sqrt_sigma = _psd_sqrt(self.sigma)
-        return self._sqrt_sigma
+    def factor(self) -> np.ndarray:
+        """F [D, D] with F Fᵀ = Σ, computed once and kept: the per-reference factorisation that makes repeated FID
+        cheap (Cholesky, or V·√Λ for a rank-deficient Σ)."""
+        if self._factor is None:
+            self._factor = _psd_factor(self.sigma)
+        return self._factor
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """Arrays for ``np.savez`` (includes √Σ so a cached reference needs no new factorisation)."""
-        return {"mu": self.mu, "sigma": self.sigma, "sqrt_sigma": self.sqrt_sigma,
+        """Arrays for ``np.savez`` (includes the factor so a cached reference needs no new factorisation)."""
+        return {"mu": self.mu, "sigma": self.sigma, "factor": self.factor,
                 "num_samples": np.asarray(self.num_samples)}
 
     @classmethod
     def from_arrays(cls, arrays: Any) -> "ReferenceStatistics":
-        sqrt = arrays["sqrt_sigma"] if "sqrt_sigma" in arrays else None
-        return cls(arrays["mu"], arrays["sigma"], int(arrays["num_samples"]), sqrt)
+        factor = arrays["factor"] if "factor" in arrays else None
+        return cls(arrays["mu"], arrays["sigma"], int(arrays["num_samples"]), factor)
 
     def fid_to_statistics(self, mu: Any, sigma: Any) -> float:
         """FID between other statistics (mu [D], sigma [D, D]) and this reference."""
@@ -130,8 +136,8 @@ class ReferenceStatistics:
         if mu.shape != self.mu.shape or sigma.shape != self.sigma.shape:
             raise ValueError(f"statistics of dimension {mu.shape} do not match the reference's {self.mu.shape}; "
                              f"use the same backbone and layer for both sides")
-        s = self.sqrt_sigma
-        tr_covmean = _sum_sqrt_eig_sym(s @ sigma @ s, "FID product covariance")
+        f = self.factor
+        tr_covmean = _sum_sqrt_eig_sym(f.T @ sigma @ f, "FID product covariance")
         diff = mu - self.mu
         return float(diff @ diff + np.trace(sigma) + np.trace(self.sigma) - 2.0 * tr_covmean)
 
@@ -148,10 +154,10 @@ class ReferenceStatistics:
         mu = x.mean(axis=0)
         if n >= d:
             return self.fid_to_statistics(mu, np.cov(x, rowvar=False))
-        # Σ_gen = XcᵀXc/(n-1): eigenvalues of √Σ_ref Σ_gen √Σ_ref = AᵀA with A = Xc √Σ_ref / √(n-1) [N, D];
+        # Σ_gen = XcᵀXc/(n-1): eigenvalues of Fᵀ Σ_gen F = AᵀA with A = Xc F / √(n-1) [N, D];
         # its non-zero spectrum equals that of AAᵀ [N, N].
         xc = x - mu
-        a = (xc @ self.sqrt_sigma) / np.sqrt(n - 1.0)
+        a = (xc @ self.factor) / np.sqrt(n - 1.0)
         tr_covmean = _sum_sqrt_eig_sym(a @ a.T, "FID product covariance")
         diff = mu - self.mu
         tr_sigma = float((xc * xc).sum() / (n - 1.0))
@@ -159,7 +165,7 @@ class ReferenceStatistics:
 
 
 def fid_from_statistics(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
-    """FID between (mu1 [D], sigma1 [D, D]) and (mu2, sigma2). The second pair is factorised (√Σ₂)."""
+    """FID between (mu1 [D], sigma1 [D, D]) and (mu2, sigma2). The second covariance is the one factorised."""
     return ReferenceStatistics(mu2, sigma2, num_samples=0).fid_to_statistics(mu1, sigma1)
 
 
