@@ -309,7 +309,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clip-batch", type=int, default=128)
     p.add_argument("--clip-steps", type=int, default=300)
     p.add_argument("--lpips-triplets", type=int, default=1024)
-    p.add_argument("--eval-images", type=int, default=2000, help="fresh images for the accuracy figures (also caps the held-out set used)")
+    p.add_argument("--eval-images", type=int, default=2000,
+                   help="fresh images for the accuracy figures (also caps the held-out set used)")
     p.add_argument("--eval-groups", type=int, default=10, help="groups of 100 captions for retrieval figures")
     return p.parse_args(argv)
 

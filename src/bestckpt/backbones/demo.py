@@ -4,11 +4,12 @@ They let `bestckpt demo` compute real FID/KID/IS, CLIP score and LPIPS offline. 
 only** (32x32 shapes from `bestckpt.demo.data`); on any other images their numbers mean nothing. Real runs use the
 standard backbones (Inception, CLIP ViT-B/32, LPIPS-alex), which stay the defaults.
 
-- ``demo-classifier`` (kind "inception"): a 6-conv CNN (16/32/64 channels, coordinate input channels) predicting the five caption attributes, one linear head each.
-  ``features(images)`` gives ``pool`` [N, 128] (global average and max of the last conv stage, for FID/KID) and ``logits``
-  [N, 35] over the joint (shape, colour) classes, log p(shape) + log p(colour) of the two heads. IS is meaningful
-  with these logits: it is high when each image is confidently one coloured shape (sharp p(y|x)) and the set covers
-  all 35 shape/colour pairs (flat p(y)); its ceiling is 35.
+- ``demo-classifier`` (kind "inception"): a 6-conv CNN (16/32/64 channels, coordinate input channels) predicting
+  the five caption attributes, one linear head each. ``features(images)`` gives ``pool`` [N, 128] (global average
+  and max of the last conv stage, for FID/KID) and ``logits`` [N, 35] over the joint (shape, colour) classes,
+  log p(shape) + log p(colour) of the two heads. IS is meaningful with these logits: it is high when each image is
+  confidently one coloured shape (sharp p(y|x)) and the set covers all 35 shape/colour pairs (flat p(y)); its
+  ceiling is 35.
 - ``demo-clip`` (kind "clip"): a small CNN image encoder and a 2-layer transformer text encoder over
   `bestckpt.demo.data.Tokenizer`, trained contrastively (CLIP's symmetric InfoNCE) on (image, caption) pairs;
   ``encode_images`` / ``encode_texts`` return L2-normalised 64-d embeddings.
@@ -79,8 +80,9 @@ class DemoWeightsError(WeightsError):
 def preprocess(images: torch.Tensor) -> torch.Tensor:
     """uint8 [N, 3, H, W] (0..255) -> float32 [N, 3, 32, 32] in [-1, 1] (the DiT's pixel space).
 
+    Other sizes are resized with antialiased bilinear interpolation, since the nets were trained at 32x32.
     Outputs of all demo backbones are float32 on the CPU, like the standard backbones'; N = 0 (an empty
-    distributed shard) gives empty outputs. Other sizes are resized with antialiased bilinear interpolation, since the nets were trained at 32x32.
+    distributed shard) gives empty outputs.
     """
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
         got = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__

@@ -165,10 +165,11 @@ def _alternation(values: Sequence[str]) -> str:
     return "|".join(re.escape(v) for v in sorted(values, key=len, reverse=True))
 
 
+_EDGE_POSITIONS = [p for p in ATTRIBUTES["position"] if p != "center"]
 _CAPTION_RE = re.compile(
     rf"^a (?P<size>{_alternation(ATTRIBUTES['size'])}) (?P<color>{_alternation(ATTRIBUTES['color'])}) "
     rf"(?P<shape>{_alternation(ATTRIBUTES['shape'])}) "
-    rf"(?:in the (?P<center>center)|at the (?P<position>{_alternation([p for p in ATTRIBUTES['position'] if p != 'center'])})) "
+    rf"(?:in the (?P<center>center)|at the (?P<position>{_alternation(_EDGE_POSITIONS)})) "
     rf"on a (?P<background>{_alternation(ATTRIBUTES['background'])}) background$"
 )
 
