@@ -183,3 +183,28 @@ def test_inline_with_the_real_scorer_and_random_backbones(tmp_path: Path) -> Non
     assert list((tmp_path / "cache").glob("refstats-*.npz"))  # reference statistics cached on disk
     rec = tracker.records[0]
     assert rec.status == "evaluated" and rec.metrics["fid"] == pytest.approx(first.scores["fid"])
+
+
+def test_changed_protocol_on_resume_refuses_or_rescores(tmp_path: Path) -> None:
+    from bestckpt.runners import ProtocolChangedError
+
+    protocol = make_protocol(tmp_path)
+    ckpt_dir = tmp_path / "checkpoints"
+    ckpt_dir.mkdir()
+    every = EvalSchedule(every_n_checkpoints=1)
+    tracker = BestCheckpointTracker(ckpt_dir, is_writer=True, keep_every_n_steps=0)
+    InlineRunner(tracker, Evaluator(protocol, TinySampler(), scorer=KitScorer(), dist=None), every).checkpoint_saved(
+        100, save_checkpoint(ckpt_dir / "0000100.pt", 100))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallSampleWarning)
+        changed = Protocol(prompts=protocol.prompts, reference_images=protocol.reference_images,
+                           reference_dir=protocol.reference_dir, num_samples=protocol.num_samples, seed=6,
+                           sampler=protocol.sampler, metrics=protocol.metrics)
+    evaluator = Evaluator(changed, TinySampler(), scorer=KitScorer(), dist=None)
+    with pytest.raises(ProtocolChangedError, match=r"steps \[100\].*rescore"):
+        InlineRunner(tracker, evaluator, every)
+    runner = InlineRunner(tracker, evaluator, every, on_protocol_change="rescore")
+    assert tracker.pending_steps() == [100]  # protected until re-scored
+    runner.checkpoint_saved(200, save_checkpoint(ckpt_dir / "0000200.pt", 200))
+    assert {r.step: r.protocol_hash for r in tracker.records} == {100: changed.hash, 200: changed.hash}
+    assert tracker.pending_steps() == []

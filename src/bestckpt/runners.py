@@ -32,11 +32,14 @@ __all__ = [
     "EvalSchedule",
     "Evaluator",
     "InlineRunner",
+    "ON_PROTOCOL_CHANGE",
+    "ProtocolChangedError",
     "SidecarWatcher",
     "build_scorer",
     "find_checkpoints",
     "is_checkpoint_complete",
     "read_latest_tag",
+    "reconcile_protocol",
 ]
 
 logger = logging.getLogger(__name__)
@@ -279,18 +282,69 @@ class Evaluator:
             self._sink = None
 
 
+# --------------------------------------------------------------------------- protocol changes
+class ProtocolChangedError(RuntimeError):
+    """The run's checkpoints were scored under another protocol; their scores are not comparable."""
+
+
+ON_PROTOCOL_CHANGE = ("refuse", "rescore")
+
+
+def reconcile_protocol(tracker: Any, protocol: Any, on_change: str = "refuse") -> list[int]:
+    """Check that every scored checkpoint still on disk was scored under ``protocol``.
+
+    Scores from different protocols are never compared. ``"refuse"`` raises
+    :class:`ProtocolChangedError` naming the steps and the ways out; ``"rescore"`` marks those
+    checkpoints pending again (protected from pruning) and returns their steps, so the runner
+    scores them under the new protocol.
+    """
+    if on_change not in ON_PROTOCOL_CHANGE:
+        raise ValueError(f"on_protocol_change must be one of {ON_PROTOCOL_CHANGE}, got {on_change!r}")
+    stale = [r for r in tracker.records
+             if not r.pruned and r.status == "evaluated" and r.protocol_hash not in (None, protocol.hash)]
+    if not stale:
+        return []
+    steps = [r.step for r in stale]
+    if on_change == "refuse":
+        old = sorted({str(r.protocol_hash)[:12] for r in stale})
+        raise ProtocolChangedError(
+            f"{len(steps)} checkpoint(s) in {tracker.config.checkpoint_dir} (steps {steps[:10]}) were scored under "
+            f"protocol(s) {old}, not the current {protocol.hash[:12]}; their scores are not comparable. Use the "
+            "earlier protocol, or pass on_protocol_change='rescore' (CLI: --on-protocol-change rescore) to re-score "
+            "them, or re-score offline with `bestckpt evaluate DIR --protocol NEW`"
+        )
+    logger.warning("protocol changed: re-scoring steps %s under protocol %s", steps, protocol.hash[:12])
+    for r in stale:
+        tracker.checkpoint_saved(r.step, str(Path(tracker.config.checkpoint_dir) / r.path), epoch=r.epoch,
+                                 evaluate=True)
+    return steps
+
+
 # --------------------------------------------------------------------------- inline
 class InlineRunner:
     """Evaluate inside the training processes; call :meth:`checkpoint_saved` on *every* rank."""
 
-    def __init__(self, tracker: Any, evaluator: Evaluator, schedule: EvalSchedule | None = None) -> None:
+    def __init__(self, tracker: Any, evaluator: Evaluator, schedule: EvalSchedule | None = None, *,
+                 on_protocol_change: str = "refuse") -> None:
         self.tracker = tracker
         self.evaluator = evaluator
         self.schedule = schedule or EvalSchedule()
         self._count = 0
+        self._rescore: list[int] = []
+        if self.schedule.enabled:
+            self._rescore = reconcile_protocol(tracker, evaluator.protocol, on_protocol_change)
+
+    def _rescore_stale(self) -> None:
+        steps, self._rescore = self._rescore, []
+        for step in steps:
+            rec = next((r for r in self.tracker.records if r.step == step), None)
+            path = Path(self.tracker.config.checkpoint_dir) / (rec.path if rec else self.tracker.config.step_filename(step))
+            self.evaluator.evaluate_and_record(self.tracker, step, path, None if rec is None else rec.epoch)
 
     def checkpoint_saved(self, step: int, path: str | Path, epoch: int | None = None) -> Any:
         """Register the committed checkpoint; evaluate it now if the schedule says so."""
+        if self._rescore:
+            self._rescore_stale()
         self._count += 1
         evaluate = self.schedule.should_evaluate(step, self._count)
         self.tracker.checkpoint_saved(step, str(path), epoch=epoch, evaluate=evaluate)
@@ -394,6 +448,7 @@ class BackgroundRunner:
         batch_size: int = 16,
         worker_threads: int | None = 1,
         scorer_spec: str | None = None,
+        on_protocol_change: str = "refuse",
     ) -> None:
         from bestckpt.evaluation.sampler import SamplerError
 
@@ -419,6 +474,12 @@ class BackgroundRunner:
         self._proc: Any = None
         self.completed: list[dict[str, Any]] = []
         self._closed = False
+        stale = reconcile_protocol(tracker, protocol, on_protocol_change) if self.schedule.enabled else []
+        if stale:
+            self._ensure_worker()
+            for rec in self.tracker.records:
+                if rec.step in stale:
+                    self._jobs.put((rec.step, str(Path(tracker.config.checkpoint_dir) / rec.path), rec.epoch))
 
     def _ensure_worker(self) -> None:
         if self._proc is not None and self._proc.is_alive():
@@ -509,7 +570,8 @@ class SidecarWatcher:
     """
 
     def __init__(self, tracker: Any, evaluator: Evaluator, *, poll_interval: float = 5.0,
-                 adopt_after: float | None = 60.0) -> None:
+                 adopt_after: float | None = 60.0, on_protocol_change: str = "refuse") -> None:
+        reconcile_protocol(tracker, evaluator.protocol, on_protocol_change)  # rescore: marks them pending
         self.tracker = tracker
         self.evaluator = evaluator
         self.poll_interval = poll_interval

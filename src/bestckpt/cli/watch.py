@@ -26,6 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--adopt-after", type=float, default=60.0,
                    help="evaluate checkpoints no tracker registered once they are this old, in seconds "
                         "(default: 60; 0 for trainers that do not use a tracker; -1 never)")
+    p.add_argument("--on-protocol-change", choices=("refuse", "rescore"), default="refuse",
+                   help="checkpoints scored under another protocol: refuse to start (default) or re-score them")
     p.set_defaults(func=run)
     return p
 
@@ -43,8 +45,15 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from bestckpt.runners import ProtocolChangedError
+
     adopt = None if args.adopt_after is not None and args.adopt_after < 0 else args.adopt_after
-    watcher = SidecarWatcher(tracker, evaluator, poll_interval=args.poll, adopt_after=adopt)
+    try:
+        watcher = SidecarWatcher(tracker, evaluator, poll_interval=args.poll, adopt_after=adopt,
+                                 on_protocol_change=args.on_protocol_change)
+    except ProtocolChangedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"watching {args.checkpoint_dir} (protocol {protocol.short_hash}); Ctrl-C to stop", file=sys.stderr)
     n = watcher.run(once=args.once, idle_timeout=args.idle_timeout)
     tracker.export_results()
