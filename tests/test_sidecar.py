@@ -91,3 +91,46 @@ def test_sidecar_scores_each_once_and_survives_sigkill(tmp_path: Path) -> None:
     best = tracker.best
     assert best is not None and (ckpt_dir / "best.pt").resolve() == (ckpt_dir / best.path).resolve()
     assert json.loads((ckpt_dir / "best_checkpoint_results.json").read_text())
+
+
+def test_watch_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    protocol_file = make_protocol(tmp_path).to_file(tmp_path / "protocol.json")
+    ckpt_dir = tmp_path / "checkpoints"
+    ckpt_dir.mkdir()
+    log = tmp_path / "watch.log"
+    proc = _watch(ckpt_dir, protocol_file, log)
+    try:
+        _wait_for(lambda: "watching" in log.read_text(), 120, "the watcher to start")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "stopping after the current checkpoint" in log.read_text()
+
+
+def test_cli_evaluate_offline_reranking(tmp_path: Path) -> None:
+    from bestckpt.cli import main
+    from pipeline_kit import save_checkpoint
+
+    protocol = make_protocol(tmp_path)
+    protocol_file = protocol.to_file(tmp_path / "protocol.json")
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    ckpt_dir.mkdir(parents=True)
+    for step in (100, 200, 300):
+        save_checkpoint(ckpt_dir / f"{step:07d}.pt", step)
+    args = ["evaluate", str(ckpt_dir), "--protocol", str(protocol_file), "--sampler", "pipeline_kit:make_sampler",
+            "--scorer", "pipeline_kit:make_kit_scorer", "--save-top-k", "3"]
+    assert main(args + ["--steps", "100", "200"]) == 0
+    tracker = BestCheckpointTracker(ckpt_dir, is_writer=False)
+    statuses = {r.step: r.status for r in tracker.records}
+    assert statuses[100] == statuses[200] == "evaluated" and statuses.get(300) != "evaluated"
+    first = {r.step: r.time for r in tracker.records}
+    assert main(args) == 0  # only 300 is new; 100 and 200 are already scored under this protocol
+    recs = {r.step: r for r in tracker.records}
+    assert recs[300].status == "evaluated" and recs[100].time == first[100]
+    assert (tmp_path / "run" / "evaluation_samples" / "0000300" / "eval_generated_000.jpg").is_file()
+    assert json.loads((ckpt_dir / "best_checkpoint_results.json").read_text())
+    assert main(args + ["--steps", "999"]) == 2  # a step that does not exist: clear error
+    assert main(["evaluate", str(ckpt_dir), "--protocol", str(protocol_file), "--sampler", "nope"]) == 2
