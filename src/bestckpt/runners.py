@@ -234,7 +234,12 @@ class Evaluator:
         )
 
     def record(self, tracker: Any, result: Any, *, path: str | Path, epoch: int | None = None) -> bool:
-        """Store ``result`` in the tracker (score or failure) and the sinks; True if it is the new best."""
+        """Store ``result`` in the tracker (score or failure) and the sinks; True if it is the new best.
+
+        Only the tracker's writer (global rank 0) records; other ranks return False.
+        """
+        if not getattr(tracker, "is_writer", True):
+            return False
         if result.ok:
             is_best = bool(tracker.update_checkpoint(result.step, epoch, str(path), dict(result.scores),
                                                      protocol_hash=result.protocol_hash, info=result.info()))

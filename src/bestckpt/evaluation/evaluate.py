@@ -23,7 +23,6 @@ import torch
 
 from bestckpt.evaluation.distributed import (
     DistContext,
-    agree_on_errors,
     all_gather_padded,
     broadcast_object,
     current_context,
