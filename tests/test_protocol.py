@@ -147,3 +147,43 @@ def test_validate_sample_batch_names_what_was_received() -> None:
             validate_sample_batch(out, expected_n=2, image_size=8)
     with pytest.raises(SamplerOutputError, match="image_size is 16x16"):
         validate_sample_batch(SampleBatch(ok, "ema"), expected_n=2, image_size=16)
+
+
+def test_public_api_is_pinned() -> None:
+    import importlib
+
+    expected = {
+        "bestckpt.evaluation.protocol": {"DEFAULT_BACKBONES", "DEFAULT_METRICS", "DEFAULT_NUM_SAMPLES", "IMAGE_SUFFIXES",
+                                         "Protocol", "ProtocolError", "SmallSampleWarning", "derive_seed",
+                                         "load_prompt_file"},
+        "bestckpt.evaluation.sampler": {"SampleBatch", "Sampler", "SamplerError", "SamplerOutputError",
+                                        "SamplerSettings", "WEIGHT_KINDS", "load_factory", "load_sampler",
+                                        "validate_sample_batch"},
+        "bestckpt.evaluation.evaluate": {"EvaluationResult", "evaluate_checkpoint", "load_reference_set",
+                                         "paired_references", "prepare_reference_statistics"},
+        "bestckpt.evaluation.distributed": {"DistContext", "agree_on_errors", "all_gather_padded", "broadcast_object",
+                                            "current_context", "gather_objects", "shard_range"},
+        "bestckpt.evaluation.samples": {"GRID_NAME", "load_image_uint8", "resize_uint8", "step_dir",
+                                        "write_evaluation_samples", "write_progress_grid"},
+        "bestckpt.runners": {"COMPLETE_MARKER", "BackgroundRunner", "EvalSchedule", "Evaluator", "InlineRunner",
+                             "ON_PROTOCOL_CHANGE", "ProtocolChangedError", "SidecarWatcher", "build_scorer",
+                             "find_checkpoints", "is_checkpoint_complete", "read_latest_tag", "reconcile_protocol"},
+        "bestckpt.sinks.tensorboard": {"TAGS", "TensorBoardSink"},
+        "bestckpt.integrations.loop": {"MODES", "TrainingEvaluation"},
+        "bestckpt.integrations.deepspeed": {"MODEL_STATES", "is_tag_complete", "load_model_states", "mark_complete",
+                                            "read_latest_tag", "save_checkpoint", "tag_name"},
+    }
+    for name, names in expected.items():
+        module = importlib.import_module(name)
+        assert set(module.__all__) == names, name
+        assert all(hasattr(module, n) for n in names), name
+
+
+def test_shard_ranges_cover_every_sample_once() -> None:
+    from bestckpt.evaluation.distributed import shard_range
+
+    for n in (0, 1, 7, 8, 2500):
+        for world in (1, 2, 3, 8):
+            shards = [shard_range(n, r, world) for r in range(world)]
+            assert [i for s in shards for i in s] == list(range(n))
+            assert max(len(s) for s in shards) - min(len(s) for s in shards) <= 1
