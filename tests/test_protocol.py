@@ -166,7 +166,7 @@ def test_public_api_is_pinned() -> None:
         "bestckpt.evaluation.samples": {"GRID_NAME", "load_image_uint8", "resize_uint8", "step_dir",
                                         "write_evaluation_samples", "write_progress_grid"},
         "bestckpt.runners": {"COMPLETE_MARKER", "BackgroundRunner", "EvalSchedule", "Evaluator", "InlineRunner",
-                             "ON_PROTOCOL_CHANGE", "ProtocolChangedError", "SidecarWatcher", "build_scorer",
+                             "ON_PROTOCOL_CHANGE", "ProtocolChangedError", "SidecarWatcher", "build_scorer", "default_device",
                              "find_checkpoints", "is_checkpoint_complete", "read_latest_tag", "reconcile_protocol"},
         "bestckpt.sinks.tensorboard": {"TAGS", "TensorBoardSink"},
         "bestckpt.integrations.loop": {"MODES", "TrainingEvaluation"},

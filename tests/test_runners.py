@@ -236,3 +236,33 @@ def test_training_evaluation_loop_helper(tmp_path: Path, caplog: pytest.LogCaptu
         TrainingEvaluation(off_dir, protocol, "pipeline_kit:make_sampler", mode="sometimes")
     with pytest.raises(ValueError, match="'module:factory' string"):
         TrainingEvaluation(off_dir, protocol, TinySampler(), mode="background")
+
+
+def test_background_worker_killed_mid_evaluation_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    mark = tmp_path / "sampling.txt"
+    monkeypatch.setenv("PIPELINE_KIT_DELAY", "1.5")
+    monkeypatch.setenv("PIPELINE_KIT_MARK", str(mark))
+    protocol = make_protocol(tmp_path)
+    ckpt_dir = tmp_path / "checkpoints"
+    ckpt_dir.mkdir()
+    tracker = BestCheckpointTracker(ckpt_dir, is_writer=True, save_top_k=1, keep_every_n_steps=0)
+    runner = BackgroundRunner(tracker, protocol, "pipeline_kit:make_slow_sampler", scorer_spec="pipeline_kit:make_kit_scorer",
+                              schedule=EvalSchedule(every_n_checkpoints=1), batch_size=8)
+    runner.checkpoint_saved(100, save_checkpoint(ckpt_dir / "0000100.pt", 100))
+    deadline = time.monotonic() + 120
+    while not mark.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert mark.exists(), "the worker never started sampling"
+    first_pid = runner._proc.pid
+    os.kill(first_pid, signal.SIGKILL)  # the worker dies in the middle of evaluating step 100
+    runner._proc.join(10)
+    assert tracker.pending_steps() == [100]  # still protected
+    runner.checkpoint_saved(200, save_checkpoint(ckpt_dir / "0000200.pt", 200))  # restarts the worker
+    runner.close(wait=True, timeout=120)
+    assert runner._proc.pid != first_pid
+    assert {r.step: r.status for r in tracker.records} == {100: "evaluated", 200: "evaluated"}
+    done = [c["step"] for c in runner.completed if not c.get("skipped")]
+    assert sorted(done) == [100, 200]  # each recorded exactly once

@@ -36,6 +36,7 @@ __all__ = [
     "ProtocolChangedError",
     "SidecarWatcher",
     "build_scorer",
+    "default_device",
     "find_checkpoints",
     "is_checkpoint_complete",
     "read_latest_tag",
@@ -142,6 +143,15 @@ def find_checkpoints(checkpoint_dir: str | Path, step_from_name: Callable[[str],
 
 
 # --------------------------------------------------------------------------- evaluator
+def default_device() -> str:
+    """The training device: this process's current CUDA device when CUDA is available, else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{torch.cuda.current_device()}"
+    return "cpu"
+
+
 def build_scorer(protocol: Any, *, device: Any = "cpu", weights_dir: str | Path | None = None,
                  cache_dir: str | Path | None = None) -> Any:
     """The metrics engineer's :class:`~bestckpt.evaluation.scorer.Scorer` configured by the protocol."""
@@ -162,7 +172,8 @@ class Evaluator:
     """Protocol + sampler + scorer + sinks: evaluates one checkpoint and records the outcome.
 
     The scorer and the reference statistics are built on the first evaluation and reused (the
-    original reloaded every backbone at every evaluation). Under ``torch.distributed`` every rank
+    original reloaded every backbone at every evaluation). ``device`` defaults to the training
+    device (:func:`default_device`); pass e.g. ``"cuda:1"`` to evaluate on another GPU. Under ``torch.distributed`` every rank
     must call :meth:`evaluate` for the same checkpoint.
     """
 
@@ -172,7 +183,7 @@ class Evaluator:
         sampler: Any,
         *,
         scorer: Any = None,
-        device: Any = "cpu",
+        device: Any = None,
         samples_dir: str | Path | None = None,
         tensorboard_dir: str | Path | None = None,
         weights_dir: str | Path | None = None,
@@ -183,7 +194,7 @@ class Evaluator:
         self.protocol = protocol
         self.sampler = sampler
         self.scorer = scorer
-        self.device = device
+        self.device = default_device() if device is None else str(device)
         self.samples_dir = None if samples_dir is None else Path(samples_dir)
         self.tensorboard_dir = None if tensorboard_dir is None else Path(tensorboard_dir)
         self.weights_dir = weights_dir
@@ -445,7 +456,7 @@ class BackgroundRunner:
         sampler_spec: str,
         *,
         schedule: EvalSchedule | None = None,
-        device: str = "cpu",
+        device: str | None = None,
         samples_dir: str | Path | None = None,
         tensorboard_dir: str | Path | None = None,
         weights_dir: str | Path | None = None,
@@ -466,7 +477,8 @@ class BackgroundRunner:
         self.schedule = schedule or EvalSchedule()
         self._count = 0
         self._spec = {
-            "tracker_config": tracker.config, "protocol": protocol, "sampler": sampler_spec, "device": str(device),
+            "tracker_config": tracker.config, "protocol": protocol, "sampler": sampler_spec,
+            "device": default_device() if device is None else str(device),
             "samples_dir": None if samples_dir is None else str(samples_dir),
             "tensorboard_dir": None if tensorboard_dir is None else str(tensorboard_dir),
             "weights_dir": None if weights_dir is None else str(weights_dir),

@@ -24,7 +24,7 @@ def add_evaluation_options(p: argparse.ArgumentParser) -> None:
                    help="sampler factory, e.g. my_project.sampling:make_sampler (factory() returns the sampler)")
     p.add_argument("--scorer", metavar="MODULE:FACTORY",
                    help="custom scorer factory (default: the protocol's backbones and metrics)")
-    p.add_argument("--device", default="cpu", help="device for sampling and metrics, e.g. cuda:1 (default: cpu)")
+    p.add_argument("--device", help="device for sampling and metrics, e.g. cuda:1 (default: cuda:0 if available, else cpu)")
     p.add_argument("--samples-dir", type=Path,
                    help="where evaluation_samples go (default: CKPT_DIR/../evaluation_samples)")
     p.add_argument("--tensorboard-dir", type=Path, help="write Evaluation/* scalars to this TensorBoard log dir")

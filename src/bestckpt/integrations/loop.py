@@ -39,7 +39,7 @@ class TrainingEvaluation:
         *,
         mode: str = "background",
         schedule: EvalSchedule | None = None,
-        device: str = "cpu",
+        device: str | None = None,
         experiment_dir: str | Path | None = None,
         tensorboard_dir: str | Path | None = None,
         weights_dir: str | Path | None = None,
