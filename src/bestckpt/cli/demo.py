@@ -22,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     from bestckpt.demo.train import add_arguments
 
     p = subparsers.add_parser(
-        "demo", help="train a tiny text-to-image DiT on CPU with best-checkpoint tracking (about 4 minutes)",
+        "demo", help="train a tiny text-to-image DiT on CPU with best-checkpoint tracking (about 4 minutes on 2 cores)",
         description="Train a tiny text-to-image DiT on synthetic captioned shapes (CPU, offline), evaluate "
                     "checkpoints in the background with the built-in demo evaluators, keep the best ones and "
                     "write a report. Re-run with the same --run-dir to resume.",
@@ -51,6 +51,12 @@ class _RichObserver:
         self.best = "–"
 
     def on_start(self, start_step: int, total_steps: int) -> None:
+        if start_step > 0:  # resumed: show the best so far until a better one arrives
+            from bestckpt.tracker import BestCheckpointTracker
+
+            best = BestCheckpointTracker.open(self.tracker_dir).best
+            if best is not None:
+                self.best = f"{_fmt(best.metrics.get('composite_score'))} @ {best.step}"
         self.task = self.progress.add_task("training", total=total_steps, completed=start_step,
                                            loss="–", best=self.best)
 

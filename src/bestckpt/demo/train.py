@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = parser
     p.add_argument("--run-dir", type=Path, default=Path("runs/demo"), help="experiment directory (default: runs/demo)")
     p.add_argument("--steps", type=int, default=None,
-                   help="total training steps (default: 1200, or 60 with --quick)")
+                   help="total training steps (default: 1000, or 60 with --quick)")
     p.add_argument("--quick", action="store_true",
                    help="a short run for tests: few steps, few evaluation prompts (well under 2 minutes)")
     p.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
@@ -105,7 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default: 3.0)")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and noise (default: 0)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads for training (default: all cores but the one left to the evaluator)")
+                   help="torch CPU threads for training (default: all cores this process may use)")
     p.add_argument("--samples-per-prompt", type=int, default=2,
                    help="images per evaluation prompt, each with its own seed (default: 2)")
     p.add_argument("--hidden", type=int, default=96, help="DiT width (default: 96)")
@@ -120,7 +120,7 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     a = argparse.Namespace(**vars(args))
     quick = bool(getattr(a, "quick", False))
     if a.steps is None:
-        a.steps = 60 if quick else 1200
+        a.steps = 60 if quick else 1000
     if a.ckpt_every is None:
         a.ckpt_every = 10 if quick else 100
     if a.keep_every_n_steps is None:
@@ -138,6 +138,14 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--ema-decay={a.ema_decay}: must be in [0, 1)")
     a.run_dir = Path(a.run_dir)
     return a
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (respects taskset/cgroup affinity, unlike os.cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 class TrainObserver:
@@ -291,8 +299,10 @@ def main(args: argparse.Namespace, observer: TrainObserver | None = None) -> Tra
 
     args = resolve_defaults(args)
     obs = observer or TrainObserver()
-    threads = args.threads or max(1, (os.cpu_count() or 2) - 1)
-    torch.set_num_threads(threads)  # leave a core to the evaluation worker
+    # All cores for training: the evaluation worker (1 thread) is busy only a fraction of the time, and
+    # measured on 2 pinned cores this was ~20% faster end to end than leaving it a core of its own.
+    threads = args.threads or available_cores()
+    torch.set_num_threads(threads)
     torch.manual_seed(args.seed)
 
     run_dir: Path = args.run_dir

@@ -316,7 +316,9 @@ def render_report(run_dir: str | Path, *, checkpoint_dir: str | Path | None = No
     # 1. metric curves
     out.append("<h2>Metrics over training</h2><div class='plots'>")
     names = [m for m in _METRIC_ORDER if any(r["metrics"].get(m) is not None for r in evaluated)]
-    names += sorted({k for r in evaluated for k, v in r["metrics"].items() if v is not None} - set(names))
+    # other metrics too (a user's custom ones), but not the spreads ("kid_std"): they are not scores
+    names += sorted({k for r in evaluated for k, v in r["metrics"].items()
+                     if v is not None and not k.endswith("_std")} - set(names))
     if not names:
         out.append("<p class='note'>No evaluated checkpoint yet.</p>")
     for m in names:
