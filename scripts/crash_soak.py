@@ -4,7 +4,8 @@
 The child saves checkpoints (plain files and DeepSpeed-style tag directories, each committed by
 a rename, plus DeepSpeed's ``latest`` file), tells the tracker (``checkpoint_saved`` then, for
 most, ``update_checkpoint`` with a random score, sometimes NaN, sometimes a late re-score of an
-older step). The parent kills it after a random delay and checks, before anything repairs the
+older step). On start it does what an integration does after a crash: registers the checkpoint
+DeepSpeed's ``latest`` names if the tracker never heard of it, and redoes pending evaluations. The parent kills it after a random delay and checks, before anything repairs the
 directory:
 
 1. ``best_checkpoints.json`` parses as strict JSON with our schema;
