@@ -123,7 +123,7 @@ def test_background_runner_does_not_block_training(tmp_path: Path, monkeypatch: 
     tracker = BestCheckpointTracker(ckpt_dir, is_writer=True, save_top_k=2, keep_every_n_steps=0)
     runner = BackgroundRunner(tracker, protocol, "pipeline_kit:make_slow_sampler", scorer_spec="pipeline_kit:make_kit_scorer",
                               schedule=EvalSchedule(every_n_checkpoints=1), samples_dir=tmp_path / "samples",
-                              batch_size=4)
+                              batch_size=4, log_file=tmp_path / "worker.log")
     t0 = time.perf_counter()
     blocked = _train(runner, ckpt_dir, n_checkpoints=4)
     loop_time = time.perf_counter() - t0
@@ -132,6 +132,9 @@ def test_background_runner_does_not_block_training(tmp_path: Path, monkeypatch: 
     assert sorted(recs) == [20, 40, 60, 80]
     assert all(r.status == "evaluated" for r in recs.values()), {s: (r.status, r.error) for s, r in recs.items()}
     assert tracker.pending_steps() == []
+    worker_log = (tmp_path / "worker.log").read_text()
+    assert "[Step 20] Evaluating model performance at step 20" in worker_log  # the guide's line, from the worker
+    assert "New best checkpoint" in worker_log
     # synchronous cost of one evaluation of the same protocol (2 sampler calls of >= 0.3 s each)
     evaluator = Evaluator(protocol, TinySampler(delay=0.3), scorer=KitScorer(), dist=None, batch_size=4)
     evaluator.evaluate(80, ckpt_dir / "0000080.pt")  # warm-up (reference statistics)
@@ -260,7 +263,8 @@ def test_background_worker_killed_mid_evaluation_loses_nothing(tmp_path: Path, m
     os.kill(first_pid, signal.SIGKILL)  # the worker dies in the middle of evaluating step 100
     runner._proc.join(10)
     assert tracker.pending_steps() == [100]  # still protected
-    runner.checkpoint_saved(200, save_checkpoint(ckpt_dir / "0000200.pt", 200))  # restarts the worker
+    assert runner.resume_pending() == [100]  # e.g. after a restart of training; restarts the worker
+    runner.checkpoint_saved(200, save_checkpoint(ckpt_dir / "0000200.pt", 200))
     runner.close(wait=True, timeout=120)
     assert runner._proc.pid != first_pid
     assert {r.step: r.status for r in tracker.records} == {100: "evaluated", 200: "evaluated"}

@@ -386,6 +386,22 @@ def _status_of(tracker: Any, step: int) -> str | None:
     return None
 
 
+def _configure_worker_logging(log_file: str | None, level: int, *, only_if_unconfigured: bool) -> None:
+    """A spawned worker starts with no logging: send its records (the guide's log lines) somewhere."""
+    import sys
+
+    root = logging.getLogger()
+    if only_if_unconfigured and root.handlers:
+        return  # the sampler factory configured logging itself
+    if log_file:
+        handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [bestckpt-eval] %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
 def _background_main(jobs: Any, results: Any, spec: dict[str, Any]) -> None:
     """Worker process: evaluate queued checkpoints and record them under the tracker's lock."""
     import torch
@@ -395,6 +411,8 @@ def _background_main(jobs: Any, results: Any, spec: dict[str, Any]) -> None:
     from bestckpt.evaluation.sampler import load_factory, load_sampler
 
     parent = mp.parent_process()
+    if spec.get("log_file"):
+        _configure_worker_logging(spec["log_file"], spec["log_level"], only_if_unconfigured=False)
     tracker = _tracker_from_config(spec["tracker_config"])
     setup_error = None
     evaluator: Evaluator | None = None
@@ -407,6 +425,8 @@ def _background_main(jobs: Any, results: Any, spec: dict[str, Any]) -> None:
     except Exception as exc:  # every job will fail the same way: record it, do not die silently
         logger.exception("background evaluator could not start")
         setup_error = f"background evaluator setup failed: {type(exc).__name__}: {exc}"
+    if not spec.get("log_file"):
+        _configure_worker_logging(None, spec["log_level"], only_if_unconfigured=True)
     try:
         while True:
             try:
@@ -445,7 +465,9 @@ class BackgroundRunner:
     sampler from ``sampler_spec`` ("module:factory"), scorer and tracker (same directory and
     config; every tracker call reloads state under the file lock). Only the global writer rank
     should create a BackgroundRunner. ``scorer_spec`` ("module:factory") replaces the protocol's
-    default :class:`~bestckpt.evaluation.scorer.Scorer` with a custom one. Checkpoints queued but not yet scored stay ``pending`` in the
+    default :class:`~bestckpt.evaluation.scorer.Scorer` with a custom one. The worker logs (the
+    guide's lines included) at ``log_level`` to ``log_file`` when given, else to stderr (unless the
+    sampler factory set up logging itself). Checkpoints queued but not yet scored stay ``pending`` in the
     tracker, so pruning keeps them and ``bestckpt watch``/``evaluate`` can finish them after a crash.
     """
 
@@ -465,6 +487,8 @@ class BackgroundRunner:
         worker_threads: int | None = 1,
         scorer_spec: str | None = None,
         on_protocol_change: str = "refuse",
+        log_file: str | Path | None = None,
+        log_level: int = logging.INFO,
     ) -> None:
         from bestckpt.evaluation.sampler import SamplerError
 
@@ -484,6 +508,8 @@ class BackgroundRunner:
             "weights_dir": None if weights_dir is None else str(weights_dir),
             "cache_dir": None if cache_dir is None else str(cache_dir),
             "batch_size": batch_size, "threads": worker_threads, "scorer": scorer_spec,
+            "log_file": None if log_file is None else str(log_file),
+            "log_level": log_level,
         }
         self._ctx = mp.get_context("spawn")
         self._jobs: Any = self._ctx.Queue()
@@ -525,6 +551,16 @@ class BackgroundRunner:
             self._jobs.put((step, str(path), epoch))
         self.poll()
         return evaluate
+
+    def resume_pending(self) -> list[int]:
+        """Queue every checkpoint the tracker still has pending (e.g. left by an interrupted run)."""
+        steps = []
+        for rec in self.tracker.records:
+            if rec.status == "pending" and not rec.pruned:
+                self._ensure_worker()
+                self._jobs.put((rec.step, str(Path(self.tracker.config.checkpoint_dir) / rec.path), rec.epoch))
+                steps.append(rec.step)
+        return steps
 
     def poll(self) -> list[dict[str, Any]]:
         """Results that arrived since the last call (non-blocking)."""
