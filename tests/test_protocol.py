@@ -100,6 +100,11 @@ def test_json_round_trip_keeps_hash(tmp_path: Path) -> None:
 def test_defaults_follow_available_data_and_bad_values_are_named(tmp_path: Path) -> None:
     p = _quiet(prompts=["a"], num_samples=1)
     assert p.metrics == ("clip_score", "inception_score", "composite_score")
+    refs = write_reference_images(tmp_path / "refs", 1)
+    partial = _quiet(prompts=["a", "b"], reference_images=[refs[0], None], num_samples=2)
+    assert "lpips" not in partial.metrics and partial.sample_reference(0) == refs[0]  # comparisons still made
+    with pytest.raises(ProtocolError, match="1 of 2 prompts have none"):
+        _quiet(prompts=["a", "b"], reference_images=[refs[0], None], metrics=["lpips"])
     with pytest.raises(ProtocolError, match="reference_dir"):
         _quiet(prompts=["a"], metrics=["fid"])
     with pytest.raises(ProtocolError, match="num_samples must be an integer >= 1, got 0"):

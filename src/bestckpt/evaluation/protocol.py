@@ -174,7 +174,7 @@ class Protocol:
     reference_dir: folder of real images for FID/KID reference statistics (optional).
     num_samples: images generated per evaluation (default 2,500; see module docstring).
     metrics: None (default) means every metric the data supports: CLIP score, IS and the
-      composite always, LPIPS with paired references, FID/KID with a reference set.
+      composite always, LPIPS when every prompt has a paired reference, FID/KID with a reference set.
     seed: base seed of the per-sample seeds and of the metrics' random subsets.
     metric_options: per-metric keyword options for the scorer (IS splits, KID subsets...), hashed.
     """
@@ -237,7 +237,7 @@ class Protocol:
             metrics = tuple(
                 m
                 for m in DEFAULT_METRICS
-                if not (m == "lpips" and self.reference_images is None)
+                if not (m == "lpips" and (self.reference_images is None or None in self.reference_images))
                 and not (m in ("fid", "kid") and self.reference_dir is None)
             )
         else:
