@@ -121,6 +121,16 @@ def test_resolution_order_and_aliases(isolated_caches: Path, weight_file: Path,
     monkeypatch.setenv("BESTCKPT_WEIGHTS_DIR", str(env_dir))
     assert resolve_weights(spec, explicit) == explicit / weight_file.name
     assert resolve_weights(spec) == env_dir / weight_file.name
+    monkeypatch.delenv("BESTCKPT_WEIGHTS_DIR")
+    # the standard caches: $TORCH_HOME/hub/checkpoints, then ~/.cache/clip (OpenAI CLIP's folder)
+    clip_cache = isolated_caches / "home" / ".cache" / "clip"
+    clip_cache.mkdir(parents=True)
+    (clip_cache / weight_file.name).symlink_to(weight_file)
+    assert resolve_weights(spec) == clip_cache / weight_file.name
+    hub = isolated_caches / "torch_home" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / weight_file.name).symlink_to(weight_file)
+    assert resolve_weights(spec) == hub / weight_file.name
     # torch-fidelity's file name is an accepted alias of pytorch-fid's
     assert "weights-inception-2015-12-05-6726825d.pth" in INCEPTION_FID.names
 
