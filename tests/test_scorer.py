@@ -3,7 +3,6 @@ scores equal to the pure metric functions, explicit failures (never made-up numb
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import pytest
