@@ -467,7 +467,9 @@ class BackgroundRunner:
     should create a BackgroundRunner. ``scorer_spec`` ("module:factory") replaces the protocol's
     default :class:`~bestckpt.evaluation.scorer.Scorer` with a custom one. The worker logs (the
     guide's lines included) at ``log_level`` to ``log_file`` when given, else to stderr (unless the
-    sampler factory set up logging itself). Checkpoints queued but not yet scored stay ``pending`` in the
+    sampler factory set up logging itself). The worker is a daemon process (it dies with training
+    and never blocks its exit), so a sampler must not start child processes of its own (use
+    DataLoader ``num_workers=0`` inside it). Checkpoints queued but not yet scored stay ``pending`` in the
     tracker, so pruning keeps them and ``bestckpt watch``/``evaluate`` can finish them after a crash.
     """
 
