@@ -56,9 +56,9 @@ def seed_state(ckdir: Path, n: int, all_live: bool, rng: random.Random) -> BestC
         name = f"{step:07d}.pt"
         if i in live:
             (ckdir / name).write_bytes(b"c")
-        tracker._records[step] = Record(step=step, epoch=step // 100, path=name, metrics=_metrics(rng),
-                                        status="evaluated", time=time.time(), protocol_hash="3f2a9c0d1e4b5a67",
-                                        pruned=i not in live)
+        tracker._st.put(Record(step=step, epoch=step // 100, path=name, metrics=_metrics(rng),
+                               status="evaluated", time=time.time(), protocol_hash="3f2a9c0d1e4b5a67",
+                               pruned=i not in live))
     # Make the kept ones really the top-k so updates below exercise pruning.
     tracker._write_state(tracker._best_step(), None)
     return BestCheckpointTracker(ckdir, save_top_k=top_k, keep_every_n_steps=None)

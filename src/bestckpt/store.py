@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,10 @@ __all__ = [
     "JOURNAL_FILE",
     "StateFile",
     "read_state",
+    "list_names",
+    "entry_stat",
+    "move_aside",
+    "legacy_relpath",
 ]
 
 logger = logging.getLogger(__name__)
@@ -303,6 +308,50 @@ def cleanup_temporaries(root: Path) -> list[str]:
         except OSError as exc:
             logger.warning("could not remove leftover temporary %s: %s", full, exc)
     return removed
+
+
+# --------------------------------------------------------------------------------------------
+# directory inspection and recovery (what reconciling the state with the disk needs)
+def list_names(root: Path) -> list[str]:
+    """Names in ``root``, sorted (empty if it cannot be listed)."""
+    try:
+        return sorted(os.listdir(root))
+    except OSError:
+        return []
+
+
+def entry_stat(root: Path, relpath: str) -> os.stat_result | None:
+    """``lstat`` of the entry ``relpath`` in ``root`` (symlinks not followed), ``None`` if it is gone."""
+    try:
+        return os.lstat(Path(root) / relpath)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def move_aside(path: Path, tag: str = "corrupt") -> Path:
+    """Rename an unusable file to ``<name>.<tag>-<time>-<pid>`` next to it (never lose it) and
+    make the rename durable; returns the new path."""
+    path = Path(path)
+    aside = path.with_name(f"{path.name}.{tag}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    os.replace(path, aside)
+    fsync_dir(path.parent)
+    return aside
+
+
+def legacy_relpath(root: Path, path: str) -> str:
+    """A path stored by the original tracker (absolute, cwd-relative or relative to ``root``) as a
+    path relative to ``root`` when it names an existing entry inside ``root``; else unchanged."""
+    p = Path(path)
+    root = Path(root)
+    real_root = root.resolve()
+    for cand in ([p] if p.is_absolute() else [root / p, Path.cwd() / p, root / p.name]):
+        try:
+            parent = cand.parent.resolve()
+        except OSError:
+            continue
+        if (parent == real_root or real_root in parent.parents) and os.path.lexists(parent / cand.name):
+            return os.path.relpath(parent / cand.name, real_root)
+    return path
 
 
 # --------------------------------------------------------------------------------------------

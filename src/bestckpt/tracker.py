@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import json
 import logging
 import math
 import operator
@@ -41,15 +40,15 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import filelock
 
-from bestckpt import store
+from bestckpt import reconcile, store
 from bestckpt.config import TrackerConfig
 from bestckpt.policies import Candidate, Decision, rank, retention_policy, select_best
+from bestckpt.state import HEADER_TOP, STATE_SCHEMA, Record, StateError, TrackerState
 from bestckpt.sinks.console import format_score, format_summary
 from bestckpt.sinks.results import results_document
 
@@ -57,89 +56,7 @@ __all__ = ["BestCheckpointTracker", "Record", "StateError", "STATE_SCHEMA"]
 
 logger = logging.getLogger(__name__)
 
-STATE_SCHEMA = "bestckpt.state/1"
-STATUSES = ("pending", "saved", "evaluated", "failed")
-_HEADER_TOP = 100  # the state header's "top_k" lists at most this many steps (the ranking's head)
 _T = TypeVar("_T")
-
-
-class StateError(RuntimeError):
-    """The state cannot be used as is (written by a newer bestckpt, or a metric change without data)."""
-
-
-@dataclass(frozen=True)
-class Record:
-    """One checkpoint known to the tracker.
-
-    ``path`` is relative to the checkpoint directory; ``metrics`` maps metric names to floats
-    (``None`` where a value was unusable); ``status`` is ``pending`` (saved, evaluation to come),
-    ``saved`` (not to be evaluated), ``evaluated`` or ``failed``; ``pruned`` once retention deleted
-    it (or it vanished from disk). In JSON, ``path`` and ``time`` are stored under the original's
-    keys ``checkpoint_path`` and ``timestamp``.
-    """
-
-    step: int
-    epoch: int | None
-    path: str
-    metrics: dict[str, float | None]
-    status: str
-    time: float
-    protocol_hash: str | None = None
-    error: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-    pruned: bool = False
-
-    def score(self, metric_name: str) -> float | None:
-        """The tracked value if this record can be ranked on it, else ``None``."""
-        if self.status != "evaluated":
-            return None
-        value = self.metrics.get(metric_name)
-        return value if value is not None and math.isfinite(value) else None
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "step": self.step, "epoch": self.epoch, "checkpoint_path": self.path,
-            "metrics": self.metrics, "status": self.status, "timestamp": self.time,
-        }
-        if self.protocol_hash is not None:
-            out["protocol_hash"] = self.protocol_hash
-        if self.error is not None:
-            out["error"] = self.error
-        if self.info:
-            out["info"] = self.info
-        if self.pruned:
-            out["pruned"] = True
-        return out
-
-    @classmethod
-    def from_json(cls, data: Any) -> "Record":
-        """Parse one stored record; ``ValueError`` says what is wrong with it."""
-        if not isinstance(data, dict):
-            raise ValueError(f"record must be an object, got {type(data).__name__}")
-        step = data.get("step")
-        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-            raise ValueError(f"record step must be a non-negative int, got {step!r}")
-        path = data.get("checkpoint_path", data.get("path"))
-        if not isinstance(path, str) or not path:
-            raise ValueError(f"record of step {step} has no checkpoint_path (got {path!r})")
-        epoch = data.get("epoch")
-        if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool)):
-            raise ValueError(f"record of step {step} has a non-int epoch {epoch!r}")
-        raw_metrics = data.get("metrics") or {}
-        if not isinstance(raw_metrics, dict):
-            raise ValueError(f"record of step {step} has non-object metrics {raw_metrics!r}")
-        metrics = {str(k): store.float_from_json(v) for k, v in raw_metrics.items()}
-        status = data.get("status", "evaluated")  # the original's records were all evaluated
-        if status not in STATUSES:
-            raise ValueError(f"record of step {step} has unknown status {status!r}")
-        stamp = data.get("timestamp", data.get("time", 0.0))
-        info = data.get("info") or {}
-        return cls(
-            step=step, epoch=epoch, path=path, metrics=metrics, status=status,
-            time=float(stamp) if isinstance(stamp, (int, float)) else 0.0,
-            protocol_hash=data.get("protocol_hash"), error=data.get("error"),
-            info=info if isinstance(info, dict) else {"value": info}, pruned=bool(data.get("pruned", False)),
-        )
 
 
 def _default_is_writer() -> bool:
@@ -212,19 +129,8 @@ class BestCheckpointTracker:
         self.is_writer = _default_is_writer() if is_writer is None else bool(is_writer)
         self.dir = config.checkpoint_dir
         self._state_path = self.dir / store.STATE_FILE
-        self._sf = store.StateFile(self.dir, compact_bytes=state_compact_bytes)
-        self._records: dict[int, Record] = {}
-        self._live_steps: set[int] = set()  # not pruned, not refused: what retention looks at
-        self._dirty: set[int] = set()  # records changed since the last write (journal entries)
-        self._version = 0  # bumped at every change: keys the memo of ranking computations
-        self._memo: dict[str, Any] = {}
-        self._force_full = False
-        self._unreadable: list[Any] = []  # stored entries we could not parse: kept, written back
-        self._intents: list[dict[str, Any]] = []  # deletions decided, maybe not yet done
-        self._refused: dict[int, str] = {}  # records whose path escapes the directory
-        self._stored_config: dict[str, Any] = {}
-        self._stamp: tuple[Any, Any] | None = None
-        self._fragments: dict[int, tuple[Record, str]] = {}  # cached JSON of unchanged records
+        self._st = TrackerState(self.dir, store.StateFile(self.dir, compact_bytes=state_compact_bytes))
+        self._memo: dict[str, Any] = {}  # ranking computations of one state version
         self._results_signature: str | None = None
         self._lock = None
         self._tlock = threading.RLock()
@@ -249,7 +155,7 @@ class BestCheckpointTracker:
                                 "fix its permissions/free space, or pass is_writer=False to only read") from exc
         else:
             self._load()
-            self._check_metric_change()
+            reconcile.check_metric_change(self._st, self.config)
 
     @classmethod
     def open(cls, checkpoint_dir: str | Path, *, is_writer: bool = False, **overrides: Any) -> "BestCheckpointTracker":
@@ -289,10 +195,10 @@ class BestCheckpointTracker:
 
         def mutate() -> None:
             rel = self._relpath(path, step, must_exist=True)
-            old = self._records.get(step)
+            old = self._st.records.get(step)
             if old is not None and not old.pruned and old.status in ("evaluated", "failed"):
                 logger.info("step %d saved again: its earlier %s record is replaced", step, old.status)
-            self._put(Record(step=step, epoch=epoch, path=rel, metrics={}, status="pending" if evaluate else "saved",
+            self._st.put(Record(step=step, epoch=epoch, path=rel, metrics={}, status="pending" if evaluate else "saved",
                              time=time.time()))
 
         self._transaction(mutate)
@@ -312,17 +218,17 @@ class BestCheckpointTracker:
         def mutate() -> bool:
             rel = self._relpath(checkpoint_path, step, must_exist=True)
             before[0] = self._best_step()
-            old = self._records.get(step)
+            old = self._st.records.get(step)
             if old is not None and not old.pruned and old.status in ("evaluated", "failed"):
                 logger.info("step %d re-scored: the new scores replace the earlier ones", step)
             prev_epoch = old.epoch if old is not None and not old.pruned else None
-            best_now = self._records.get(before[0]) if before[0] is not None else None
+            best_now = self._st.records.get(before[0]) if before[0] is not None else None
             if (protocol_hash is not None and best_now is not None and best_now.protocol_hash is not None
                     and best_now.protocol_hash != protocol_hash):
                 logger.warning("step %d was evaluated with protocol %s, the current best (step %d) with %s: "
                                "their scores are not comparable; re-evaluate with one protocol", step,
                                protocol_hash, best_now.step, best_now.protocol_hash)
-            self._put(Record(
+            self._st.put(Record(
                 step=step, epoch=epoch if epoch is not None else prev_epoch, path=rel, metrics=clean,
                 status="failed" if error else "evaluated", time=time.time(), protocol_hash=protocol_hash,
                 error=error, info=dict(info or {}),
@@ -336,7 +242,7 @@ class BestCheckpointTracker:
             best = self._best_step()
             if best == step and before[0] != step and self.is_writer:  # one log line per run, not per rank
                 logger.info("🏆 New best checkpoint! Score: %s",
-                            format_score(self._records[step].score(self.metric_name)))
+                            format_score(self._st.records[step].score(self.metric_name)))
         return best == step
 
     def record_failure(self, step: int, error: str, *, epoch: int | None = None,
@@ -345,10 +251,10 @@ class BestCheckpointTracker:
         step = self._check_step(step)
 
         def mutate() -> None:
-            old = self._records.get(step)
+            old = self._st.records.get(step)
             path = checkpoint_path if checkpoint_path is not None else (old.path if old and not old.pruned else None)
             rel = self._relpath(path, step, must_exist=True)
-            self._put(Record(step=step, epoch=epoch if epoch is not None else (old.epoch if old else None),
+            self._st.put(Record(step=step, epoch=epoch if epoch is not None else (old.epoch if old else None),
                              path=rel, metrics=dict(old.metrics) if old else {}, status="failed", time=time.time(),
                              protocol_hash=protocol_hash, error=str(error)))
             logger.warning("step %d: evaluation failed (%s); it will never be best", step, error)
@@ -360,18 +266,18 @@ class BestCheckpointTracker:
         """The best checkpoint's record (what ``best.pt`` points at), or ``None``."""
         self._refresh()
         step = self._best_step()
-        return None if step is None else self._records[step]
+        return None if step is None else self._st.records[step]
 
     @property
     def records(self) -> list[Record]:
         """Every record, pruned ones included, by step."""
         self._refresh()
-        return [self._records[s] for s in sorted(self._records)]
+        return [self._st.records[s] for s in sorted(self._st.records)]
 
     def pending_steps(self) -> list[int]:
         """Steps saved with an evaluation still to come (oldest first)."""
         self._refresh()
-        return sorted(r.step for r in self._live() if r.status == "pending")
+        return sorted(r.step for r in self._st.live() if r.status == "pending")
 
     def plan(self) -> list[Decision]:
         """Keep/delete decision for every checkpoint still on disk, with reasons (deletes nothing)."""
@@ -401,7 +307,7 @@ class BestCheckpointTracker:
     def _summary(self, limit: int | None = None) -> dict[str, Any]:
         ranking = self._ranking()
         best = ranking[0] if ranking else None
-        live = self._live()
+        live = self._st.live()
         return {
             "metric_name": self.metric_name,
             "higher_is_better": self.higher_is_better,
@@ -415,7 +321,7 @@ class BestCheckpointTracker:
             "pending": sorted(r.step for r in live if r.status == "pending"),
             "failed": [{"step": r.step, "error": r.error} for r in sorted(live, key=lambda r: r.step)
                        if r.status == "failed" or (r.status == "evaluated" and r.score(self.metric_name) is None)],
-            "records_total": len(self._records),
+            "records_total": len(self._st.records),
             "on_disk": len(live),
         }
 
@@ -474,7 +380,7 @@ class BestCheckpointTracker:
                 result = mutate()
                 self._commit(self.config.dry_run if dry_run is None else dry_run)
             except BaseException as exc:
-                self._stamp = None  # memory may differ from disk now: reread the disk next time
+                self._st.stamp = None  # memory may differ from disk now: reread the disk next time
                 if not isinstance(exc, OSError) or exc.errno not in (
                         errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
                     raise
@@ -488,33 +394,27 @@ class BestCheckpointTracker:
 
         Cheap (a few ``lstat`` calls): the full check of every live record runs on full reloads.
         """
-        newest = max(self._live_steps, default=None)
-        if newest is not None and not os.path.lexists(self.dir / self._records[newest].path):
-            self._drop_missing(self._records[newest])
+        newest = max(self._st.live_steps, default=None)
+        if newest is not None and store.entry_stat(self.dir, self._st.records[newest].path) is None:
+            reconcile.drop_missing(self._st, self._st.records[newest])
         while True:
             best = self._best_step()
-            if best is None or os.path.lexists(self.dir / self._records[best].path):
+            if best is None or store.entry_stat(self.dir, self._st.records[best].path) is not None:
                 return
-            self._drop_missing(self._records[best])
-
-    def _drop_missing(self, rec: Record) -> None:
-        logger.warning("checkpoint %s (step %d) was deleted outside bestckpt; dropping it", rec.path, rec.step)
-        self._put(dataclasses.replace(rec, pruned=True, info=dict(rec.info, removed="missing on disk")))
+            reconcile.drop_missing(self._st, self._st.records[best])
 
     def _commit(self, dry_run: bool) -> None:
         self._check_present()
         best_step = self._best_step()
-        best_rel = None if best_step is None else self._records[best_step].path
+        best_rel = None if best_step is None else self._st.records[best_step].path
         doomed: list[Decision] = [] if dry_run else [d for d in self._decide(best_step) if not d.keep]
         for d in doomed:
-            rec = self._records[d.step]
-            self._put(dataclasses.replace(rec, pruned=True))
-            entry = self.dir / rec.path
-            try:
-                st = os.lstat(entry)
-            except FileNotFoundError:
+            rec = self._st.records[d.step]
+            self._st.put(dataclasses.replace(rec, pruned=True))
+            st = store.entry_stat(self.dir, rec.path)
+            if st is None:
                 continue
-            self._intents.append({"step": rec.step, "path": rec.path, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns})
+            self._st.intents.append({"step": rec.step, "path": rec.path, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns})
         link = self.dir / store.BEST_LINK
         current = store.read_pointer(link)
         marker = {"from": current, "to": best_rel} if current != best_rel else None
@@ -525,41 +425,14 @@ class BestCheckpointTracker:
         elif best_rel is None and link.is_symlink():
             os.unlink(link)  # nothing rankable any more: a stale pointer would lie
             logger.warning("no checkpoint can be ranked any more; removed %s", link)
-        self._finish_intents()
+        reconcile.finish_intents(self._st)
         self._write_results()
 
-    def _finish_intents(self) -> None:
-        """Carry out recorded deletions whose entry is still the one we decided to delete."""
-        for intent in self._intents:
-            rel = intent.get("path")
-            if not isinstance(rel, str):
-                continue
-            try:
-                entry = store.confine(self.dir, rel)
-                st = os.lstat(entry)
-            except FileNotFoundError:
-                continue
-            except store.UnsafePathError as exc:
-                logger.error("refusing to delete %r: %s", rel, exc)
-                continue
-            if (st.st_ino, st.st_mtime_ns) != (intent.get("ino"), intent.get("mtime_ns")):
-                logger.info("not deleting %s: it was replaced after the deletion was decided", rel)
-                continue
-            try:
-                store.delete_entry(self.dir, rel)
-                logger.info("deleted checkpoint %s (retention)", rel)
-            except (OSError, store.UnsafePathError) as exc:
-                logger.error("could not delete checkpoint %s: %s", rel, exc)
-        self._intents = []
-
     # ------------------------------------------------------------------ ranking
-    def _live(self) -> list[Record]:
-        return [self._records[s] for s in self._live_steps]
-
     def _memoized(self, key: str, compute: Callable[[], _T]) -> _T:
         """Ranking computations are done once per state version (a commit asks several times)."""
-        if self._memo.get("version") != self._version:
-            self._memo = {"version": self._version}
+        if self._memo.get("version") != self._st.version:
+            self._memo = {"version": self._st.version}
         if key not in self._memo:
             self._memo[key] = compute()
         return self._memo[key]
@@ -567,7 +440,7 @@ class BestCheckpointTracker:
     def _candidates(self) -> list[Candidate]:
         name = self.metric_name
         return self._memoized("candidates", lambda: [
-            Candidate(r.step, r.path, r.status, r.score(name), r.time) for r in self._live()])
+            Candidate(r.step, r.path, r.status, r.score(name), r.time) for r in self._st.live()])
 
     def _best_step(self, candidates: list[Candidate] | None = None) -> int | None:
         def compute() -> int | None:
@@ -591,7 +464,7 @@ class BestCheckpointTracker:
             steps.insert(0, best)
         if self.save_top_k >= 0:
             steps = steps[: self.save_top_k]
-        return [self._records[s] for s in steps]
+        return [self._st.records[s] for s in steps]
 
     def _decide(self, best_step: int | None = None) -> list[Decision]:
         cands = self._candidates()
@@ -615,28 +488,12 @@ class BestCheckpointTracker:
         step = self.config.step_from_name(tag) if tag else None
         if step is not None:
             out[step] = "named by DeepSpeed 'latest'"
-        for r in self._live():
+        for r in self._st.live():
             if r.info.get("recovered") and r.status == "saved":
                 out[r.step] = "recovered after state loss (evaluate it, or delete it by hand)"
         return out
 
     # ------------------------------------------------------------------ state I/O
-    def _put(self, record: Record, *, dirty: bool = True) -> None:
-        self._records[record.step] = record
-        if record.pruned or record.step in self._refused:
-            self._live_steps.discard(record.step)
-        else:
-            self._live_steps.add(record.step)
-        if dirty:
-            self._dirty.add(record.step)
-        self._version += 1
-
-    def _set_records(self, records: dict[int, Record]) -> None:
-        self._records = records
-        self._live_steps = {s for s, r in records.items() if not r.pruned and s not in self._refused}
-        self._dirty = set()
-        self._version += 1
-
     def _check_step(self, step: Any) -> int:
         if isinstance(step, bool) or not isinstance(step, int):
             try:
@@ -699,211 +556,8 @@ class BestCheckpointTracker:
         return clean, None
 
     def _load(self) -> None:
-        """Reload the state if another process changed it since we last read or wrote it.
-
-        The snapshot's and the journal's ``(mtime_ns, size, inode)`` tell; when only the journal
-        grew, just the new transactions are read.
-        """
-        stamp = self._sf.stamp()
-        if stamp == self._stamp:
-            return
-        if stamp[0] is None:
-            if self._stamp is not None and self._stamp[0] is not None:
-                logger.warning("%s disappeared; rebuilding the state from the checkpoints on disk", self._state_path)
-                self._set_records({})
-                self._rebuild_from_disk()
-            self._stamp = stamp
-            return
-        if self._stamp is not None and stamp[0] == self._stamp[0] and self._sf.journal_id is not None:
-            try:
-                entries = self._sf.read_journal(self._sf.journal_id, incremental=True)
-            except ValueError:
-                entries = None
-            if entries is not None:
-                for entry in entries:
-                    self._apply_entry(entry)
-                self._stamp = stamp
-                return
-        snap = self._sf.read_snapshot()
-        if snap is None:
-            self._stamp = None
-            return self._load()
-        try:
-            data = self._parse(snap[0])
-        except StateError:
-            raise
-        except (ValueError, UnicodeDecodeError) as exc:
-            self._corrupt(str(exc))
-            return
-        try:
-            entries = self._sf.read_journal(data.get("journal_id"))
-        except ValueError as exc:
-            self._journal_corrupt(str(exc))
-            entries = []
-        for entry in entries:
-            self._apply_entry(entry)
-        self._stamp = stamp
-        self._reconcile()
-
-    def _parse(self, raw: bytes) -> dict[str, Any]:
-        data = json.loads(raw.decode("utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError(f"top level is a {type(data).__name__}, not an object")
-        schema = data.get("schema")
-        if schema is None:
-            if not isinstance(data.get("checkpoints"), list) or "metric_name" not in data:
-                raise ValueError("not a bestckpt state file (no 'schema', no 'checkpoints' list)")
-            logger.info("%s is in the original tracker's format; importing it", self._state_path)
-            self._force_full = True
-        elif isinstance(schema, str) and schema.startswith("bestckpt.state/") and schema != STATE_SCHEMA:
-            raise StateError(f"{self._state_path} has schema {schema!r}, newer than this bestckpt ({STATE_SCHEMA}); "
-                             "upgrade bestckpt")
-        elif schema != STATE_SCHEMA:
-            raise ValueError(f"unknown schema {schema!r}")
-        entries = data.get("checkpoints")
-        if not isinstance(entries, list):
-            raise ValueError("'checkpoints' is not a list")
-        records: dict[int, Record] = {}
-        unreadable = list(data.get("unreadable_checkpoints") or [])
-        for entry in entries:
-            try:
-                rec = Record.from_json(entry)
-            except ValueError as exc:
-                logger.error("%s: unreadable record kept aside (%s): %r", self._state_path, exc, entry)
-                unreadable.append(entry)
-                continue
-            if schema is None:  # the original stored absolute or cwd-relative paths
-                rec = dataclasses.replace(rec, path=self._legacy_relpath(rec.path))
-            if rec.step in records:
-                logger.warning("%s lists step %d twice; the later entry wins", self._state_path, rec.step)
-            records[rec.step] = rec
-        self._refused = {}
-        for rec in records.values():
-            self._check_confined(rec)
-        self._set_records(records)
-        self._unreadable = unreadable
-        self._apply_header(data)
-        self._sf.journal_id = data.get("journal_id") if isinstance(data.get("journal_id"), str) else None
-        return data
-
-    def _check_confined(self, rec: Record) -> None:
-        try:
-            store.confine(self.dir, rec.path)
-        except store.UnsafePathError as exc:
-            self._refused[rec.step] = str(exc)
-            logger.error("state entry of step %d refused: %s (never deleted, never best)", rec.step, exc)
-        else:
-            self._refused.pop(rec.step, None)
-
-    def _apply_header(self, header: Mapping[str, Any]) -> None:
-        intents = header.get("deleting") or []
-        self._intents = [i for i in intents if isinstance(i, dict)] if isinstance(intents, list) else []
-        cfg = header.get("tracker_config")
-        if isinstance(cfg, dict):
-            self._stored_config = dict(cfg)
-        elif "metric_name" in header:
-            self._stored_config = {"metric_name": header.get("metric_name"),
-                                   "higher_is_better": header.get("higher_is_better")}
-
-    def _apply_entry(self, entry: Mapping[str, Any]) -> None:
-        """One journal transaction: its header fields and the records it changed."""
-        header = entry.get("header")
-        if isinstance(header, dict):
-            self._apply_header(header)
-        for raw in entry.get("records") or []:
-            try:
-                rec = Record.from_json(raw)
-            except ValueError as exc:
-                logger.error("%s: unreadable record kept aside (%s): %r", self._sf.journal_path, exc, raw)
-                self._unreadable.append(raw)
-                continue
-            self._check_confined(rec)
-            self._put(rec, dirty=False)
-
-    def _journal_corrupt(self, why: str) -> None:
-        """Keep the snapshot, move the unreadable journal aside, and re-adopt what is on disk."""
-        journal = self._sf.journal_path
-        if self.is_writer:
-            aside = journal.with_name(f"{journal.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
-            os.replace(journal, aside)
-            store.fsync_dir(self.dir)
-            logger.error("%s (%s); moved it to %s; checkpoints on disk that the state lost are re-adopted",
-                         why, journal, aside.name)
-        else:
-            logger.error("%s; ignoring the journal", why)
-        self._sf.torn = True
-        self._force_full = True
-        self._rebuild_from_disk()
-
-    def _legacy_relpath(self, path: str) -> str:
-        p = Path(path)
-        root = self.dir.resolve()
-        for cand in ([p] if p.is_absolute() else [self.dir / p, Path.cwd() / p, self.dir / p.name]):
-            try:
-                parent = cand.parent.resolve()
-            except OSError:
-                continue
-            if (parent == root or root in parent.parents) and os.path.lexists(parent / cand.name):
-                return os.path.relpath(parent / cand.name, root)
-        return path
-
-    def _corrupt(self, why: str) -> None:
-        """Move an unreadable state aside (never lose it) and rebuild from the checkpoints on disk."""
-        if self.is_writer:
-            aside = self._state_path.with_name(f"{store.STATE_FILE}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
-            os.replace(self._state_path, aside)
-            store.fsync_dir(self.dir)
-            logger.error("%s is unreadable (%s); moved it to %s and rebuilt the state from the checkpoints on disk",
-                         self._state_path, why, aside.name)
-        else:
-            logger.error("%s is unreadable (%s); reading the checkpoints on disk instead", self._state_path, why)
-        if self.is_writer and os.path.lexists(self._sf.journal_path):
-            journal = self._sf.journal_path
-            os.replace(journal, journal.with_name(f"{journal.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"))
-        self._refused = {}
-        self._set_records({})
-        self._unreadable, self._intents = [], []
-        self._stored_config = {}
-        self._stamp = None
-        self._sf.journal_id = None
-        self._force_full = True
-        self._rebuild_from_disk()
-
-    def _rebuild_from_disk(self) -> None:
-        """Every step checkpoint on disk that the state does not know becomes a ``saved`` record,
-        protected from pruning (its scores were lost: re-evaluate it or delete it by hand)."""
-        adopted = 0
-        for step, name in self._scan():
-            if step in self._records and not self._records[step].pruned:
-                continue
-            try:
-                mtime = os.lstat(self.dir / name).st_mtime
-            except OSError:
-                continue
-            self._put(Record(step=step, epoch=None, path=name, metrics={}, status="saved", time=mtime,
-                             info={"recovered": "state lost; rebuilt from disk"}))
-            adopted += 1
-        if adopted:
-            logger.warning("rebuilt %d checkpoint records from disk in %s", adopted, self.dir)
-
-    def _scan(self) -> Iterator[tuple[int, str]]:
-        try:
-            names = sorted(os.listdir(self.dir))
-        except OSError:
-            return
-        for name in names:
-            step = self.config.step_from_name(name)
-            if step is not None:
-                yield step, name
-
-    def _reconcile(self) -> None:
-        """After a reload: drop records whose checkpoint vanished, finish interrupted deletions
-        (the writer only; readers just see the vanished ones as pruned)."""
-        for rec in self._live():
-            if not os.path.lexists(self.dir / rec.path):
-                self._drop_missing(rec)
-        if self._intents and self.is_writer:
-            self._finish_intents()
+        """Reload the state if another process changed it since we last read or wrote it."""
+        reconcile.load(self._st, self.config, self.is_writer)
 
     def _startup(self) -> None:
         """First load by the writer: clean leftovers, reconcile, report unknown entries, check the metric."""
@@ -917,46 +571,30 @@ class BestCheckpointTracker:
         if removed:
             logger.info("removed %d leftover temporary entries in %s", len(removed), self.dir)
         self._load()
-        if (self._stamp is None or self._stamp[0] is None) and not self._records:
-            self._rebuild_from_disk()
-        known = {r.path for r in self._records.values() if not r.pruned}
-        unknown = [name for _, name in self._scan() if name not in known]
+        if (self._st.stamp is None or self._st.stamp[0] is None) and not self._st.records:
+            reconcile.rebuild_from_disk(self._st, self.config)
+        unknown = reconcile.unknown_entries(self._st, self.config)
         if unknown:
             logger.warning("%d checkpoint entries in %s are not in the state and will not be touched: %s",
                            len(unknown), self.dir, ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else ""))
-        self._check_metric_change()
-        self._force_full = True  # every start compacts: best_checkpoints.json alone is current again
+        reconcile.check_metric_change(self._st, self.config)
+        self._st.force_full = True  # every start compacts: best_checkpoints.json alone is current again
         self._write_state(self._best_step(), None)
         self._repair_best_link()
-
-    def _check_metric_change(self) -> None:
-        """Re-rank by a new metric/direction from the stored metrics, or fail clearly if absent."""
-        old_name = self._stored_config.get("metric_name")
-        old_dir = self._stored_config.get("higher_is_better")
-        if (old_name, old_dir) != (None, None) and (old_name, old_dir) != (self.metric_name, self.higher_is_better):
-            lacking = [r.step for r in self._live() if r.status == "evaluated" and r.metrics.get(self.metric_name) is None]
-            if lacking:
-                raise StateError(
-                    f"{self._state_path} ranks by {old_name!r} (higher_is_better={old_dir}); re-ranking by "
-                    f"{self.metric_name!r} is impossible: steps {lacking[:10]} have no {self.metric_name!r} value. "
-                    f"Use metric_name={old_name!r}, or re-evaluate those checkpoints with {self.metric_name!r}"
-                )
-            logger.info("re-ranking %s by %s (higher_is_better=%s), was %s (higher_is_better=%s)",
-                        self.dir, self.metric_name, self.higher_is_better, old_name, old_dir)
 
     def _repair_best_link(self) -> None:
         best_step = self._best_step()
         link = self.dir / store.BEST_LINK
         if best_step is None:
             return
-        rel = self._records[best_step].path
+        rel = self._st.records[best_step].path
         if store.read_pointer(link) != rel:
             store.atomic_symlink(link, rel, target_is_directory=(self.dir / rel).is_dir())
             logger.info("best.pt now points at %s", rel)
 
     def _write_state(self, best_step: int | None, marker: dict[str, Any] | None) -> None:
         """Persist the state: a full atomic snapshot, or (large states) one journal line."""
-        ranking = [r.step for r in self._ranking()[:_HEADER_TOP]]
+        ranking = [r.step for r in self._ranking()[:HEADER_TOP]]
         header: dict[str, Any] = {
             "schema": STATE_SCHEMA,
             "metric_name": self.metric_name,
@@ -964,40 +602,18 @@ class BestCheckpointTracker:
             "save_top_k": self.save_top_k,
             "tracker_config": self.config.to_dict(),
             "best_step": best_step,
-            "best_checkpoint": None if best_step is None else self._records[best_step].path,
+            "best_checkpoint": None if best_step is None else self._st.records[best_step].path,
             "top_k": ranking,
             "best_link": marker,
-            "deleting": self._intents,
+            "deleting": self._st.intents,
             "updated_at": time.time(),
         }
-        if self._force_full or self._sf.needs_full_write():
-            if self._unreadable:
-                header["unreadable_checkpoints"] = self._unreadable
-            fragments = []
-            cache = self._fragments
-            for step in sorted(self._records):
-                rec = self._records[step]
-                hit = cache.get(step)
-                if hit is None or hit[0] is not rec:
-                    hit = (rec, store.to_strict_json(rec.to_json()))
-                    cache[step] = hit
-                fragments.append(hit[1])
-            if len(cache) > len(self._records):
-                for step in [s for s in cache if s not in self._records]:
-                    del cache[step]
-            self._sf.write_full(store.to_strict_json(header)[:-1] + ',"checkpoints":[\n' + ",\n".join(fragments) + "\n]")
-            self._force_full = False
-        else:
-            changed = [self._records[s].to_json() for s in sorted(self._dirty)]
-            self._sf.append(store.to_strict_json({"header": header, "records": changed}))
-        self._dirty.clear()
-        self._stamp = self._sf.stamp()
-        self._stored_config = self.config.to_dict()
+        self._st.write(header, self.config.to_dict())
 
     def _write_results(self, force: bool = False) -> None:
         """Rewrite ``best_checkpoint_results.json`` when its content changed (the ranking's first
-        ``_HEADER_TOP`` records are listed). Derived from the state, so atomic but not fsynced."""
-        doc = results_document(self._summary(limit=_HEADER_TOP), self.config.to_dict(), time.time())
+        ``HEADER_TOP`` records are listed). Derived from the state, so atomic but not fsynced."""
+        doc = results_document(self._summary(limit=HEADER_TOP), self.config.to_dict(), time.time())
         signature = store.to_strict_json({k: v for k, v in doc.items() if k != "updated_at"})
         if not force and signature == self._results_signature and (self.dir / store.RESULTS_FILE).exists():
             return

@@ -1,0 +1,188 @@
+"""Bring a :class:`~bestckpt.state.TrackerState` up to date with the directory it describes.
+
+- :func:`load`: reread the state if another process changed it (the snapshot's and journal's
+  ``(mtime_ns, size, inode)`` tell; when only the journal grew, just its new lines are applied),
+  move an unreadable snapshot or journal aside (never lose it) and rebuild from the checkpoints on
+  disk;
+- :func:`reconcile`: after a full reload, mark checkpoints deleted outside bestckpt as pruned and
+  finish deletions a crash interrupted (:func:`finish_intents`, the writer only);
+- :func:`rebuild_from_disk`, :func:`unknown_entries`, :func:`check_metric_change`: what the
+  writer's start checks.
+
+Every filesystem access goes through :mod:`bestckpt.store`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Iterator
+
+from bestckpt import store
+from bestckpt.config import TrackerConfig
+from bestckpt.state import Record, StateError, TrackerState
+
+__all__ = ["load", "reconcile", "rebuild_from_disk", "drop_missing", "finish_intents", "scan",
+           "unknown_entries", "check_metric_change"]
+
+logger = logging.getLogger(__name__)
+
+
+def load(st: TrackerState, config: TrackerConfig, is_writer: bool) -> None:
+    """Reload ``st`` if another process changed the state since we last read or wrote it."""
+    sf = st.sf
+    stamp = sf.stamp()
+    if stamp == st.stamp:
+        return
+    if stamp[0] is None:
+        if st.stamp is not None and st.stamp[0] is not None:
+            logger.warning("%s disappeared; rebuilding the state from the checkpoints on disk", st.path)
+            st.set_records({})
+            rebuild_from_disk(st, config)
+        st.stamp = stamp
+        return
+    if st.stamp is not None and stamp[0] == st.stamp[0] and sf.journal_id is not None:
+        try:
+            entries = sf.read_journal(sf.journal_id, incremental=True)
+        except ValueError:
+            entries = None
+        if entries is not None:
+            for entry in entries:
+                st.apply_entry(entry)
+            st.stamp = stamp
+            return
+    snap = sf.read_snapshot()
+    if snap is None:
+        st.stamp = None
+        return load(st, config, is_writer)
+    try:
+        data = st.parse(snap[0])
+    except StateError:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        _corrupt(st, config, is_writer, str(exc))
+        return
+    try:
+        entries = sf.read_journal(data.get("journal_id"))
+    except ValueError as exc:
+        _journal_corrupt(st, config, is_writer, str(exc))
+        entries = []
+    for entry in entries:
+        st.apply_entry(entry)
+    st.stamp = stamp
+    reconcile(st, is_writer)
+
+
+def _journal_corrupt(st: TrackerState, config: TrackerConfig, is_writer: bool, why: str) -> None:
+    """Keep the snapshot, move the unreadable journal aside, and re-adopt what is on disk."""
+    journal = st.sf.journal_path
+    if is_writer:
+        aside = store.move_aside(journal)
+        logger.error("%s (%s); moved it to %s; checkpoints on disk that the state lost are re-adopted",
+                     why, journal, aside.name)
+    else:
+        logger.error("%s; ignoring the journal", why)
+    st.sf.torn = True
+    st.force_full = True
+    rebuild_from_disk(st, config)
+
+
+def _corrupt(st: TrackerState, config: TrackerConfig, is_writer: bool, why: str) -> None:
+    """Move an unreadable state aside (never lose it) and rebuild from the checkpoints on disk."""
+    if is_writer:
+        aside = store.move_aside(st.path)
+        logger.error("%s is unreadable (%s); moved it to %s and rebuilt the state from the checkpoints on disk",
+                     st.path, why, aside.name)
+    else:
+        logger.error("%s is unreadable (%s); reading the checkpoints on disk instead", st.path, why)
+    if is_writer and store.entry_stat(st.dir, st.sf.journal_path.name) is not None:
+        store.move_aside(st.sf.journal_path)
+    st.forget()
+    rebuild_from_disk(st, config)
+
+
+def scan(st: TrackerState, config: TrackerConfig) -> Iterator[tuple[int, str]]:
+    """``(step, name)`` of every entry of the directory named like a step checkpoint."""
+    for name in store.list_names(st.dir):
+        step = config.step_from_name(name)
+        if step is not None:
+            yield step, name
+
+
+def rebuild_from_disk(st: TrackerState, config: TrackerConfig) -> None:
+    """Every step checkpoint on disk that the state does not know becomes a ``saved`` record,
+    protected from pruning (its scores were lost: re-evaluate it or delete it by hand)."""
+    adopted = 0
+    for step, name in scan(st, config):
+        if step in st.records and not st.records[step].pruned:
+            continue
+        stat = store.entry_stat(st.dir, name)
+        if stat is None:
+            continue
+        st.put(Record(step=step, epoch=None, path=name, metrics={}, status="saved", time=stat.st_mtime,
+                      info={"recovered": "state lost; rebuilt from disk"}))
+        adopted += 1
+    if adopted:
+        logger.warning("rebuilt %d checkpoint records from disk in %s", adopted, st.dir)
+
+
+def unknown_entries(st: TrackerState, config: TrackerConfig) -> list[str]:
+    """Step-named entries on disk that no live record points at (left alone, reported)."""
+    known = {r.path for r in st.records.values() if not r.pruned}
+    return [name for _, name in scan(st, config) if name not in known]
+
+
+def drop_missing(st: TrackerState, rec: Record) -> None:
+    logger.warning("checkpoint %s (step %d) was deleted outside bestckpt; dropping it", rec.path, rec.step)
+    st.put(dataclasses.replace(rec, pruned=True, info=dict(rec.info, removed="missing on disk")))
+
+
+def reconcile(st: TrackerState, is_writer: bool) -> None:
+    """After a reload: drop records whose checkpoint vanished, finish interrupted deletions
+    (the writer only; readers just see the vanished ones as pruned)."""
+    for rec in st.live():
+        if store.entry_stat(st.dir, rec.path) is None:
+            drop_missing(st, rec)
+    if st.intents and is_writer:
+        finish_intents(st)
+
+
+def finish_intents(st: TrackerState) -> None:
+    """Carry out recorded deletions whose entry is still the one we decided to delete."""
+    for intent in st.intents:
+        rel = intent.get("path")
+        if not isinstance(rel, str):
+            continue
+        try:
+            store.confine(st.dir, rel)
+        except store.UnsafePathError as exc:
+            logger.error("refusing to delete %r: %s", rel, exc)
+            continue
+        stat = store.entry_stat(st.dir, rel)
+        if stat is None:
+            continue
+        if (stat.st_ino, stat.st_mtime_ns) != (intent.get("ino"), intent.get("mtime_ns")):
+            logger.info("not deleting %s: it was replaced after the deletion was decided", rel)
+            continue
+        try:
+            store.delete_entry(st.dir, rel)
+            logger.info("deleted checkpoint %s (retention)", rel)
+        except (OSError, store.UnsafePathError) as exc:
+            logger.error("could not delete checkpoint %s: %s", rel, exc)
+    st.intents = []
+
+
+def check_metric_change(st: TrackerState, config: TrackerConfig) -> None:
+    """Re-rank by a new metric/direction from the stored metrics, or fail clearly if absent."""
+    old_name = st.stored_config.get("metric_name")
+    old_dir = st.stored_config.get("higher_is_better")
+    name, higher = config.metric_name, config.higher_is_better
+    if (old_name, old_dir) != (None, None) and (old_name, old_dir) != (name, higher):
+        lacking = [r.step for r in st.live() if r.status == "evaluated" and r.metrics.get(name) is None]
+        if lacking:
+            raise StateError(
+                f"{st.path} ranks by {old_name!r} (higher_is_better={old_dir}); re-ranking by "
+                f"{name!r} is impossible: steps {lacking[:10]} have no {name!r} value. "
+                f"Use metric_name={old_name!r}, or re-evaluate those checkpoints with {name!r}"
+            )
+        logger.info("re-ranking %s by %s (higher_is_better=%s), was %s (higher_is_better=%s)",
+                    st.dir, name, higher, old_name, old_dir)

@@ -1,0 +1,268 @@
+"""The tracker's persisted state: :class:`Record`, the state schema, and :class:`TrackerState`.
+
+:class:`TrackerState` is the in-memory copy of ``best_checkpoints.json`` (+ its journal): every
+record by step, the set of live steps (not pruned, not refused) that retention looks at, the
+records changed since the last write (the next journal entry), the recorded deletion intents and
+the stored tracker config. It parses a snapshot, applies journal transactions, and encodes a full
+snapshot or one journal line. Every byte it reads or writes goes through :mod:`bestckpt.store`
+(``StateFile``); deciding *when* to reload, and reconciling with the checkpoints on disk, is
+:mod:`bestckpt.reconcile`'s job.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from bestckpt import store
+
+__all__ = ["Record", "StateError", "STATE_SCHEMA", "STATUSES", "HEADER_TOP", "TrackerState"]
+
+logger = logging.getLogger(__name__)
+
+STATE_SCHEMA = "bestckpt.state/1"
+STATUSES = ("pending", "saved", "evaluated", "failed")
+HEADER_TOP = 100  # the state header's "top_k" lists at most this many steps (the ranking's head)
+
+
+class StateError(RuntimeError):
+    """The state cannot be used as is (written by a newer bestckpt, or a metric change without data)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One checkpoint known to the tracker.
+
+    ``path`` is relative to the checkpoint directory; ``metrics`` maps metric names to floats
+    (``None`` where a value was unusable); ``status`` is ``pending`` (saved, evaluation to come),
+    ``saved`` (not to be evaluated), ``evaluated`` or ``failed``; ``pruned`` once retention deleted
+    it (or it vanished from disk). In JSON, ``path`` and ``time`` are stored under the original's
+    keys ``checkpoint_path`` and ``timestamp``.
+    """
+
+    step: int
+    epoch: int | None
+    path: str
+    metrics: dict[str, float | None]
+    status: str
+    time: float
+    protocol_hash: str | None = None
+    error: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    pruned: bool = False
+
+    def score(self, metric_name: str) -> float | None:
+        """The tracked value if this record can be ranked on it, else ``None``."""
+        if self.status != "evaluated":
+            return None
+        value = self.metrics.get(metric_name)
+        return value if value is not None and math.isfinite(value) else None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "step": self.step, "epoch": self.epoch, "checkpoint_path": self.path,
+            "metrics": self.metrics, "status": self.status, "timestamp": self.time,
+        }
+        if self.protocol_hash is not None:
+            out["protocol_hash"] = self.protocol_hash
+        if self.error is not None:
+            out["error"] = self.error
+        if self.info:
+            out["info"] = self.info
+        if self.pruned:
+            out["pruned"] = True
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Record":
+        """Parse one stored record; ``ValueError`` says what is wrong with it."""
+        if not isinstance(data, dict):
+            raise ValueError(f"record must be an object, got {type(data).__name__}")
+        step = data.get("step")
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"record step must be a non-negative int, got {step!r}")
+        path = data.get("checkpoint_path", data.get("path"))
+        if not isinstance(path, str) or not path:
+            raise ValueError(f"record of step {step} has no checkpoint_path (got {path!r})")
+        epoch = data.get("epoch")
+        if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool)):
+            raise ValueError(f"record of step {step} has a non-int epoch {epoch!r}")
+        raw_metrics = data.get("metrics") or {}
+        if not isinstance(raw_metrics, dict):
+            raise ValueError(f"record of step {step} has non-object metrics {raw_metrics!r}")
+        metrics = {str(k): store.float_from_json(v) for k, v in raw_metrics.items()}
+        status = data.get("status", "evaluated")  # the original's records were all evaluated
+        if status not in STATUSES:
+            raise ValueError(f"record of step {step} has unknown status {status!r}")
+        stamp = data.get("timestamp", data.get("time", 0.0))
+        info = data.get("info") or {}
+        return cls(
+            step=step, epoch=epoch, path=path, metrics=metrics, status=status,
+            time=float(stamp) if isinstance(stamp, (int, float)) else 0.0,
+            protocol_hash=data.get("protocol_hash"), error=data.get("error"),
+            info=info if isinstance(info, dict) else {"value": info}, pruned=bool(data.get("pruned", False)),
+        )
+
+
+class TrackerState:
+    """The records of one checkpoint directory and the state header fields, as last read or written.
+
+    ``version`` is bumped at every change so that ranking computations can be memoized per version.
+    ``stamp`` is the ``StateFile`` stamp of what memory reflects (``None``: reread everything).
+    """
+
+    def __init__(self, directory: Path, sf: store.StateFile) -> None:
+        self.dir = Path(directory)
+        self.sf = sf
+        self.path = sf.path
+        self.records: dict[int, Record] = {}
+        self.live_steps: set[int] = set()  # not pruned, not refused: what retention looks at
+        self.dirty: set[int] = set()  # records changed since the last write (journal entries)
+        self.version = 0
+        self.force_full = False  # the next write must be a full snapshot
+        self.unreadable: list[Any] = []  # stored entries we could not parse: kept, written back
+        self.intents: list[dict[str, Any]] = []  # deletions decided, maybe not yet done
+        self.refused: dict[int, str] = {}  # records whose path escapes the directory
+        self.stored_config: dict[str, Any] = {}
+        self.stamp: tuple[Any, Any] | None = None
+        self._fragments: dict[int, tuple[Record, str]] = {}  # cached JSON of unchanged records
+
+    # ------------------------------------------------------------------ records
+    def put(self, record: Record, *, dirty: bool = True) -> None:
+        self.records[record.step] = record
+        if record.pruned or record.step in self.refused:
+            self.live_steps.discard(record.step)
+        else:
+            self.live_steps.add(record.step)
+        if dirty:
+            self.dirty.add(record.step)
+        self.version += 1
+
+    def set_records(self, records: dict[int, Record]) -> None:
+        self.records = records
+        self.live_steps = {s for s, r in records.items() if not r.pruned and s not in self.refused}
+        self.dirty = set()
+        self.version += 1
+
+    def live(self) -> list[Record]:
+        return [self.records[s] for s in self.live_steps]
+
+    def forget(self) -> None:
+        """Drop everything read (the state was lost or is unreadable); the next write is full."""
+        self.refused = {}
+        self.set_records({})
+        self.unreadable, self.intents = [], []
+        self.stored_config = {}
+        self.stamp = None
+        self.sf.journal_id = None
+        self.force_full = True
+
+    def check_confined(self, rec: Record) -> None:
+        try:
+            store.confine(self.dir, rec.path)
+        except store.UnsafePathError as exc:
+            self.refused[rec.step] = str(exc)
+            logger.error("state entry of step %d refused: %s (never deleted, never best)", rec.step, exc)
+        else:
+            self.refused.pop(rec.step, None)
+
+    # ------------------------------------------------------------------ decoding
+    def parse(self, raw: bytes) -> dict[str, Any]:
+        """Adopt the snapshot ``raw``; ``ValueError``/``UnicodeDecodeError`` if it is unreadable,
+        :class:`StateError` if a newer bestckpt wrote it."""
+        data = json.loads(raw.decode("utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"top level is a {type(data).__name__}, not an object")
+        schema = data.get("schema")
+        if schema is None:
+            if not isinstance(data.get("checkpoints"), list) or "metric_name" not in data:
+                raise ValueError("not a bestckpt state file (no 'schema', no 'checkpoints' list)")
+            logger.info("%s is in the original tracker's format; importing it", self.path)
+            self.force_full = True
+        elif isinstance(schema, str) and schema.startswith("bestckpt.state/") and schema != STATE_SCHEMA:
+            raise StateError(f"{self.path} has schema {schema!r}, newer than this bestckpt ({STATE_SCHEMA}); "
+                             "upgrade bestckpt")
+        elif schema != STATE_SCHEMA:
+            raise ValueError(f"unknown schema {schema!r}")
+        entries = data.get("checkpoints")
+        if not isinstance(entries, list):
+            raise ValueError("'checkpoints' is not a list")
+        records: dict[int, Record] = {}
+        unreadable = list(data.get("unreadable_checkpoints") or [])
+        for entry in entries:
+            try:
+                rec = Record.from_json(entry)
+            except ValueError as exc:
+                logger.error("%s: unreadable record kept aside (%s): %r", self.path, exc, entry)
+                unreadable.append(entry)
+                continue
+            if schema is None:  # the original stored absolute or cwd-relative paths
+                rec = dataclasses.replace(rec, path=store.legacy_relpath(self.dir, rec.path))
+            if rec.step in records:
+                logger.warning("%s lists step %d twice; the later entry wins", self.path, rec.step)
+            records[rec.step] = rec
+        self.refused = {}
+        for rec in records.values():
+            self.check_confined(rec)
+        self.set_records(records)
+        self.unreadable = unreadable
+        self.apply_header(data)
+        self.sf.journal_id = data.get("journal_id") if isinstance(data.get("journal_id"), str) else None
+        return data
+
+    def apply_header(self, header: Mapping[str, Any]) -> None:
+        intents = header.get("deleting") or []
+        self.intents = [i for i in intents if isinstance(i, dict)] if isinstance(intents, list) else []
+        cfg = header.get("tracker_config")
+        if isinstance(cfg, dict):
+            self.stored_config = dict(cfg)
+        elif "metric_name" in header:
+            self.stored_config = {"metric_name": header.get("metric_name"),
+                                  "higher_is_better": header.get("higher_is_better")}
+
+    def apply_entry(self, entry: Mapping[str, Any]) -> None:
+        """One journal transaction: its header fields and the records it changed."""
+        header = entry.get("header")
+        if isinstance(header, dict):
+            self.apply_header(header)
+        for raw in entry.get("records") or []:
+            try:
+                rec = Record.from_json(raw)
+            except ValueError as exc:
+                logger.error("%s: unreadable record kept aside (%s): %r", self.sf.journal_path, exc, raw)
+                self.unreadable.append(raw)
+                continue
+            self.check_confined(rec)
+            self.put(rec, dirty=False)
+
+    # ------------------------------------------------------------------ encoding
+    def write(self, header: dict[str, Any], stored_config: dict[str, Any]) -> None:
+        """Persist: a full atomic snapshot (small states, or when a compaction is due), else one
+        journal line with ``header`` and the records changed since the last write."""
+        if self.force_full or self.sf.needs_full_write():
+            if self.unreadable:
+                header["unreadable_checkpoints"] = self.unreadable
+            fragments = []
+            cache = self._fragments
+            for step in sorted(self.records):
+                rec = self.records[step]
+                hit = cache.get(step)
+                if hit is None or hit[0] is not rec:
+                    hit = (rec, store.to_strict_json(rec.to_json()))
+                    cache[step] = hit
+                fragments.append(hit[1])
+            if len(cache) > len(self.records):
+                for step in [s for s in cache if s not in self.records]:
+                    del cache[step]
+            self.sf.write_full(store.to_strict_json(header)[:-1] + ',"checkpoints":[\n' + ",\n".join(fragments) + "\n]")
+            self.force_full = False
+        else:
+            changed = [self.records[s].to_json() for s in sorted(self.dirty)]
+            self.sf.append(store.to_strict_json({"header": header, "records": changed}))
+        self.dirty.clear()
+        self.stamp = self.sf.stamp()
+        self.stored_config = stored_config
