@@ -122,7 +122,9 @@ class TrackerState:
         self.records: dict[int, Record] = {}
         self.live_steps: set[int] = set()  # not pruned, not refused: what retention looks at
         self.dirty: set[int] = set()  # records changed since the last write (journal entries)
-        self.version = 0
+        self.version = 0  # bumped at every change
+        self.generation = 0  # bumped when the whole record set is replaced
+        self.touched: set[int] = set()  # steps put since the last take_touched() (incremental ranking)
         self.force_full = False  # the next write must be a full snapshot
         self.unreadable: list[Any] = []  # stored entries we could not parse: kept, written back
         self.intents: list[dict[str, Any]] = []  # deletions decided, maybe not yet done
@@ -140,13 +142,21 @@ class TrackerState:
             self.live_steps.add(record.step)
         if dirty:
             self.dirty.add(record.step)
+        self.touched.add(record.step)
         self.version += 1
 
     def set_records(self, records: dict[int, Record]) -> None:
         self.records = records
         self.live_steps = {s for s, r in records.items() if not r.pruned and s not in self.refused}
         self.dirty = set()
+        self.touched = set()
+        self.generation += 1
         self.version += 1
+
+    def take_touched(self) -> set[int]:
+        """Steps put since the last call (within one ``generation``), and forget them."""
+        touched, self.touched = self.touched, set()
+        return touched
 
     def live(self) -> list[Record]:
         return [self.records[s] for s in self.live_steps]

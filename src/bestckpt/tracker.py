@@ -47,7 +47,8 @@ import filelock
 
 from bestckpt import reconcile, store
 from bestckpt.config import TrackerConfig
-from bestckpt.policies import Candidate, Decision, rank, retention_policy, select_best
+from bestckpt.policies import Candidate, Decision, retention_policy
+from bestckpt.ranking import Ranking
 from bestckpt.state import HEADER_TOP, STATE_SCHEMA, Record, StateError, TrackerState
 from bestckpt.sinks.console import format_score, format_summary
 from bestckpt.sinks.results import results_document
@@ -130,7 +131,7 @@ class BestCheckpointTracker:
         self.dir = config.checkpoint_dir
         self._state_path = self.dir / store.STATE_FILE
         self._st = TrackerState(self.dir, store.StateFile(self.dir, compact_bytes=state_compact_bytes))
-        self._memo: dict[str, Any] = {}  # ranking computations of one state version
+        self._rank = Ranking(self._st, config)  # incremental: a call re-ranks only what it changed
         self._results_signature: str | None = None
         self._lock = None
         self._tlock = threading.RLock()
@@ -305,18 +306,18 @@ class BestCheckpointTracker:
         return self._summary()
 
     def _summary(self, limit: int | None = None) -> dict[str, Any]:
-        ranking = self._ranking()
-        best = ranking[0] if ranking else None
+        ranking = self._ranking(limit)
+        best = ranking[0] if ranking else None  # limit is None or >= 1: the head is the same
         live = self._st.live()
         return {
             "metric_name": self.metric_name,
             "higher_is_better": self.higher_is_better,
             "save_top_k": self.save_top_k,
-            "total_tracked": len(ranking),
+            "total_tracked": self._rank.count(),
             "best_score": best.score(self.metric_name) if best else None,
             "best_checkpoint": best.path if best else None,
             "best_step": best.step if best else None,
-            "ranking": [r.to_json() for r in ranking[:limit]],
+            "ranking": [r.to_json() for r in ranking],
             "evaluated": sum(1 for r in live if r.status == "evaluated"),
             "pending": sorted(r.step for r in live if r.status == "pending"),
             "failed": [{"step": r.step, "error": r.error} for r in sorted(live, key=lambda r: r.step)
@@ -429,42 +430,15 @@ class BestCheckpointTracker:
         self._write_results()
 
     # ------------------------------------------------------------------ ranking
-    def _memoized(self, key: str, compute: Callable[[], _T]) -> _T:
-        """Ranking computations are done once per state version (a commit asks several times)."""
-        if self._memo.get("version") != self._st.version:
-            self._memo = {"version": self._st.version}
-        if key not in self._memo:
-            self._memo[key] = compute()
-        return self._memo[key]
-
     def _candidates(self) -> list[Candidate]:
-        name = self.metric_name
-        return self._memoized("candidates", lambda: [
-            Candidate(r.step, r.path, r.status, r.score(name), r.time) for r in self._st.live()])
+        return self._rank.candidates()
 
-    def _best_step(self, candidates: list[Candidate] | None = None) -> int | None:
-        def compute() -> int | None:
-            best = select_best(self._candidates(), self.higher_is_better, self.config.min_improvement)
-            return None if best is None else best.step
+    def _best_step(self) -> int | None:
+        return self._rank.best_step()
 
-        return self._memoized("best", compute)
-
-    def _ranking(self) -> list[Record]:
-        """The top-k records, best first (the best leads even when min_improvement kept it over a
-        slightly higher score)."""
-        return self._memoized("ranking", self._compute_ranking)
-
-    def _compute_ranking(self) -> list[Record]:
-        cands = self._candidates()
-        ranked = rank(cands, self.higher_is_better)
-        best = self._best_step()
-        steps = [c.step for c in ranked]
-        if best is not None:
-            steps.remove(best)
-            steps.insert(0, best)
-        if self.save_top_k >= 0:
-            steps = steps[: self.save_top_k]
-        return [self._st.records[s] for s in steps]
+    def _ranking(self, limit: int | None = None) -> list[Record]:
+        """The top-k records, best first (at most ``limit``)."""
+        return self._rank.head(limit)
 
     def _decide(self, best_step: int | None = None) -> list[Decision]:
         cands = self._candidates()
@@ -594,7 +568,7 @@ class BestCheckpointTracker:
 
     def _write_state(self, best_step: int | None, marker: dict[str, Any] | None) -> None:
         """Persist the state: a full atomic snapshot, or (large states) one journal line."""
-        ranking = [r.step for r in self._ranking()[:HEADER_TOP]]
+        ranking = [r.step for r in self._ranking(HEADER_TOP)]
         header: dict[str, Any] = {
             "schema": STATE_SCHEMA,
             "metric_name": self.metric_name,
