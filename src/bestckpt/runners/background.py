@@ -1,0 +1,172 @@
+"""Evaluate in a worker process: :class:`BackgroundRunner` (the training side of the hand-off).
+
+Training queues "checkpoint N saved" and returns at once; the worker
+(:func:`~bestckpt.runners.worker.background_main`) scores it and records it through its own tracker.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import queue
+from pathlib import Path
+from typing import Any
+
+from bestckpt.runners.evaluator import default_device
+from bestckpt.runners.protocol_change import reconcile_protocol
+from bestckpt.runners.records import record_of, record_path
+from bestckpt.runners.schedule import EvalSchedule
+from bestckpt.runners.worker import background_main
+
+__all__ = ["BackgroundRunner"]
+
+logger = logging.getLogger(__name__)
+
+
+class BackgroundRunner:
+    """Hand each scheduled checkpoint to a worker process; :meth:`checkpoint_saved` returns at once.
+
+    The worker is started with the ``spawn`` method (safe with CUDA and threads) and builds its own
+    sampler from ``sampler_spec`` ("module:factory"), scorer and tracker (same directory and
+    config; every tracker call reloads state under the file lock). Only the global writer rank
+    should create a BackgroundRunner. ``scorer_spec`` ("module:factory") replaces the protocol's
+    default :class:`~bestckpt.evaluation.scorer.Scorer` with a custom one. The worker logs (the
+    guide's lines included) at ``log_level`` to ``log_file`` when given, else to stderr (unless the
+    sampler factory set up logging itself). The worker is a daemon process (it dies with training
+    and never blocks its exit), so a sampler must not start child processes of its own (use
+    DataLoader ``num_workers=0`` inside it). Checkpoints queued but not yet scored stay ``pending`` in the
+    tracker, so pruning keeps them and ``bestckpt watch``/``evaluate`` can finish them after a crash.
+    """
+
+    def __init__(
+        self,
+        tracker: Any,
+        protocol: Any,
+        sampler_spec: str,
+        *,
+        schedule: EvalSchedule | None = None,
+        device: str | None = None,
+        samples_dir: str | Path | None = None,
+        tensorboard_dir: str | Path | None = None,
+        weights_dir: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+        batch_size: int = 16,
+        worker_threads: int | None = 1,
+        scorer_spec: str | None = None,
+        on_protocol_change: str = "refuse",
+        log_file: str | Path | None = None,
+        log_level: int = logging.INFO,
+    ) -> None:
+        from bestckpt.evaluation.sampler import SamplerError
+
+        if not isinstance(sampler_spec, str) or ":" not in sampler_spec:
+            raise SamplerError(
+                f"BackgroundRunner needs the sampler as a 'module:factory' string (it is rebuilt in the worker "
+                f"process), got {sampler_spec!r}"
+            )
+        self.tracker = tracker
+        self.schedule = schedule or EvalSchedule()
+        self._count = 0
+        self._spec = {
+            "tracker_config": tracker.config, "protocol": protocol, "sampler": sampler_spec,
+            "device": default_device() if device is None else str(device),
+            "samples_dir": None if samples_dir is None else str(samples_dir),
+            "tensorboard_dir": None if tensorboard_dir is None else str(tensorboard_dir),
+            "weights_dir": None if weights_dir is None else str(weights_dir),
+            "cache_dir": None if cache_dir is None else str(cache_dir),
+            "batch_size": batch_size, "threads": worker_threads, "scorer": scorer_spec,
+            "log_file": None if log_file is None else str(log_file),
+            "log_level": log_level,
+        }
+        self._ctx = mp.get_context("spawn")
+        self._jobs: Any = self._ctx.Queue()
+        self._results: Any = self._ctx.Queue()
+        self._proc: Any = None
+        self.completed: list[dict[str, Any]] = []
+        self._closed = False
+        stale = reconcile_protocol(tracker, protocol, on_protocol_change) if self.schedule.enabled else []
+        if stale:
+            self._ensure_worker()
+            for rec in self.tracker.records:
+                if rec.step in stale:
+                    self._queue(rec)
+
+    def _queue(self, rec: Any) -> None:
+        """Queue the tracker record ``rec``'s checkpoint for the worker."""
+        self._jobs.put((rec.step, str(record_path(self.tracker, rec)), rec.epoch))
+
+    def _ensure_worker(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            return
+        if self._proc is not None:
+            logger.error("background evaluator died (exit code %s); starting a new one", self._proc.exitcode)
+            # jobs the dead worker had taken are still pending in the tracker: queue them again
+            for step in self.tracker.pending_steps():
+                rec = record_of(self.tracker, step)
+                if rec is not None:
+                    self._queue(rec)
+        self._proc = self._ctx.Process(target=background_main, args=(self._jobs, self._results, self._spec),
+                                       name="bestckpt-eval", daemon=True)
+        self._proc.start()
+
+    def checkpoint_saved(self, step: int, path: str | Path, epoch: int | None = None) -> bool:
+        """Register the committed checkpoint and queue it for evaluation; returns whether it was queued."""
+        if self._closed:
+            raise RuntimeError("BackgroundRunner is closed")
+        self._count += 1
+        evaluate = self.schedule.should_evaluate(step, self._count)
+        self.tracker.checkpoint_saved(step, str(path), epoch=epoch, evaluate=evaluate)
+        if evaluate:
+            self._ensure_worker()
+            self._jobs.put((step, str(path), epoch))
+        self.poll()
+        return evaluate
+
+    def resume_pending(self) -> list[int]:
+        """Queue every checkpoint the tracker still has pending (e.g. left by an interrupted run)."""
+        steps = []
+        for rec in self.tracker.records:
+            if rec.status == "pending" and not rec.pruned:
+                self._ensure_worker()
+                self._queue(rec)
+                steps.append(rec.step)
+        return steps
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Results that arrived since the last call (non-blocking)."""
+        new = []
+        while True:
+            try:
+                new.append(self._results.get_nowait())
+            except queue.Empty:
+                break
+        self.completed.extend(new)
+        return new
+
+    def close(self, wait: bool = True, timeout: float | None = None) -> None:
+        """Stop the worker. ``wait=True`` finishes queued evaluations first; otherwise they stay pending."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._proc is None:
+            return
+        if wait:
+            self._jobs.put(None)
+            self._proc.join(timeout)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(5)
+        elif self._proc.exitcode:
+            logger.error("background evaluator exited with code %s", self._proc.exitcode)
+        self.poll()
+        left = self.tracker.pending_steps()
+        if left:
+            logger.warning("steps %s are still pending evaluation (protected from pruning); finish them with "
+                           "`bestckpt evaluate` or `bestckpt watch`", left)
+        self._jobs.close()
+        self._results.close()
+
+    def __enter__(self) -> BackgroundRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(wait=exc[0] is None)

@@ -1,0 +1,174 @@
+"""Evaluate one checkpoint and record the outcome: :class:`Evaluator`, shared by every runner.
+
+The scorer and the reference statistics are built once, on the first evaluation, and reused.
+Heavy imports (torch, the metrics) happen inside the functions, so importing the runners stays light.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Evaluator", "build_scorer", "default_device"]
+
+logger = logging.getLogger(__name__)
+
+
+def default_device() -> str:
+    """The training device: this process's current CUDA device when CUDA is available, else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{torch.cuda.current_device()}"
+    return "cpu"
+
+
+def build_scorer(protocol: Any, *, device: Any = "cpu", weights_dir: str | Path | None = None,
+                 cache_dir: str | Path | None = None) -> Any:
+    """The metrics engineer's :class:`~bestckpt.evaluation.scorer.Scorer` configured by the protocol."""
+    from bestckpt.evaluation import scorer as scorer_mod
+
+    kwargs: dict[str, Any] = dict(
+        metrics=tuple(protocol.metrics), backbones=dict(protocol.backbones), weights_dir=weights_dir,
+        device=str(device), cache_dir=cache_dir,
+    )
+    if getattr(protocol, "metric_options", None):
+        kwargs["metric_options"] = {k: dict(v) for k, v in protocol.metric_options.items()}
+    if protocol.composite_weights is not None:
+        kwargs["composite"] = scorer_mod.CompositeConfig(weights=dict(protocol.composite_weights))
+    return scorer_mod.Scorer(**kwargs)
+
+
+class Evaluator:
+    """Protocol + sampler + scorer + sinks: evaluates one checkpoint and records the outcome.
+
+    The scorer and the reference statistics are built on the first evaluation and reused (the
+    original reloaded every backbone at every evaluation). ``device`` defaults to the training
+    device (:func:`default_device`); pass e.g. ``"cuda:1"`` to evaluate on another GPU. Under ``torch.distributed`` every rank
+    must call :meth:`evaluate` for the same checkpoint.
+    """
+
+    def __init__(
+        self,
+        protocol: Any,
+        sampler: Any,
+        *,
+        scorer: Any = None,
+        device: Any = None,
+        samples_dir: str | Path | None = None,
+        tensorboard_dir: str | Path | None = None,
+        weights_dir: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+        dist: Any = "auto",
+        batch_size: int = 16,
+    ) -> None:
+        self.protocol = protocol
+        self.sampler = sampler
+        self.scorer = scorer
+        self.device = default_device() if device is None else str(device)
+        self.samples_dir = None if samples_dir is None else Path(samples_dir)
+        self.tensorboard_dir = None if tensorboard_dir is None else Path(tensorboard_dir)
+        self.weights_dir = weights_dir
+        self.cache_dir = cache_dir
+        self.dist = dist
+        self.batch_size = batch_size
+        self._reference_stats: Any = None
+        self._ready = False
+        self._sink: Any = None
+
+    def _ctx(self) -> Any:
+        from bestckpt.evaluation.distributed import current_context
+
+        return current_context() if self.dist == "auto" else self.dist
+
+    def _setup(self) -> None:
+        from bestckpt.evaluation.evaluate import prepare_reference_statistics
+
+        if self.scorer is None:
+            self.scorer = build_scorer(self.protocol, device=self.device, weights_dir=self.weights_dir,
+                                       cache_dir=self.cache_dir)
+        self._reference_stats = prepare_reference_statistics(self.protocol, self.scorer, cache_dir=self.cache_dir)
+        self._ready = True
+
+    def _failed(self, step: int, error: str, duration: float, num_samples: int = 0) -> Any:
+        """An :class:`~bestckpt.evaluation.evaluate.EvaluationResult` with no scores, for a failure before scoring."""
+        from bestckpt.evaluation.evaluate import EvaluationResult
+
+        return EvaluationResult(step=step, scores={}, protocol_hash=self.protocol.hash, weights="unknown",
+                                duration=duration, error=error, num_samples=num_samples)
+
+    def evaluate(self, step: int, path: str | Path) -> Any:
+        """:class:`~bestckpt.evaluation.evaluate.EvaluationResult` for ``path``; never raises for a failed evaluation."""
+        from bestckpt.evaluation.distributed import agree_on_errors
+        from bestckpt.evaluation.evaluate import evaluate_checkpoint
+
+        ctx = self._ctx()
+        started = time.perf_counter()
+        setup_error = None
+        if not self._ready:
+            try:
+                self._setup()
+            except Exception as exc:
+                logger.exception("could not set up evaluation (scorer / reference statistics)")
+                setup_error = f"evaluation setup failed: {type(exc).__name__}: {exc}"
+        # every rank learns whether every rank is ready, so none enters the gathers alone
+        errors = agree_on_errors(setup_error, ctx)
+        if errors:
+            return self._failed(step, "; ".join(errors), time.perf_counter() - started,
+                                num_samples=self.protocol.num_samples)
+        return evaluate_checkpoint(
+            path, step, self.protocol, self.sampler, self.scorer, self._reference_stats, device=self.device,
+            samples_dir=self.samples_dir, dist=ctx, batch_size=self.batch_size,
+        )
+
+    def record(self, tracker: Any, result: Any, *, path: str | Path, epoch: int | None = None) -> bool:
+        """Store ``result`` in the tracker (score or failure) and the sinks; True if it is the new best.
+
+        Only the tracker's writer (global rank 0) records; other ranks return False.
+        """
+        if not getattr(tracker, "is_writer", True):
+            return False
+        if result.ok:
+            is_best = bool(tracker.update_checkpoint(result.step, epoch, str(path), dict(result.scores),
+                                                     protocol_hash=result.protocol_hash, info=result.info()))
+        else:
+            tracker.record_failure(result.step, result.error, epoch=epoch, checkpoint_path=str(path),
+                                   protocol_hash=result.protocol_hash)
+            is_best = False
+        ctx = self._ctx()
+        if self.tensorboard_dir is not None and (ctx is None or ctx.rank == 0) and result.ok:
+            try:
+                if self._sink is None:
+                    from bestckpt.sinks.tensorboard import TensorBoardSink
+
+                    self._sink = TensorBoardSink(self.tensorboard_dir, filename_suffix=f".eval{os.getpid()}")
+                self._sink.write(result.step, result.scores, is_best=is_best, images=result.preview)
+            except Exception:
+                logger.exception("could not write TensorBoard scalars for step %d", result.step)
+        return is_best
+
+    def evaluate_and_record(self, tracker: Any, step: int, path: str | Path, epoch: int | None = None) -> Any:
+        """The runners' unit of work: log, evaluate, record. Never raises for evaluation failures."""
+        logger.info("[Step %d] Evaluating model performance at step %d", step, step)
+        try:
+            result = self.evaluate(step, path)
+        except Exception as exc:  # a bug on our side still must not kill training
+            logger.exception("evaluation of step %d crashed", step)
+            result = self._failed(step, f"{type(exc).__name__}: {exc}", 0.0)
+        try:
+            self.record(tracker, result, path=path, epoch=epoch)
+        except Exception:  # bookkeeping trouble is logged; the checkpoint stays pending, nothing is lost
+            logger.exception("could not record the evaluation of step %d; it stays pending", step)
+        if result.ok:
+            shown = ", ".join(f"{k}: {v:.4f}" if v is not None else f"{k}: failed" for k, v in result.scores.items())
+            logger.info("[Step %d] evaluated in %.1fs (%s weights): %s", step, result.duration, result.weights, shown)
+        else:
+            logger.error("[Step %d] evaluation failed (recorded, training continues): %s", step, result.error)
+        return result
+
+    def close(self) -> None:
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None

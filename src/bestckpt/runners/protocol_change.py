@@ -1,0 +1,51 @@
+"""A resumed run whose protocol changed: refuse clearly, or mark the stale checkpoints for re-scoring.
+
+Scores from different protocols are never compared; every runner calls :func:`reconcile_protocol`
+when it starts.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from bestckpt.runners.records import record_path
+
+__all__ = ["ON_PROTOCOL_CHANGE", "ProtocolChangedError", "reconcile_protocol"]
+
+logger = logging.getLogger(__name__)
+
+
+class ProtocolChangedError(RuntimeError):
+    """The run's checkpoints were scored under another protocol; their scores are not comparable."""
+
+
+ON_PROTOCOL_CHANGE = ("refuse", "rescore")
+
+
+def reconcile_protocol(tracker: Any, protocol: Any, on_change: str = "refuse") -> list[int]:
+    """Check that every scored checkpoint still on disk was scored under ``protocol``.
+
+    Scores from different protocols are never compared. ``"refuse"`` raises
+    :class:`ProtocolChangedError` naming the steps and the ways out; ``"rescore"`` marks those
+    checkpoints pending again (protected from pruning) and returns their steps, so the runner
+    scores them under the new protocol.
+    """
+    if on_change not in ON_PROTOCOL_CHANGE:
+        raise ValueError(f"on_protocol_change must be one of {ON_PROTOCOL_CHANGE}, got {on_change!r}")
+    stale = [r for r in tracker.records
+             if not r.pruned and r.status == "evaluated" and r.protocol_hash not in (None, protocol.hash)]
+    if not stale:
+        return []
+    steps = [r.step for r in stale]
+    if on_change == "refuse":
+        old = sorted({str(r.protocol_hash)[:12] for r in stale})
+        raise ProtocolChangedError(
+            f"{len(steps)} checkpoint(s) in {tracker.config.checkpoint_dir} (steps {steps[:10]}) were scored under "
+            f"protocol(s) {old}, not the current {protocol.hash[:12]}; their scores are not comparable. Use the "
+            "earlier protocol, or pass on_protocol_change='rescore' (CLI: --on-protocol-change rescore) to re-score "
+            "them, or re-score offline with `bestckpt evaluate DIR --protocol NEW`"
+        )
+    logger.warning("protocol changed: re-scoring steps %s under protocol %s", steps, protocol.hash[:12])
+    for r in stale:
+        tracker.checkpoint_saved(r.step, str(record_path(tracker, r)), epoch=r.epoch, evaluate=True)
+    return steps
