@@ -77,7 +77,7 @@ class _RichObserver:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from rich import get_console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
     from rich.table import Table
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from bestckpt.demo import train
     from bestckpt.tracker import BestCheckpointTracker
 
-    console = Console()
+    console = get_console()  # the one the log handler writes to, so log lines print above the live bar
     started = time.time()
     a = train.resolve_defaults(args)
     console.print(
