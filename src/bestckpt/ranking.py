@@ -33,6 +33,10 @@ class Ranking:
         self._ranked: list[tuple[float, int]] = []  # (signed score, step), best first
         self._version: int | None = None
         self._memo: dict[str, Any] = {}
+        # live steps by status (for summaries), and the ones neither rankable nor pending
+        self._by_status: dict[str, set[int]] = {}
+        self._unranked_failed: set[int] = set()  # evaluated without a finite tracked value
+        self._loose: set[int] = set()
 
     # ------------------------------------------------------------------ maintenance
     def _key(self, cand: Candidate) -> tuple[float, int]:
@@ -48,21 +52,40 @@ class Ranking:
             self._generation = st.generation
             self._cands = {s: self._candidate(st.records[s]) for s in st.live_steps}
             self._ranked = sorted(self._key(c) for c in self._cands.values() if c.rankable)
+            self._by_status, self._unranked_failed, self._loose = {}, set(), set()
+            for cand in self._cands.values():
+                self._index(cand)
         else:
             for step in st.take_touched():
                 old = self._cands.pop(step, None)
-                if old is not None and old.rankable:
-                    key = self._key(old)
-                    i = bisect.bisect_left(self._ranked, key)
-                    assert self._ranked[i] == key
-                    del self._ranked[i]
+                if old is not None:
+                    self._unindex(old)
+                    if old.rankable:
+                        key = self._key(old)
+                        i = bisect.bisect_left(self._ranked, key)
+                        assert self._ranked[i] == key
+                        del self._ranked[i]
                 if step in st.live_steps:
                     cand = self._candidate(st.records[step])
                     self._cands[step] = cand
+                    self._index(cand)
                     if cand.rankable:
                         bisect.insort(self._ranked, self._key(cand))
         self._version = st.version
         self._memo = {}
+
+    def _index(self, cand: Candidate) -> None:
+        self._by_status.setdefault(cand.status, set()).add(cand.step)
+        if not cand.rankable:
+            if cand.status == "evaluated":
+                self._unranked_failed.add(cand.step)
+            if cand.status != "pending":
+                self._loose.add(cand.step)
+
+    def _unindex(self, cand: Candidate) -> None:
+        self._by_status[cand.status].discard(cand.step)
+        self._unranked_failed.discard(cand.step)
+        self._loose.discard(cand.step)
 
     def _candidate(self, r: Record) -> Candidate:
         return Candidate(r.step, r.path, r.status, r.score(self._config.metric_name), r.time)
@@ -111,3 +134,25 @@ class Ranking:
             if step != best:
                 steps.append(step)
         return [self._st.records[s] for s in steps[:n]]
+
+    def with_status(self, status: str) -> set[int]:
+        """Live steps whose record has ``status`` (do not modify)."""
+        self._sync()
+        return self._by_status.get(status, set())
+
+    def failed_steps(self) -> list[int]:
+        """Live steps that can never be ranked: failed, or evaluated without a finite tracked value."""
+        self._sync()
+        return sorted(self._by_status.get("failed", set()) | self._unranked_failed)
+
+    def may_delete(self) -> bool:
+        """Whether any live checkpoint is neither in the top-k nor pending evaluation.
+
+        :func:`~bestckpt.policies.retention_policy` always contains ``TopK(save_top_k)`` and
+        ``PendingEvaluation``, which keep exactly the other ones: when this is ``False`` every
+        retention decision is *keep*, so a commit can skip computing them (with ``save_top_k=-1``
+        and every checkpoint evaluated, that is every call).
+        """
+        self._sync()
+        k = self._config.save_top_k
+        return bool(self._loose) or (k >= 0 and len(self._ranked) > k)

@@ -278,7 +278,7 @@ class BestCheckpointTracker:
     def pending_steps(self) -> list[int]:
         """Steps saved with an evaluation still to come (oldest first)."""
         self._refresh()
-        return sorted(r.step for r in self._st.live() if r.status == "pending")
+        return sorted(self._rank.with_status("pending"))
 
     def plan(self) -> list[Decision]:
         """Keep/delete decision for every checkpoint still on disk, with reasons (deletes nothing)."""
@@ -308,7 +308,7 @@ class BestCheckpointTracker:
     def _summary(self, limit: int | None = None) -> dict[str, Any]:
         ranking = self._ranking(limit)
         best = ranking[0] if ranking else None  # limit is None or >= 1: the head is the same
-        live = self._st.live()
+        records = self._st.records
         return {
             "metric_name": self.metric_name,
             "higher_is_better": self.higher_is_better,
@@ -318,12 +318,11 @@ class BestCheckpointTracker:
             "best_checkpoint": best.path if best else None,
             "best_step": best.step if best else None,
             "ranking": [r.to_json() for r in ranking],
-            "evaluated": sum(1 for r in live if r.status == "evaluated"),
-            "pending": sorted(r.step for r in live if r.status == "pending"),
-            "failed": [{"step": r.step, "error": r.error} for r in sorted(live, key=lambda r: r.step)
-                       if r.status == "failed" or (r.status == "evaluated" and r.score(self.metric_name) is None)],
-            "records_total": len(self._st.records),
-            "on_disk": len(live),
+            "evaluated": len(self._rank.with_status("evaluated")),
+            "pending": sorted(self._rank.with_status("pending")),
+            "failed": [{"step": s, "error": records[s].error} for s in self._rank.failed_steps()],
+            "records_total": len(records),
+            "on_disk": len(self._st.live_steps),
         }
 
     def log_summary(self) -> None:
@@ -408,7 +407,9 @@ class BestCheckpointTracker:
         self._check_present()
         best_step = self._best_step()
         best_rel = None if best_step is None else self._st.records[best_step].path
-        doomed: list[Decision] = [] if dry_run else [d for d in self._decide(best_step) if not d.keep]
+        doomed: list[Decision] = []
+        if not dry_run and self._rank.may_delete():  # else every candidate is top-k or pending: all kept
+            doomed = [d for d in self._decide(best_step) if not d.keep]
         for d in doomed:
             rec = self._st.records[d.step]
             self._st.put(dataclasses.replace(rec, pruned=True))
