@@ -21,6 +21,12 @@ this data), because the standard backbones' weights cannot be downloaded offline
 little on 32x32 shapes. Evaluation prompts are held-out attribute combinations that training
 never draws, with exact reference renders.
 
+Measured (seed 0, defaults: 1000 steps of 64 images, 0.74 M parameters, 5 background evaluations
+of 378 samples): CLIP score 0.21 -> 0.80 and FID 1251 -> 203 from the first evaluated checkpoint
+(step 200) to the best (step 1000). Wall time: 598 s on this project's 2-core build machine while
+four other engineers' jobs kept it at a load of ~5 (470 CPU-seconds in all, i.e. under 4 minutes
+of 2 idle cores); 222 s for 1200 steps on 2 pinned, otherwise idle cores of a Xeon server.
+
 Run directory layout::
 
     RUN_DIR/checkpoints/0000050.pt ...  best.pt -> 00000xx.pt, best_checkpoints.json, best_checkpoint_results.json
