@@ -29,7 +29,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import filelock
 
@@ -43,6 +43,8 @@ __all__ = [
     "UnsafePathError",
     "StateLockTimeout",
     "to_strict_json",
+    "indented_array",
+    "indented_object",
     "float_from_json",
     "atomic_write_text",
     "atomic_write_json",
@@ -103,6 +105,26 @@ def to_strict_json(obj: Any, *, indent: int | None = None) -> str:
     """Strict JSON text: non-finite floats become ``"NaN"``/``"Infinity"``/``"-Infinity"`` strings."""
     separators = (",", ":") if indent is None else (",", ": ")
     return json.dumps(_encode(obj), allow_nan=False, ensure_ascii=False, indent=indent, separators=separators)
+
+
+def indented_array(items: Sequence[str], indent: int = 2) -> str:
+    """``to_strict_json(list, indent=indent)`` assembled from its items, each already encoded by
+    ``to_strict_json(item, indent=indent)`` (lets a caller reuse the text of unchanged items:
+    nested text is the top-level text with every line break followed by one more indent)."""
+    if not items:
+        return "[]"
+    pad = "\n" + " " * indent
+    return "[" + pad + ("," + pad).join(text.replace("\n", pad) for text in items) + "\n]"
+
+
+def indented_object(members: Sequence[tuple[str, str]], indent: int = 2) -> str:
+    """``to_strict_json(dict, indent=indent)`` assembled from ``(key, encoded value)`` pairs
+    (values encoded as in :func:`indented_array`)."""
+    if not members:
+        return "{}"
+    pad = "\n" + " " * indent
+    return "{" + pad + ("," + pad).join(
+        f"{to_strict_json(str(key))}: {text.replace(chr(10), pad)}" for key, text in members) + "\n}"
 
 
 def float_from_json(value: Any) -> float | None:

@@ -133,6 +133,7 @@ class BestCheckpointTracker:
         self._st = TrackerState(self.dir, store.StateFile(self.dir, compact_bytes=state_compact_bytes))
         self._rank = Ranking(self._st, config)  # incremental: a call re-ranks only what it changed
         self._results_signature: str | None = None
+        self._results_fragments: dict[int, tuple[Record, str]] = {}  # step -> (record, its indented JSON)
         self._lock = None
         self._tlock = threading.RLock()
         if self.is_writer:
@@ -588,11 +589,26 @@ class BestCheckpointTracker:
     def _write_results(self, force: bool = False) -> None:
         """Rewrite ``best_checkpoint_results.json`` when its content changed (the ranking's first
         ``HEADER_TOP`` records are listed). Derived from the state, so atomic but not fsynced."""
+        head = self._ranking(HEADER_TOP)
         doc = results_document(self._summary(limit=HEADER_TOP), self.config.to_dict(), time.time())
-        signature = store.to_strict_json({k: v for k, v in doc.items() if k != "updated_at"})
+        # Same text as to_strict_json(doc, indent=2), but each ranked record is encoded once (they
+        # are immutable) instead of at every call.
+        cache = self._results_fragments
+        if len(cache) > 4 * HEADER_TOP:
+            cache.clear()
+        fragments = []
+        for rec in head:
+            hit = cache.get(rec.step)
+            if hit is None or hit[0] is not rec:
+                hit = cache[rec.step] = (rec, store.to_strict_json(rec.to_json(), indent=2))
+            fragments.append(hit[1])
+        assert len(fragments) == len(doc["best_checkpoints"]) and list(doc)[-1] == "updated_at"
+        members = [(key, store.indented_array(fragments) if key == "best_checkpoints"
+                    else store.to_strict_json(value, indent=2)) for key, value in doc.items()]
+        signature = store.indented_object(members[:-1])
         if not force and signature == self._results_signature and (self.dir / store.RESULTS_FILE).exists():
             return
-        store.atomic_write_json(self.dir / store.RESULTS_FILE, doc, indent=2, durable=False)
+        store.atomic_write_text(self.dir / store.RESULTS_FILE, store.indented_object(members) + "\n", durable=False)
         self._results_signature = signature
 
     def __repr__(self) -> str:
