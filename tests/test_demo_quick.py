@@ -122,6 +122,9 @@ def test_report_has_no_broken_images(demo_run: tuple[Path, str]) -> None:
     c = check_images(text, run_dir)
     assert len(c.imgs) >= 8 * len(EVAL_STEPS) + 2 * 20
     assert text.count('class="plot"') >= 6
+    # the report says what the scores were measured with, and that demo numbers are demo-only
+    assert "backbones clip=demo-clip, inception=demo-classifier, lpips=demo-lpips" in text
+    assert "comparable within the demo only" in text
 
 
 def test_rerun_resumes(demo_run: tuple[Path, str]) -> None:

@@ -223,7 +223,8 @@ def _retention_reasons(ckpt_dir: Path, records: list[dict[str, Any]]) -> None:
             r["reasons"] = list(d.reasons)
 
 
-def _reference_paths(run_dir: Path, protocol_file: Path | None) -> list[Path | None]:
+def _load_protocol(run_dir: Path, protocol_file: Path | None) -> tuple[dict[str, Any], Path] | None:
+    """The protocol JSON (as written by ``Protocol.to_file``) and its folder, if there is one."""
     cands = [protocol_file] if protocol_file else [run_dir / "protocol" / "protocol.json", run_dir / "protocol.json"]
     for cand in cands:
         if cand is not None and cand.is_file():
@@ -232,17 +233,43 @@ def _reference_paths(run_dir: Path, protocol_file: Path | None) -> list[Path | N
             except (OSError, ValueError) as exc:
                 logger.warning("ignoring unreadable protocol file %s: %s", cand, exc)
                 continue
-            refs = data.get("reference_images") or []
-            base = cand.parent
-            out: list[Path | None] = []
-            for r in refs:
-                if r is None:
-                    out.append(None)
-                else:
-                    p = Path(r)
-                    out.append(p if p.is_absolute() else base / p)
-            return out
-    return []
+            if isinstance(data, dict):
+                return data, cand.parent
+    return None
+
+
+def _reference_paths(protocol: tuple[dict[str, Any], Path] | None) -> list[Path | None]:
+    if protocol is None:
+        return []
+    data, base = protocol
+    out: list[Path | None] = []
+    for r in data.get("reference_images") or []:
+        if r is None:
+            out.append(None)
+        else:
+            p = Path(r)
+            out.append(p if p.is_absolute() else base / p)
+    return out
+
+
+def _protocol_line(protocol: tuple[dict[str, Any], Path] | None) -> str:
+    """What the scores were measured with: backbones, samples, sampler settings."""
+    if protocol is None:
+        return ""
+    data = protocol[0]
+    bits = []
+    if isinstance(data.get("backbones"), dict):
+        bits.append("backbones " + ", ".join(f"{k}={v}" for k, v in sorted(data["backbones"].items())))
+    if data.get("num_samples"):
+        bits.append(f"{data['num_samples']} samples of {len(data.get('prompts') or [])} prompts")
+    sampler = data.get("sampler")
+    if isinstance(sampler, dict):
+        bits.append(f"{sampler.get('num_steps')} sampler steps, guidance {sampler.get('guidance_scale')}")
+    text = "Evaluation protocol: " + "; ".join(bits) + "."
+    if any(str(v).startswith("demo-") for v in (data.get("backbones") or {}).values()):
+        text += (" The demo evaluators are trained on the demo's synthetic data: their numbers are comparable "
+                 "within the demo only, not with scores from the standard backbones.")
+    return text
 
 
 def _sample_steps(samples_dir: Path) -> dict[int, Path]:
@@ -308,6 +335,9 @@ def render_report(run_dir: str | Path, *, checkpoint_dir: str | Path | None = No
                f"{e(str(state.get('save_top_k')))} kept; {len(records)} checkpoints recorded, {len(evaluated)} "
                f"evaluated; <b>{best_txt}</b>{'; ' + ', '.join(info_bits) if info_bits else ''}. "
                f"Written {e(time.strftime('%Y-%m-%d %H:%M:%S'))}.</p>")
+    protocol = _load_protocol(run, Path(protocol_file) if protocol_file else None)
+    if protocol is not None:
+        out.append(f"<p class='note'>{e(_protocol_line(protocol))}</p>")
     hashes = sorted({r.get("protocol_hash") for r in records if r.get("protocol_hash")} - {None})
     if len(hashes) > 1:
         out.append(f"<p class='note'>Warning: scores come from {len(hashes)} different evaluation protocols and "
@@ -377,7 +407,7 @@ def render_report(run_dir: str | Path, *, checkpoint_dir: str | Path | None = No
         out.append("<p class='note'>No samples of the best checkpoint were found.</p>")
     else:
         d = step_dirs[best["step"]]
-        refs = _reference_paths(run, Path(protocol_file) if protocol_file else None)
+        refs = _reference_paths(protocol)
         gens = sorted((int(m.group(1)), f) for f in d.iterdir() if (m := _GEN.match(f.name)))[:max_pairs]
         out.append(f"<p class='note'>Step {best['step']}: left the reference, right the generated image.</p>"
                    "<div class='pairs'>")
