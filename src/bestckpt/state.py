@@ -14,13 +14,15 @@ import dataclasses
 import json
 import logging
 import math
+import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from bestckpt import store
 
-__all__ = ["Record", "StateError", "STATE_SCHEMA", "STATUSES", "HEADER_TOP", "TrackerState"]
+__all__ = ["Record", "StateError", "STATE_SCHEMA", "STATUSES", "HEADER_TOP", "TrackerState", "check_step",
+           "clean_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +108,49 @@ class Record:
             protocol_hash=data.get("protocol_hash"), error=data.get("error"),
             info=info if isinstance(info, dict) else {"value": info}, pruned=bool(data.get("pruned", False)),
         )
+
+
+def check_step(step: Any) -> int:
+    """``step`` as a non-negative int (numpy / 0-d tensor ints accepted); raises with the value."""
+    if isinstance(step, bool) or not isinstance(step, int):
+        try:
+            step = operator.index(step)  # numpy / 0-d tensor ints
+        except TypeError:
+            raise TypeError(f"step must be an int, got {step!r} ({type(step).__name__})") from None
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    return int(step)
+
+
+def _to_float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    try:
+        return float(value)  # numbers, numpy scalars, 0-d tensors
+    except (TypeError, ValueError):
+        return None
+
+
+def clean_metrics(metrics: Any, metric_name: str) -> tuple[dict[str, float | None], str | None]:
+    """A record's metrics: floats (``None`` where unusable), and why the tracked metric
+    ``metric_name`` makes the evaluation a failure (``None`` if it is a finite number)."""
+    if metrics is None or not isinstance(metrics, Mapping):
+        return {}, f"metrics must be a mapping of metric name to number, got {type(metrics).__name__}"
+    clean: dict[str, float | None] = {}
+    for key, value in metrics.items():
+        number = _to_float(value)
+        if number is None and value is not None:
+            logger.warning("metric %r has a non-numeric value %r; stored as null", key, value)
+        clean[str(key)] = number
+    name = metric_name
+    if name not in clean:
+        return clean, f"tracked metric {name!r} missing (got {sorted(clean)})"
+    value = clean[name]
+    if value is None:
+        return clean, f"tracked metric {name!r} is not a number ({metrics[name]!r})"
+    if not math.isfinite(value):
+        return clean, f"tracked metric {name!r} is {value}"
+    return clean, None
 
 
 class TrackerState:

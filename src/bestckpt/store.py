@@ -62,6 +62,7 @@ __all__ = [
     "entry_stat",
     "move_aside",
     "legacy_relpath",
+    "checkpoint_relpath",
 ]
 
 logger = logging.getLogger(__name__)
@@ -358,6 +359,40 @@ def move_aside(path: Path, tag: str = "corrupt") -> Path:
     os.replace(path, aside)
     fsync_dir(path.parent)
     return aside
+
+
+def checkpoint_relpath(root: Path, path: str | Path | None, default: str, step: int, *, must_exist: bool) -> str:
+    """``path`` as a path relative to the checkpoint directory ``root`` (``default``, the step's
+    file name, when ``path`` is ``None``).
+
+    Absolute paths must lie inside the directory. A relative path is taken relative to the
+    current directory when that lands inside the checkpoint directory, else relative to it.
+    """
+    root = Path(root)
+    if path is None:
+        rel = default
+    else:
+        p = Path(path)
+        real_root = root.resolve()
+        candidates = [p] if p.is_absolute() else [Path.cwd() / p, root / p]
+        rel = None
+        for cand in candidates:
+            parent = cand.parent.resolve()
+            if parent == real_root or real_root in parent.parents:
+                rel = os.path.relpath(parent / cand.name, real_root)
+                break
+        if rel is None or rel in (".", "") or rel.startswith(".."):
+            raise ValueError(
+                f"checkpoint path {str(path)!r} is not inside checkpoint_dir {root}; save checkpoints into "
+                "that directory (or create the tracker on the directory they are saved in)"
+            )
+    confine(root, rel)
+    if must_exist and not os.path.lexists(root / rel):
+        raise FileNotFoundError(
+            f"checkpoint {root / rel} of step {step} does not exist; call the tracker after the checkpoint "
+            "is completely saved (and pass the path it was saved to)"
+        )
+    return rel
 
 
 def legacy_relpath(root: Path, path: str) -> str:

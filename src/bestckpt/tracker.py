@@ -27,6 +27,12 @@ Documented choices:
   checkpoint deleted by hand is marked pruned with a warning and never resurrected.
 - Only the writer writes (global rank 0 under ``torch.distributed``); other ranks read the
   state and compute the same answers in memory.
+
+Layout: this module orchestrates (locking, transactions, retention, ``best.pt``, exports);
+:mod:`bestckpt.state` holds :class:`Record`, the schema and the in-memory state with its
+encoding; :mod:`bestckpt.reconcile` reloads it and reconciles it with the directory;
+:mod:`bestckpt.ranking` keeps the ranking incrementally; :mod:`bestckpt.policies` decides
+retention; :mod:`bestckpt.store` does every filesystem operation.
 """
 from __future__ import annotations
 
@@ -34,8 +40,6 @@ import contextlib
 import dataclasses
 import errno
 import logging
-import math
-import operator
 import os
 import sys
 import threading
@@ -49,7 +53,7 @@ from bestckpt import reconcile, store
 from bestckpt.config import TrackerConfig
 from bestckpt.policies import Candidate, Decision, retention_policy
 from bestckpt.ranking import Ranking
-from bestckpt.state import HEADER_TOP, STATE_SCHEMA, Record, StateError, TrackerState
+from bestckpt.state import HEADER_TOP, STATE_SCHEMA, Record, StateError, TrackerState, check_step, clean_metrics
 from bestckpt.sinks.console import format_score, format_summary
 from bestckpt.sinks.results import results_document
 
@@ -79,15 +83,6 @@ def _default_is_writer() -> bool:
         except ValueError:
             raise ValueError(f"environment variable RANK={rank!r} is not an int; fix the launcher or pass is_writer") from None
     return True
-
-
-def _to_float(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    try:
-        return float(value)  # numbers, numpy scalars, 0-d tensors
-    except (TypeError, ValueError):
-        return None
 
 
 class BestCheckpointTracker:
@@ -193,10 +188,10 @@ class BestCheckpointTracker:
                          evaluate: bool = True) -> None:
         """Say that step ``step``'s checkpoint is committed on disk; ``pending`` (protected from
         pruning until scored) if ``evaluate`` else ``saved`` (prunable like any unevaluated checkpoint)."""
-        step = self._check_step(step)
+        step = check_step(step)
 
         def mutate() -> None:
-            rel = self._relpath(path, step, must_exist=True)
+            rel = store.checkpoint_relpath(self.dir, path, self.config.step_filename(step), step, must_exist=True)
             old = self._st.records.get(step)
             if old is not None and not old.pruned and old.status in ("evaluated", "failed"):
                 logger.info("step %d saved again: its earlier %s record is replaced", step, old.status)
@@ -213,12 +208,12 @@ class BestCheckpointTracker:
         A missing, NaN or infinite tracked metric gives a ``failed`` record (logged, never best,
         no exception). A path outside ``checkpoint_dir`` or a checkpoint missing on disk raises.
         """
-        step = self._check_step(step)
-        clean, error = self._clean_metrics(metrics)
+        step = check_step(step)
+        clean, error = clean_metrics(metrics, self.metric_name)
         before: list[int | None] = [None]
 
         def mutate() -> bool:
-            rel = self._relpath(checkpoint_path, step, must_exist=True)
+            rel = store.checkpoint_relpath(self.dir, checkpoint_path, self.config.step_filename(step), step, must_exist=True)
             before[0] = self._best_step()
             old = self._st.records.get(step)
             if old is not None and not old.pruned and old.status in ("evaluated", "failed"):
@@ -250,12 +245,12 @@ class BestCheckpointTracker:
     def record_failure(self, step: int, error: str, *, epoch: int | None = None,
                        checkpoint_path: str | Path | None = None, protocol_hash: str | None = None) -> None:
         """Record that evaluating step ``step`` failed (``error`` says why): never best, prunable."""
-        step = self._check_step(step)
+        step = check_step(step)
 
         def mutate() -> None:
             old = self._st.records.get(step)
             path = checkpoint_path if checkpoint_path is not None else (old.path if old and not old.pruned else None)
-            rel = self._relpath(path, step, must_exist=True)
+            rel = store.checkpoint_relpath(self.dir, path, self.config.step_filename(step), step, must_exist=True)
             self._st.put(Record(step=step, epoch=epoch if epoch is not None else (old.epoch if old else None),
                              path=rel, metrics=dict(old.metrics) if old else {}, status="failed", time=time.time(),
                              protocol_hash=protocol_hash, error=str(error)))
@@ -470,67 +465,6 @@ class BestCheckpointTracker:
         return out
 
     # ------------------------------------------------------------------ state I/O
-    def _check_step(self, step: Any) -> int:
-        if isinstance(step, bool) or not isinstance(step, int):
-            try:
-                step = operator.index(step)  # numpy / 0-d tensor ints
-            except TypeError:
-                raise TypeError(f"step must be an int, got {step!r} ({type(step).__name__})") from None
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
-        return int(step)
-
-    def _relpath(self, path: str | Path | None, step: int, *, must_exist: bool) -> str:
-        """``path`` as a path relative to the checkpoint directory (default: the step's file name).
-
-        Absolute paths must lie inside the directory. A relative path is taken relative to the
-        current directory when that lands inside the checkpoint directory, else relative to it.
-        """
-        if path is None:
-            rel = self.config.step_filename(step)
-        else:
-            p = Path(path)
-            root = self.dir.resolve()
-            candidates = [p] if p.is_absolute() else [Path.cwd() / p, self.dir / p]
-            rel = None
-            for cand in candidates:
-                parent = cand.parent.resolve()
-                if parent == root or root in parent.parents:
-                    rel = os.path.relpath(parent / cand.name, root)
-                    break
-            if rel is None or rel in (".", "") or rel.startswith(".."):
-                raise ValueError(
-                    f"checkpoint path {str(path)!r} is not inside checkpoint_dir {self.dir}; save checkpoints into "
-                    "that directory (or create the tracker on the directory they are saved in)"
-                )
-        store.confine(self.dir, rel)
-        if must_exist and not os.path.lexists(self.dir / rel):
-            raise FileNotFoundError(
-                f"checkpoint {self.dir / rel} of step {step} does not exist; call the tracker after the checkpoint "
-                "is completely saved (and pass the path it was saved to)"
-            )
-        return rel
-
-    def _clean_metrics(self, metrics: Any) -> tuple[dict[str, float | None], str | None]:
-        """Floats (``None`` where unusable) and the failure reason for the tracked metric, if any."""
-        if metrics is None or not isinstance(metrics, Mapping):
-            return {}, f"metrics must be a mapping of metric name to number, got {type(metrics).__name__}"
-        clean: dict[str, float | None] = {}
-        for key, value in metrics.items():
-            number = _to_float(value)
-            if number is None and value is not None:
-                logger.warning("metric %r has a non-numeric value %r; stored as null", key, value)
-            clean[str(key)] = number
-        name = self.metric_name
-        if name not in clean:
-            return clean, f"tracked metric {name!r} missing (got {sorted(clean)})"
-        value = clean[name]
-        if value is None:
-            return clean, f"tracked metric {name!r} is not a number ({metrics[name]!r})"
-        if not math.isfinite(value):
-            return clean, f"tracked metric {name!r} is {value}"
-        return clean, None
-
     def _load(self) -> None:
         """Reload the state if another process changed it since we last read or wrote it."""
         reconcile.load(self._st, self.config, self.is_writer)
