@@ -138,3 +138,40 @@ def test_rerun_resumes(demo_run: tuple[Path, str]) -> None:
     state, _ = _state(run_dir)
     assert {r["step"] for r in state["checkpoints"]} >= {60, 70}
     assert (run_dir / "checkpoints" / "best.pt").resolve().is_file()
+
+
+def test_interrupted_run_resumes_and_finishes_pending_evaluations(demo_run: tuple[Path, str], tmp_path: Path) -> None:
+    """Ctrl-C right after checkpoint 40 is queued: the run stops without waiting, 40 stays pending;
+    the re-run evaluates it and trains on bit-identically (same scores as the uninterrupted run)."""
+    import signal
+    import time
+
+    reference_dir, _ = demo_run
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, COLUMNS="200", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "bestckpt", "demo", "--quick", "--run-dir", str(run_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoints" / "0000040.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "demo ended before checkpoint 40"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-2000:]
+    state, _ = _state(run_dir)
+    status = {r["step"]: r["status"] for r in state["checkpoints"]}
+    assert status[40] == "pending", status
+
+    resumed = _demo(run_dir)
+    text = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, text[-3000:]
+    assert "Evaluating model performance at step 40 (left pending by an earlier run)" in text
+    state, _ = _state(run_dir)
+    ref_state, _ = _state(reference_dir)
+    got = {r["step"]: r for r in state["checkpoints"]}
+    want = {r["step"]: r for r in ref_state["checkpoints"]}
+    for step in EVAL_STEPS:
+        assert got[step]["status"] == "evaluated"
+        for name in ("clip_score", "fid", "composite_score"):
+            assert got[step]["metrics"][name] == pytest.approx(want[step]["metrics"][name], rel=1e-6, abs=1e-9)
+    assert state["best_step"] == ref_state["best_step"]

@@ -468,12 +468,20 @@ def main(args: argparse.Namespace, observer: TrainObserver | None = None) -> Tra
                         logger.info("[Step %d] Evaluating model performance at step %d", step, step)
                 obs.on_checkpoint(step, path, evaluate)
             report_results()
+    except BaseException:  # Ctrl-C or a crash: stop at once; queued checkpoints stay "pending"
+        finished = False
+        raise
+    else:
+        finished = True
     finally:
         train_seconds = time.time() - t0
         writer.close()
         if runner is not None:
-            obs.on_phase("finishing background evaluations")
-            runner.close(wait=True)
+            if finished:
+                obs.on_phase("finishing background evaluations")
+            else:
+                logger.warning("stopping without waiting for queued evaluations; re-run to resume and finish them")
+            runner.close(wait=finished)
             report_results(closed=True)
             if saved_env is None:
                 os.environ.pop(WORKER_LOG_ENV, None)
