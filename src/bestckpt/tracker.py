@@ -261,25 +261,29 @@ class BestCheckpointTracker:
     @property
     def best(self) -> Record | None:
         """The best checkpoint's record (what ``best.pt`` points at), or ``None``."""
-        self._refresh()
-        step = self._best_step()
-        return None if step is None else self._st.records[step]
+        with self._tlock:  # the ranking index is updated lazily: read it under the object's lock
+            self._refresh()
+            step = self._best_step()
+            return None if step is None else self._st.records[step]
 
     @property
     def records(self) -> list[Record]:
         """Every record, pruned ones included, by step."""
-        self._refresh()
-        return [self._st.records[s] for s in sorted(self._st.records)]
+        with self._tlock:
+            self._refresh()
+            return [self._st.records[s] for s in sorted(self._st.records)]
 
     def pending_steps(self) -> list[int]:
         """Steps saved with an evaluation still to come (oldest first)."""
-        self._refresh()
-        return sorted(self._rank.with_status("pending"))
+        with self._tlock:
+            self._refresh()
+            return sorted(self._rank.with_status("pending"))
 
     def plan(self) -> list[Decision]:
         """Keep/delete decision for every checkpoint still on disk, with reasons (deletes nothing)."""
-        self._refresh()
-        return self._decide()
+        with self._tlock:
+            self._refresh()
+            return self._decide()
 
     def prune(self, dry_run: bool | None = None) -> list[Decision]:
         """Apply retention now (``dry_run`` defaults to the config's); returns the decisions."""
@@ -298,8 +302,9 @@ class BestCheckpointTracker:
 
     def summary(self) -> dict[str, Any]:
         """The run in one dict: ranking (best first, as JSON records), best, pending, failed, counts."""
-        self._refresh()
-        return self._summary()
+        with self._tlock:
+            self._refresh()
+            return self._summary()
 
     def _summary(self, limit: int | None = None) -> dict[str, Any]:
         ranking = self._ranking(limit)
