@@ -19,7 +19,7 @@ _COLUMNS = (("clip_score", "CLIP"), ("lpips", "LPIPS"), ("inception_score", "IS"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from bestckpt.demo.train import add_arguments
+    from bestckpt.demo.recipe import add_arguments  # torch-free: building the CLI stays fast
 
     p = subparsers.add_parser(
         "demo", help="train a tiny text-to-image DiT on CPU with best-checkpoint tracking (about 4 minutes on 2 cores)",
