@@ -86,10 +86,12 @@ def test_inline_runner_records_scores_files_and_log_line(tmp_path: Path, caplog:
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
 
 
-def _train(runner, ckpt_dir: Path, n_checkpoints: int, steps_per_ckpt: int = 20) -> list[float]:
+def _train(runner, ckpt_dir: Path, n_checkpoints: int, steps_per_ckpt: int = 20,
+           status_after: list | None = None) -> list[float]:
     """A real (tiny) training loop: an MLP regressing a fixed target, checkpoint every few steps.
 
-    Returns the wall time the loop spent inside ``runner.checkpoint_saved`` per checkpoint.
+    Returns the wall time the loop spent inside ``runner.checkpoint_saved`` per checkpoint; if
+    ``status_after`` is given, appends the checkpoint's tracker status right after the call returned.
     """
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(192, 64), torch.nn.Tanh(), torch.nn.Linear(64, 192))
@@ -112,6 +114,8 @@ def _train(runner, ckpt_dir: Path, n_checkpoints: int, steps_per_ckpt: int = 20)
         t0 = time.perf_counter()
         runner.checkpoint_saved(step, path, epoch=0)
         blocked.append(time.perf_counter() - t0)
+        if status_after is not None:
+            status_after.append({r.step: r.status for r in runner.tracker.records}.get(step))
     return blocked
 
 
@@ -125,7 +129,8 @@ def test_background_runner_does_not_block_training(tmp_path: Path, monkeypatch: 
                               schedule=EvalSchedule(every_n_checkpoints=1), samples_dir=tmp_path / "samples",
                               batch_size=4, log_file=tmp_path / "worker.log")
     t0 = time.perf_counter()
-    blocked = _train(runner, ckpt_dir, n_checkpoints=4)
+    status_after: list = []
+    blocked = _train(runner, ckpt_dir, n_checkpoints=4, status_after=status_after)
     loop_time = time.perf_counter() - t0
     runner.close(wait=True, timeout=120)
     recs = {r.step: r for r in tracker.records}
@@ -146,7 +151,10 @@ def test_background_runner_does_not_block_training(tmp_path: Path, monkeypatch: 
           f"(max {max(blocked) * 1e3:.1f} ms; first includes worker start) vs synchronous evaluation "
           f"{sync * 1e3:.0f} ms -> ratio {per_ckpt / sync:.3f}; training loop {loop_time:.2f} s")
     assert sync >= 0.6
-    assert sorted(blocked)[len(blocked) // 2] < 0.25 * sync  # median well below a synchronous evaluation
+    # Structural, not timed: each call returned while its evaluation (>= 0.6 s of sampler sleep) was still
+    # queued or running, so the loop never waited for it. The time ratio is a benchmark figure
+    # (bench/bench_background.py), not a unit-test assertion.
+    assert status_after == ["pending"] * 4, status_after
 
 
 RANDOM_BACKBONES = {"inception": "inception-2015-12-05-random-test", "clip": "clip-tiny-random-test",
