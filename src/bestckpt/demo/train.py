@@ -24,10 +24,10 @@ never draws, with exact reference renders.
 
 Measured (seed 0, defaults: 1000 steps of 64 images, 0.74 M parameters, 5 background evaluations
 of 378 samples): CLIP score 0.21 -> 0.80 and FID 1251 -> 203 from the first evaluated checkpoint
-(step 200) to the best (step 1000). Wall time: 598 s on this project's 2-core build machine while
-four other engineers' jobs kept it at a load of ~5 (470 CPU-seconds in all, so about 4 minutes on
-2 idle cores at best; not measured idle there); 222 s for 1200 steps on 2 pinned, otherwise idle
-cores of a Xeon server.
+(step 200) to the best (step 1000), identical in every run. Wall time on this project's 2-core
+build machine, shared with other engineers' jobs: 598 s at a load of ~5 and 342 s at a load of
+~1.5 (both chose 1 training thread; not measured on an idle machine, where 2 threads are used);
+222 s for 1200 steps with 2 threads on 2 pinned, otherwise idle cores of a Xeon server.
 
 Run directory layout::
 
