@@ -22,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     from bestckpt.demo.recipe import add_arguments  # torch-free: building the CLI stays fast
 
     p = subparsers.add_parser(
-        "demo", help="train a tiny text-to-image DiT on CPU with best-checkpoint tracking (about 4 minutes on 2 cores)",
+        "demo", help="train a tiny text-to-image DiT on CPU with best-checkpoint tracking (about 5 minutes on 2 cores)",
         description="Train a tiny text-to-image DiT on synthetic captioned shapes (CPU, offline), evaluate "
                     "checkpoints in the background with the built-in demo evaluators, keep the best ones and "
                     "write a report. Re-run with the same --run-dir to resume.",

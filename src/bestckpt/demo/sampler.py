@@ -14,7 +14,6 @@ What makes checkpoint-to-checkpoint scores comparable (see reference/seed-origin
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -154,22 +153,6 @@ class DemoSampler:
         return SampleBatch(images=images, weights=which)
 
 
-def _log_to_file_in_worker() -> None:
-    """In the demo's evaluation worker (a fresh spawned process with no logging set up), send
-    the log to the file the training process named in ``BESTCKPT_DEMO_WORKER_LOG``, so the
-    evaluation details and the metrics' sample-size notes are kept without garbling the
-    training progress bar. Does nothing in a process whose logging is already configured."""
-    path = os.environ.get("BESTCKPT_DEMO_WORKER_LOG")
-    root = logging.getLogger()
-    if not path or root.handlers:
-        return
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-
-
 def make_sampler() -> DemoSampler:
     """Factory for the spec ``bestckpt.demo.sampler:make_sampler``."""
-    _log_to_file_in_worker()
     return DemoSampler()

@@ -82,7 +82,6 @@ DEMO_BACKBONES = {"inception": "demo-classifier", "clip": "demo-clip", "lpips": 
 #: The sampler, named as a spec so the background worker process can build it.
 SAMPLER_SPEC = "bestckpt.demo.sampler:make_sampler"
 #: Environment variable naming the background worker's log file (read by ``sampler.make_sampler``).
-WORKER_LOG_ENV = "BESTCKPT_DEMO_WORKER_LOG"
 _CKPT_RE = re.compile(r"^(\d{7})\.pt$")
 
 
@@ -280,12 +279,10 @@ def main(args: argparse.Namespace, observer: TrainObserver | None = None) -> Tra
         keep_every_n_steps=args.keep_every_n_steps or None,
     )
     runner = None
-    saved_env = os.environ.get(WORKER_LOG_ENV)
     if not args.no_eval:
         # The worker process is spawned fresh: its log (every evaluation's details, the metrics'
         # sample-size notes) goes to a file; this process echoes the guide's lines to the terminal.
         (run_dir / "logs").mkdir(exist_ok=True)
-        os.environ[WORKER_LOG_ENV] = str(run_dir / "logs" / "evaluation_worker.log")
         protocol = build_protocol(args, run_dir / "protocol")
         logger.info("Evaluation: %d held-out prompts x %d seeds, demo evaluators %s (not the standard backbones: "
                     "they cannot be downloaded offline and are meaningless on 32x32 shapes)",
@@ -297,6 +294,7 @@ def main(args: argparse.Namespace, observer: TrainObserver | None = None) -> Tra
                                   checkpoint_every_steps=args.ckpt_every),
             samples_dir=run_dir / "evaluation_samples", tensorboard_dir=run_dir / "tensorboard_logs",
             cache_dir=run_dir / "cache", batch_size=64, worker_threads=1,
+            log_file=run_dir / "logs" / "evaluation_worker.log",
         )
         # Checkpoints an interrupted run saved but never scored are still "pending": queue them again.
         for rec in tracker.records:
@@ -395,10 +393,6 @@ def main(args: argparse.Namespace, observer: TrainObserver | None = None) -> Tra
                 logger.warning("stopping without waiting for queued evaluations; re-run to resume and finish them")
             runner.close(wait=finished)
             report_results(closed=True)
-            if saved_env is None:
-                os.environ.pop(WORKER_LOG_ENV, None)
-            else:
-                os.environ[WORKER_LOG_ENV] = saved_env
     tracker.log_summary()  # the guide's "=== Best Checkpoint Summary ===" block
     tracker.export_results()
     report = None
