@@ -23,12 +23,11 @@ little on 32x32 shapes. Evaluation prompts are held-out attribute combinations t
 never draws, with exact reference renders.
 
 Measured (seed 0, defaults: 1000 steps of 64 images, 0.74 M parameters, 5 background evaluations
-of 378 samples): CLIP score 0.21 -> 0.80 and FID 1251 -> 203 from the first evaluated checkpoint
-(step 200) to the best (step 1000), identical in every run with the same thread count (float
-sums differ slightly between thread counts). Wall time on this project's 2-core
-build machine, shared with other engineers' jobs: 598 s at a load of ~5 and 342 s at a load of
-~1.5 (both chose 1 training thread; not measured on an idle machine, where 2 threads are used);
-222 s for 1200 steps with 2 threads on 2 pinned, otherwise idle cores of a Xeon server.
+of 189 samples, one per held-out prompt): CLIP score 0.21 -> 0.80 and FID 1260 -> 199 from the first
+evaluated checkpoint (step 200) to the best (step 1000); 297 s wall on this project's 2-core build
+machine (2 training threads + 1 evaluation thread). With 2 samples per prompt the same ranking took
+338 s. Scores are identical across runs with the same thread count (float sums differ slightly
+between thread counts).
 
 Run directory layout::
 
