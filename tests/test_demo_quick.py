@@ -152,9 +152,12 @@ def test_interrupted_run_resumes_and_finishes_pending_evaluations(demo_run: tupl
     reference_dir, _ = demo_run
     run_dir = tmp_path / "run"
     env = dict(os.environ, COLUMNS="200", PYTHONUNBUFFERED="1")
+    # A process started in the background by a non-interactive shell inherits SIGINT ignored (and Python
+    # then keeps it ignored); a user's Ctrl-C arrives with the default disposition, so restore it here.
     proc = subprocess.Popen([sys.executable, "-m", "bestckpt", "demo", "--quick", "--threads", "1",
                              "--run-dir", str(run_dir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not (run_dir / "checkpoints" / "0000040.pt").exists():
         assert proc.poll() is None and time.monotonic() < deadline, "demo ended before checkpoint 40"
