@@ -13,7 +13,7 @@ from typing import Any
 
 from bestckpt.cli.prune import add_config_options, config_overrides
 
-__all__ = ["add_evaluation_options", "add_parser", "build_evaluator", "open_tracker", "run"]
+__all__ = ["add_evaluation_options", "add_parser", "build_evaluator", "open_tracker", "prepare", "run"]
 
 
 def add_evaluation_options(p: argparse.ArgumentParser) -> None:
@@ -56,6 +56,21 @@ def build_evaluator(args: argparse.Namespace) -> tuple[Any, Any]:
     return protocol, evaluator
 
 
+def prepare(args: argparse.Namespace) -> tuple[Any, Any, Any] | None:
+    """(protocol, evaluator, tracker) for `evaluate` and `watch`; None after printing why not."""
+    if not args.checkpoint_dir.is_dir():
+        print(f"error: {args.checkpoint_dir} is not a directory; pass the checkpoint directory of a run",
+              file=sys.stderr)
+        return None
+    try:
+        protocol, evaluator = build_evaluator(args)
+        tracker = open_tracker(args)
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    return protocol, evaluator, tracker
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("evaluate", help="score existing checkpoints and update the ranking",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,16 +86,10 @@ def run(args: argparse.Namespace) -> int:
 
     from bestckpt.runners import find_checkpoints
 
-    if not args.checkpoint_dir.is_dir():
-        print(f"error: {args.checkpoint_dir} is not a directory; pass the checkpoint directory of a run",
-              file=sys.stderr)
+    prepared = prepare(args)
+    if prepared is None:
         return 2
-    try:
-        protocol, evaluator = build_evaluator(args)
-        tracker = open_tracker(args)
-    except (ValueError, TypeError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    protocol, evaluator, tracker = prepared
     records = {r.step: r for r in tracker.records if not r.pruned}
     found = find_checkpoints(args.checkpoint_dir, tracker.config.step_from_name)
     wanted = set(args.steps) if args.steps else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bestckpt.cli.evaluate import add_evaluation_options, build_evaluator, open_tracker
+from bestckpt.cli.evaluate import add_evaluation_options, prepare
 
 __all__ = ["add_parser", "run"]
 
@@ -35,16 +35,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from bestckpt.runners import SidecarWatcher
 
-    if not args.checkpoint_dir.is_dir():
-        print(f"error: {args.checkpoint_dir} is not a directory; pass the checkpoint directory of a run",
-              file=sys.stderr)
+    prepared = prepare(args)
+    if prepared is None:
         return 2
-    try:
-        protocol, evaluator = build_evaluator(args)
-        tracker = open_tracker(args)
-    except (ValueError, TypeError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    protocol, evaluator, tracker = prepared
     from bestckpt.runners import ProtocolChangedError
 
     adopt = None if args.adopt_after is not None and args.adopt_after < 0 else args.adopt_after
