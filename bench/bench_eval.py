@@ -29,21 +29,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import torch  # noqa: E402
 
 
-class _TensorOutputs(torch.nn.Module):
-    """torchmetrics 1.9 expects tensors from ``get_*_features``; transformers 5 returns output objects."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.config = model.config
-
-    def get_image_features(self, *args: object, **kwargs: object) -> torch.Tensor:
-        out = self.model.get_image_features(*args, **kwargs)
-        return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-    def get_text_features(self, *args: object, **kwargs: object) -> torch.Tensor:
-        out = self.model.get_text_features(*args, **kwargs)
-        return out if isinstance(out, torch.Tensor) else out.pooler_output
+from bestckpt.backbones.testing import TensorFeatureCLIP as _TensorOutputs  # noqa: E402  torchmetrics-compatible wrapper
 
 
 def _images(n: int, size: int, seed: int) -> torch.Tensor:

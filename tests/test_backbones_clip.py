@@ -14,22 +14,7 @@ from bestckpt.backbones.testing import random_open_clip, spec_for_file, write_ti
 from bestckpt.backbones.weights import WeightsError
 from bestckpt.metrics import clip_cosines, clip_score
 
-class _TensorOutputs(torch.nn.Module):
-    """torchmetrics 1.9 expects tensors from get_*_features; transformers 5 returns output objects. This shim only
-    unwraps them (pooler_output = the projected embedding), the model and processor are untouched."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.config = model.config
-
-    def get_image_features(self, *args: object, **kwargs: object) -> torch.Tensor:
-        out = self.model.get_image_features(*args, **kwargs)
-        return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-    def get_text_features(self, *args: object, **kwargs: object) -> torch.Tensor:
-        out = self.model.get_text_features(*args, **kwargs)
-        return out if isinstance(out, torch.Tensor) else out.pooler_output
+from bestckpt.backbones.testing import TensorFeatureCLIP as _TensorOutputs  # noqa: E402  torchmetrics-compatible wrapper
 
 
 PROMPTS = ["a red circle on a blue background", "two green squares", "a small yellow triangle"]

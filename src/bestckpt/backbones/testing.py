@@ -25,6 +25,7 @@ from .weights import INCEPTION_FID, WeightSpec, sha256_of
 __all__ = [
     "init_random_", "random_fid_inception", "random_lpips_parts", "random_open_clip",
     "write_random_inception_weights", "write_random_lpips_weights", "write_tiny_hf_clip", "write_random_hf_clip", "spec_for_file",
+    "TensorFeatureCLIP",
 ]
 
 
@@ -166,3 +167,25 @@ def write_random_hf_clip(directory: str | Path, seed: int = 0, architecture: str
     model.save_pretrained(directory)
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
     return directory
+
+
+class TensorFeatureCLIP(nn.Module):
+    """Wraps a Hugging Face CLIP model so ``get_image_features``/``get_text_features`` return tensors.
+
+    torchmetrics 1.9's ``clip_score`` expects tensors; transformers 5 returns output objects. The wrapper
+    only unwraps them (``pooler_output`` is the projected embedding); model and processor are untouched.
+    Used by the CLIP parity test and ``bench/bench_eval.py`` to call torchmetrics with the same model.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.config = model.config
+
+    def get_image_features(self, *args: object, **kwargs: object) -> torch.Tensor:
+        out = self.model.get_image_features(*args, **kwargs)
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    def get_text_features(self, *args: object, **kwargs: object) -> torch.Tensor:
+        out = self.model.get_text_features(*args, **kwargs)
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
