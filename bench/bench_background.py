@@ -27,11 +27,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the tiny deterministic sampler lives with the tests
 
+from pipeline_kit import TinySampler, write_reference_images  # noqa: E402
+
 from bestckpt.evaluation.protocol import Protocol, SmallSampleWarning  # noqa: E402
 from bestckpt.evaluation.sampler import SamplerSettings  # noqa: E402
 from bestckpt.runners import BackgroundRunner, EvalSchedule, Evaluator, InlineRunner  # noqa: E402
-from bestckpt.tracker import BestCheckpointTracker  # noqa: E402
-from pipeline_kit import TinySampler, write_reference_images  # noqa: E402
+from bestckpt.tracking.tracker import BestCheckpointTracker  # noqa: E402
 
 BACKBONES = {"inception": "inception-2015-12-05-random-test", "clip": "clip-tiny-random-test",
              "lpips": "lpips-alex-random-test"}

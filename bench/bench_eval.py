@@ -28,8 +28,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import torch  # noqa: E402
 
-
-from bestckpt.backbones.testing import TensorFeatureCLIP as _TensorOutputs  # noqa: E402  torchmetrics-compatible wrapper
+from bestckpt.testing.networks import TensorFeatureCLIP as _TensorOutputs  # noqa: E402  torchmetrics-compatible wrapper
 
 
 def _images(n: int, size: int, seed: int) -> torch.Tensor:
@@ -41,8 +40,13 @@ def _images(n: int, size: int, seed: int) -> torch.Tensor:
 
 
 def _write_weights(root: Path) -> Path:
-    from bestckpt.backbones.testing import init_random_, write_random_hf_clip, write_random_inception_weights
     from torchvision.models import alexnet
+
+    from bestckpt.testing.networks import (
+        init_random_,
+        write_random_hf_clip,
+        write_random_inception_weights,
+    )
 
     hub = root / "torch_home" / "hub" / "checkpoints"
     write_random_inception_weights(hub, seed=0, filename="weights-inception-2015-12-05-6726825d.pth")
@@ -70,7 +74,10 @@ def main() -> None:
 def run(args: argparse.Namespace, clip_dir: Path) -> None:
     import logging
 
-    from torchmetrics.image import KernelInceptionDistance, LearnedPerceptualImagePatchSimilarity
+    from torchmetrics.image import (
+        KernelInceptionDistance,
+        LearnedPerceptualImagePatchSimilarity,
+    )
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.inception import InceptionScore
     from torchmetrics.multimodal import CLIPScore

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bestckpt.tracker import BestCheckpointTracker, Record
+from bestckpt.tracking.tracker import BestCheckpointTracker, Record
 
 METRICS = ("clip_score", "lpips", "inception_score", "fid", "kid", "composite_score")
 

@@ -36,8 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bestckpt.store import read_state
-from bestckpt.tracker import BestCheckpointTracker
+from bestckpt.tracking.journal import read_state
+from bestckpt.tracking.tracker import BestCheckpointTracker
 
 SETTINGS = dict(save_top_k=3, keep_latest=2, keep_every_n_steps=200)
 TOP_K = SETTINGS["save_top_k"]

@@ -14,7 +14,7 @@ CPU, one thread (the machine is shared), seeded, a few minutes. Recipe (docs/dem
 4. demo-lpips: LPIPS-style non-negative per-channel weights on the classifier's stages, fitted to synthetic 2AFC
    judgments (a jittered / noisier copy of x is "closer" than a copy with one attribute changed), then scaled so
    that unrelated image pairs average 0.7.
-5. save float16 weights + sha256 manifest, reload them through `bestckpt.backbones.demo` and print the quality
+5. save float16 weights + sha256 manifest, reload them through `bestckpt.demo.evaluators` and print the quality
    figures on fresh data (a new seed) measured with the shipped files.
 """
 from __future__ import annotations
@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bestckpt.backbones import demo as B
 from bestckpt.demo import data as D
+from bestckpt.demo import evaluators as B
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,12 +17,12 @@ import torch
 def main() -> None:
     import deepspeed
     import torch.distributed as dist
+    from pipeline_kit import KitScorer, make_deepspeed_sampler
 
     from bestckpt.evaluation.protocol import Protocol
     from bestckpt.integrations.deepspeed import is_tag_complete, save_checkpoint
     from bestckpt.runners import EvalSchedule, Evaluator, InlineRunner
-    from bestckpt.tracker import BestCheckpointTracker
-    from pipeline_kit import KitScorer, make_deepspeed_sampler
+    from bestckpt.tracking.tracker import BestCheckpointTracker
 
     torch.set_num_threads(1)
     work = Path(sys.argv[1])

@@ -11,12 +11,15 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from pipeline_kit import KitScorer, TinySampler
 
-from bestckpt.evaluation.evaluate import evaluate_checkpoint, prepare_reference_statistics
+from bestckpt.evaluation.evaluate import (
+    evaluate_checkpoint,
+    prepare_reference_statistics,
+)
 from bestckpt.evaluation.protocol import Protocol
 from bestckpt.runners import EvalSchedule, Evaluator, InlineRunner
-from bestckpt.tracker import BestCheckpointTracker
-from pipeline_kit import KitScorer, TinySampler
+from bestckpt.tracking.tracker import BestCheckpointTracker
 
 
 class FailsOnRank1(TinySampler):

@@ -10,9 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from bestckpt.runners import EvalSchedule
-from bestckpt.tracker import BestCheckpointTracker
 from pipeline_kit import save_checkpoint
+
+from bestckpt.runners import EvalSchedule
+from bestckpt.tracking.tracker import BestCheckpointTracker
 
 
 def main() -> None:

@@ -10,12 +10,14 @@ import torch
 
 from bestckpt.backbones import get_backbone
 from bestckpt.backbones.clip import HFClipBackbone, OpenClipBackbone
-from bestckpt.backbones.testing import random_open_clip, spec_for_file, write_tiny_hf_clip
 from bestckpt.backbones.weights import WeightsError
 from bestckpt.metrics import clip_cosines, clip_score
-
-from bestckpt.backbones.testing import TensorFeatureCLIP as _TensorOutputs  # noqa: E402  torchmetrics-compatible wrapper
-
+from bestckpt.testing.networks import TensorFeatureCLIP as _TensorOutputs  # noqa: E402  torchmetrics-compatible wrapper
+from bestckpt.testing.networks import (
+    random_open_clip,
+    spec_for_file,
+    write_tiny_hf_clip,
+)
 
 PROMPTS = ["a red circle on a blue background", "two green squares", "a small yellow triangle"]
 
@@ -32,7 +34,9 @@ def images() -> torch.Tensor:
 
 def test_clip_score_matches_torchmetrics(tiny_dir: Path, images: torch.Tensor) -> None:
     from torchmetrics.functional.multimodal.clip_score import _clip_score_update
-    from torchmetrics.functional.multimodal.clip_score import clip_score as tm_clip_score
+    from torchmetrics.functional.multimodal.clip_score import (
+        clip_score as tm_clip_score,
+    )
     from transformers import CLIPModel, CLIPProcessor
 
     def load() -> tuple[torch.nn.Module, CLIPProcessor]:

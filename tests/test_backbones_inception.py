@@ -9,8 +9,8 @@ import torch
 
 from bestckpt.backbones import BackboneError, available_backbones, get_backbone
 from bestckpt.backbones.inception import InceptionBackbone, resize_bilinear_tf1
-from bestckpt.backbones.testing import spec_for_file, write_random_inception_weights
 from bestckpt.backbones.weights import INCEPTION_FID, WeightsError, resolve_weights
+from bestckpt.testing.networks import spec_for_file, write_random_inception_weights
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,9 @@ def isolated_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_tf1_resize_matches_torch_fidelity_exactly() -> None:
-    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+    from torch_fidelity.interpolate_compat_tensorflow import (
+        interpolate_bilinear_2d_like_tensorflow1x,
+    )
 
     x = torch.rand(2, 3, 37, 53, generator=torch.Generator().manual_seed(1)) * 255
     ref = interpolate_bilinear_2d_like_tensorflow1x(x, size=(299, 299), align_corners=False)

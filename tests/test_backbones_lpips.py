@@ -10,8 +10,8 @@ import torch
 
 from bestckpt.backbones import get_backbone
 from bestckpt.backbones.lpips import LpipsBackbone, find_lin_weights
-from bestckpt.backbones.testing import random_lpips_parts, write_random_lpips_weights
 from bestckpt.backbones.weights import WeightsError
+from bestckpt.testing.networks import random_lpips_parts, write_random_lpips_weights
 
 
 def _images(n: int, size: int, seed: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bestckpt.tracker import BestCheckpointTracker
+from bestckpt.tracking.tracker import BestCheckpointTracker
 
 
 def in_process(*args: str) -> int:

@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from bestckpt.tracker import BestCheckpointTracker
+from bestckpt.tracking.tracker import BestCheckpointTracker
 
 N_PER_WRITER = 30
 

@@ -25,7 +25,7 @@ def _load_soak():
 def test_sigkill_at_random_instants_never_breaks_the_invariants(tmp_path: Path):
     """60 kills: 35 with full snapshots (every ordinary run), 25 on the journal path (large states)."""
     soak = _load_soak()
-    from bestckpt.store import read_state
+    from bestckpt.tracking.journal import read_state
 
     total = 0
     for name, kills, compact in (("snapshot", 35, 256 * 1024), ("journal", 25, 0)):
@@ -41,7 +41,7 @@ def test_sigkill_at_random_instants_never_breaks_the_invariants(tmp_path: Path):
 def test_the_invariant_checker_catches_a_broken_directory(tmp_path: Path):
     """The checker is not vacuous: a deleted top-k checkpoint and a wrong best.pt are reported."""
     soak = _load_soak()
-    from bestckpt.tracker import BestCheckpointTracker
+    from bestckpt.tracking.tracker import BestCheckpointTracker
 
     ck = tmp_path / "ck"
     tracker = BestCheckpointTracker(ck, save_top_k=3)

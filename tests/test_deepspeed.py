@@ -9,12 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from bestckpt.integrations.deepspeed import is_tag_complete, load_model_states, mark_complete
-from bestckpt.runners import Evaluator, SidecarWatcher, find_checkpoints
-from bestckpt.tracker import BestCheckpointTracker
 from pipeline_kit import TESTS_DIR, KitScorer, make_deepspeed_sampler
 from test_runners import make_protocol
+
+from bestckpt.integrations.deepspeed import (
+    is_tag_complete,
+    load_model_states,
+    mark_complete,
+)
+from bestckpt.runners import Evaluator, SidecarWatcher
+from bestckpt.tracking.layout import find_checkpoints
+from bestckpt.tracking.tracker import BestCheckpointTracker
 
 
 def test_tag_completeness_rules(tmp_path: Path) -> None:

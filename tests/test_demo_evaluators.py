@@ -15,8 +15,9 @@ import shutil
 import pytest
 import torch
 
-from bestckpt.backbones import demo as B
 from bestckpt.demo import data as D
+from bestckpt.demo import evaluators as B
+from bestckpt.fsio import sha256_file
 
 FRESH_SEED = 4242  # not the training seed (0) nor the script's evaluation seed (12345)
 
@@ -76,7 +77,7 @@ def test_shipped_weights_small_and_listed_with_checksums():
     total = 0
     for fname in B.WEIGHT_FILES.values():
         path = B.DEFAULT_WEIGHTS_DIR / fname
-        assert manifest["files"][fname]["sha256"] == B.sha256_file(path)
+        assert manifest["files"][fname]["sha256"] == sha256_file(path)
         total += path.stat().st_size
     assert total < 2_000_000
 
@@ -257,7 +258,11 @@ def test_demo_evaluators_on_cuda_match_cpu(classifier, clip, lpips, fresh):
 # ---------------------------------------------------------------------------- FID / KID via metrics
 
 def test_fid_kid_is_on_demo_features_separate_real_from_noise(classifier, fresh):
-    from bestckpt.metrics import fid_from_features, inception_score_from_logits, kid_from_features
+    from bestckpt.metrics import (
+        fid_from_features,
+        inception_score_from_logits,
+        kid_from_features,
+    )
 
     real_a = classifier.features(fresh[0][:300])["pool"]
     real_b = classifier.features(_fresh(300, FRESH_SEED + 5)[0])["pool"]

@@ -9,8 +9,19 @@ import torch
 
 from bestckpt.demo.data import Tokenizer, caption, combinations, render
 from bestckpt.demo.model import DiTConfig, TinyDiT, timestep_embedding
-from bestckpt.demo.sampler import DemoSampler, euler_sample, initial_noise, load_model, make_sampler
-from bestckpt.demo.train import find_resume_checkpoint, flow_matching_loss, save_checkpoint, update_ema
+from bestckpt.demo.sampler import (
+    DemoSampler,
+    euler_sample,
+    initial_noise,
+    load_model,
+    make_sampler,
+)
+from bestckpt.demo.train import (
+    find_resume_checkpoint,
+    flow_matching_loss,
+    save_checkpoint,
+    update_ema,
+)
 from bestckpt.evaluation.sampler import SamplerSettings, validate_sample_batch
 
 torch.set_num_threads(1)

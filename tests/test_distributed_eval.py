@@ -13,11 +13,14 @@ import warnings
 from pathlib import Path
 
 import pytest
-
-from bestckpt.evaluation.evaluate import evaluate_checkpoint, prepare_reference_statistics
-from bestckpt.evaluation.protocol import Protocol, SmallSampleWarning
 from pipeline_kit import TESTS_DIR, KitScorer, TinySampler, save_checkpoint
 from test_runners import make_protocol
+
+from bestckpt.evaluation.evaluate import (
+    evaluate_checkpoint,
+    prepare_reference_statistics,
+)
+from bestckpt.evaluation.protocol import Protocol, SmallSampleWarning
 
 pytestmark = pytest.mark.distributed
 

@@ -6,12 +6,12 @@ import logging
 from pathlib import Path
 
 import pytest
+from pipeline_kit import KitScorer, TinySampler, _Broken, save_checkpoint
+from test_runners import make_protocol
 
 from bestckpt.evaluation.protocol import Protocol, ProtocolError
 from bestckpt.runners import EvalSchedule, Evaluator, InlineRunner
-from bestckpt.tracker import BestCheckpointTracker
-from pipeline_kit import KitScorer, TinySampler, _Broken, save_checkpoint
-from test_runners import make_protocol
+from bestckpt.tracking.tracker import BestCheckpointTracker
 
 
 def test_prompt_csv_with_missing_columns(tmp_path: Path) -> None:

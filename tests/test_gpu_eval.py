@@ -6,12 +6,21 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from bestckpt.evaluation.evaluate import evaluate_checkpoint, prepare_reference_statistics
-from bestckpt.runners import BackgroundRunner, EvalSchedule, Evaluator, InlineRunner, build_scorer
-from bestckpt.tracker import BestCheckpointTracker
 from pipeline_kit import TinySampler, save_checkpoint
 from test_runners import make_protocol, real_protocol
+
+from bestckpt.evaluation.evaluate import (
+    evaluate_checkpoint,
+    prepare_reference_statistics,
+)
+from bestckpt.runners import (
+    BackgroundRunner,
+    EvalSchedule,
+    Evaluator,
+    InlineRunner,
+    build_scorer,
+)
+from bestckpt.tracking.tracker import BestCheckpointTracker
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

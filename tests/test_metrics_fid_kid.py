@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from bestckpt.metrics import (
-    NumericalError, ReferenceStatistics, fid_from_features, fid_from_statistics, kid_from_features,
+    NumericalError,
+    ReferenceStatistics,
+    fid_from_features,
+    fid_from_statistics,
+    kid_from_features,
 )
 
 

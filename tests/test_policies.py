@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from bestckpt import policies as P
-from bestckpt.policies import Candidate as C
+from bestckpt.tracking import policies as P
+from bestckpt.tracking.policies import Candidate as C
 
 
 def ev(step: int, score: float) -> C:

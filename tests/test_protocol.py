@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from pipeline_kit import write_reference_images
 
 from bestckpt.evaluation.protocol import (
     Protocol,
@@ -22,7 +23,6 @@ from bestckpt.evaluation.sampler import (
     load_sampler,
     validate_sample_batch,
 )
-from pipeline_kit import write_reference_images
 
 
 def _quiet(**kw) -> Protocol:
@@ -170,9 +170,9 @@ def test_public_api_is_pinned() -> None:
                                             "current_context", "gather_objects", "shard_range"},
         "bestckpt.evaluation.samples": {"GRID_NAME", "load_image_uint8", "resize_uint8", "step_dir",
                                         "write_evaluation_samples", "write_progress_grid"},
-        "bestckpt.runners": {"COMPLETE_MARKER", "BackgroundRunner", "EvalSchedule", "Evaluator", "InlineRunner",
+        "bestckpt.runners": {"BackgroundRunner", "EvalSchedule", "Evaluator", "InlineRunner",
                              "ON_PROTOCOL_CHANGE", "ProtocolChangedError", "SidecarWatcher", "build_scorer", "default_device",
-                             "find_checkpoints", "is_checkpoint_complete", "read_latest_tag", "reconcile_protocol"},
+                             "reconcile_protocol"},
         "bestckpt.sinks.tensorboard": {"TAGS", "TensorBoardSink"},
         "bestckpt.integrations.loop": {"MODES", "TrainingEvaluation"},
         "bestckpt.integrations.deepspeed": {"MODEL_STATES", "is_tag_complete", "load_model_states", "mark_complete",

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bestckpt.demo.data import eval_prompts, reference_images, render
+from bestckpt.demo.data import eval_prompts, reference_images
 from bestckpt.evaluation.samples import write_evaluation_samples
 from bestckpt.sinks.report import ReportError, render_report, write_report
-from bestckpt.tracker import BestCheckpointTracker
+from bestckpt.tracking.tracker import BestCheckpointTracker
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from pipeline_kit import KitScorer, TinySampler, save_checkpoint, write_reference_images
 
 from bestckpt.evaluation.evaluate import evaluate_checkpoint
 from bestckpt.evaluation.protocol import Protocol, SmallSampleWarning
 from bestckpt.evaluation.sampler import SamplerSettings
 from bestckpt.runners import BackgroundRunner, EvalSchedule, Evaluator, InlineRunner
-from bestckpt.tracker import BestCheckpointTracker
-from pipeline_kit import KitScorer, TinySampler, save_checkpoint, write_reference_images
+from bestckpt.tracking.tracker import BestCheckpointTracker
 
 
 def make_protocol(tmp_path: Path, num_samples: int = 8) -> Protocol:

@@ -11,12 +11,17 @@ import torch
 from bestckpt.backbones import get_backbone, register_backbone
 from bestckpt.evaluation.scorer import CompositeConfig, Scorer
 from bestckpt.metrics import (
-    MetricError, clip_score, fid_from_features, inception_score_from_logits,
-    kid_from_features, register_metric, unregister_metric,
+    MetricError,
+    clip_score,
+    fid_from_features,
+    inception_score_from_logits,
+    kid_from_features,
+    register_metric,
+    unregister_metric,
 )
 
 # Real, small backbones keep this module fast on 2 shared cores: the demo evaluators (kind inception / clip,
-# registered by bestckpt.backbones.demo) and the random AlexNet LPIPS. The FID Inception itself is covered by
+# registered by bestckpt.demo.evaluators) and the random AlexNet LPIPS. The FID Inception itself is covered by
 # test_backbones_inception (at 299x299 on CPU every image costs seconds).
 RANDOM = {"inception": "counting-inception", "clip": "demo-clip", "lpips": "lpips-alex-random-test"}
 N, M = 4, 6

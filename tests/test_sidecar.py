@@ -15,9 +15,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bestckpt.tracker import BestCheckpointTracker
 from pipeline_kit import TESTS_DIR
 from test_runners import make_protocol
+
+from bestckpt.tracking.tracker import BestCheckpointTracker
 
 N_CHECKPOINTS = 12
 
@@ -111,8 +112,9 @@ def test_watch_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
 
 
 def test_cli_evaluate_offline_reranking(tmp_path: Path) -> None:
-    from bestckpt.cli import main
     from pipeline_kit import save_checkpoint
+
+    from bestckpt.cli import main
 
     protocol = make_protocol(tmp_path)
     protocol_file = protocol.to_file(tmp_path / "protocol.json")

@@ -11,7 +11,8 @@ from pathlib import Path
 import filelock
 import pytest
 
-from bestckpt import store
+from bestckpt import errors, fsio
+from bestckpt.tracking import bestlink, entries, journal, layout, locking
 
 
 def _strict_loads(text: str):
@@ -23,22 +24,22 @@ def _strict_loads(text: str):
 
 def test_strict_json_encodes_nonfinite_as_strings_and_round_trips():
     obj = {"a": math.nan, "b": math.inf, "c": -math.inf, "d": 1.5, "e": [math.nan], "f": None}
-    text = store.to_strict_json(obj)
+    text = fsio.to_strict_json(obj)
     assert "NaN" in text and "Infinity" in text
     back = _strict_loads(text)
     assert back["a"] == "NaN" and back["b"] == "Infinity" and back["c"] == "-Infinity"
-    assert math.isnan(store.float_from_json(back["a"]))
-    assert store.float_from_json(back["b"]) == math.inf and store.float_from_json(back["c"]) == -math.inf
-    assert store.float_from_json(back["d"]) == 1.5 and store.float_from_json(None) is None
+    assert math.isnan(fsio.float_from_json(back["a"]))
+    assert fsio.float_from_json(back["b"]) == math.inf and fsio.float_from_json(back["c"]) == -math.inf
+    assert fsio.float_from_json(back["d"]) == 1.5 and fsio.float_from_json(None) is None
     for bad in ("nan", "x", True, [1]):
         with pytest.raises(ValueError):
-            store.float_from_json(bad)
+            fsio.float_from_json(bad)
 
 
 def test_atomic_write_replaces_and_leaves_no_temporaries(tmp_path: Path):
     target = tmp_path / "state.json"
-    store.atomic_write_json(target, {"v": 1})
-    store.atomic_write_json(target, {"v": 2, "x": math.nan})
+    fsio.atomic_write_json(target, {"v": 1})
+    fsio.atomic_write_json(target, {"v": 2, "x": math.nan})
     assert _strict_loads(target.read_text())["v"] == 2
     assert sorted(os.listdir(tmp_path)) == ["state.json"]
 
@@ -47,7 +48,7 @@ def test_atomic_write_failure_keeps_old_file_and_cleans_temp(tmp_path: Path):
     target = tmp_path / "state.json"
     target.mkdir()  # os.replace of a file over a directory fails
     with pytest.raises(OSError):
-        store.atomic_write_text(target, "new")
+        fsio.atomic_write_text(target, "new")
     assert target.is_dir() and sorted(os.listdir(tmp_path)) == ["state.json"]
 
 
@@ -55,24 +56,24 @@ def test_atomic_symlink_is_relative_and_swapped(tmp_path: Path):
     (tmp_path / "0001000.pt").write_bytes(b"a")
     (tmp_path / "0002000.pt").mkdir()
     link = tmp_path / "best.pt"
-    assert store.atomic_symlink(link, "0001000.pt") == "symlink"
+    assert bestlink.atomic_symlink(link, "0001000.pt") == "symlink"
     assert os.readlink(link) == "0001000.pt" and link.read_bytes() == b"a"
-    store.atomic_symlink(link, "0002000.pt", target_is_directory=True)
+    bestlink.atomic_symlink(link, "0002000.pt", target_is_directory=True)
     assert os.readlink(link) == "0002000.pt" and link.is_dir()
-    assert store.read_pointer(link) == "0002000.pt"
+    assert bestlink.read_pointer(link) == "0002000.pt"
     assert sorted(os.listdir(tmp_path)) == ["0001000.pt", "0002000.pt", "best.pt"]
 
 
 @pytest.mark.parametrize("target", ["/etc/passwd", "../x", "a/../../x"])
 def test_atomic_symlink_refuses_escaping_targets(tmp_path: Path, target: str):
-    with pytest.raises(store.UnsafePathError):
-        store.atomic_symlink(tmp_path / "best.pt", target)
+    with pytest.raises(errors.UnsafePathError):
+        bestlink.atomic_symlink(tmp_path / "best.pt", target)
 
 
 def test_atomic_symlink_never_overwrites_a_real_file(tmp_path: Path):
     (tmp_path / "best.pt").write_bytes(b"user's own file")
     with pytest.raises(FileExistsError, match="not a symlink"):
-        store.atomic_symlink(tmp_path / "best.pt", "0001000.pt")
+        bestlink.atomic_symlink(tmp_path / "best.pt", "0001000.pt")
     assert (tmp_path / "best.pt").read_bytes() == b"user's own file"
 
 
@@ -83,14 +84,14 @@ def test_pointer_file_fallback_where_symlinks_are_impossible(tmp_path: Path, mon
 
     monkeypatch.setattr(os, "symlink", no_symlinks)
     (tmp_path / "0001000.pt").write_bytes(b"a")
-    assert store.atomic_symlink(tmp_path / "best.pt", "0001000.pt") == "pointer"
+    assert bestlink.atomic_symlink(tmp_path / "best.pt", "0001000.pt") == "pointer"
     assert (tmp_path / "best.pt.txt").read_text().strip() == "0001000.pt"
-    assert store.read_pointer(tmp_path / "best.pt") == "0001000.pt"
+    assert bestlink.read_pointer(tmp_path / "best.pt") == "0001000.pt"
     assert not (tmp_path / "best.pt").exists()
 
 
 def _hold_lock(directory: str, ready, release) -> None:
-    with store.lock(Path(directory)):
+    with locking.lock(Path(directory)):
         ready.set()
         release.wait(10)
 
@@ -103,18 +104,18 @@ def test_lock_excludes_another_process(tmp_path: Path):
     try:
         assert ready.wait(10)
         with pytest.raises(filelock.Timeout):
-            store.lock(tmp_path, timeout=0.2).acquire()
+            locking.lock(tmp_path, timeout=0.2).acquire()
     finally:
         release.set()
         proc.join(10)
     t0 = time.monotonic()
-    with store.lock(tmp_path, timeout=5):
+    with locking.lock(tmp_path, timeout=5):
         pass
     assert time.monotonic() - t0 < 5
 
 
 def _hold_lock_forever(directory: str, ready) -> None:
-    store.lock(Path(directory)).acquire()
+    locking.lock(Path(directory)).acquire()
     ready.set()
     time.sleep(60)
 
@@ -127,14 +128,14 @@ def test_lock_is_released_when_holder_is_killed(tmp_path: Path):
     assert ready.wait(10)
     proc.kill()
     proc.join(10)
-    with store.lock(tmp_path, timeout=5):
+    with locking.lock(tmp_path, timeout=5):
         pass
 
 
 @pytest.mark.parametrize("rel", ["../x", "/etc/passwd", "a/../../x", "", ".", "..", "sub/../../x"])
 def test_confine_refuses_escapes(tmp_path: Path, rel: str):
-    with pytest.raises(store.UnsafePathError):
-        store.confine(tmp_path, rel)
+    with pytest.raises(errors.UnsafePathError):
+        entries.confine(tmp_path, rel)
 
 
 def test_confine_refuses_symlinked_parent(tmp_path: Path):
@@ -142,10 +143,10 @@ def test_confine_refuses_symlinked_parent(tmp_path: Path):
     root.mkdir(), outside.mkdir()
     (outside / "victim.pt").write_bytes(b"precious")
     (root / "sub").symlink_to(outside, target_is_directory=True)
-    with pytest.raises(store.UnsafePathError, match="outside"):
-        store.delete_entry(root, "sub/victim.pt")
+    with pytest.raises(errors.UnsafePathError, match="outside"):
+        entries.delete_entry(root, "sub/victim.pt")
     assert (outside / "victim.pt").read_bytes() == b"precious"
-    assert store.confine(root, "0001000.pt") == root / "0001000.pt"
+    assert entries.confine(root, "0001000.pt") == root / "0001000.pt"
 
 
 def test_delete_entry_file_dir_and_symlink_never_followed(tmp_path: Path):
@@ -158,10 +159,10 @@ def test_delete_entry_file_dir_and_symlink_never_followed(tmp_path: Path):
     (tag / "mp_rank_00_model_states.pt").write_bytes(b"m")
     (tag / "link_out").symlink_to(outside / "target.pt")  # a symlink inside a tag directory
     (root / "0003000.pt").symlink_to(outside / "target.pt")  # a checkpoint entry that is a symlink
-    assert store.delete_entry(root, "0001000.pt")
-    assert store.delete_entry(root, "0002000.pt")
-    assert store.delete_entry(root, "0003000.pt")
-    assert not store.delete_entry(root, "0004000.pt")
+    assert entries.delete_entry(root, "0001000.pt")
+    assert entries.delete_entry(root, "0002000.pt")
+    assert entries.delete_entry(root, "0003000.pt")
+    assert not entries.delete_entry(root, "0004000.pt")
     assert os.listdir(root) == []
     assert (outside / "target.pt").read_bytes() == b"precious"
 
@@ -174,7 +175,7 @@ def test_cleanup_temporaries_only_removes_ours(tmp_path: Path):
     (half / "mp_rank_00_model_states.pt").write_bytes(b"m")
     (tmp_path / ".hidden_user_file").write_text("keep")
     (tmp_path / "0001000.pt.tmp").write_text("keep")
-    removed = store.cleanup_temporaries(tmp_path)
+    removed = entries.cleanup_temporaries(tmp_path)
     assert len(removed) == 3
     assert sorted(os.listdir(tmp_path)) == [".hidden_user_file", "0001000.pt.tmp"]
 
@@ -185,15 +186,15 @@ def _snapshot_text(records: list[dict], **header) -> str:
 
 
 def test_state_file_journal_append_merge_and_compaction(tmp_path: Path):
-    sf = store.StateFile(tmp_path, compact_bytes=0)
+    sf = journal.StateFile(tmp_path, compact_bytes=0)
     sf.write_full(_snapshot_text([{"step": 1, "v": 1}], best_step=1))
     assert not sf.needs_full_write()
     sf.append(json.dumps({"header": {"best_step": 2}, "records": [{"step": 2, "v": 2}]}))
     sf.append(json.dumps({"header": {"best_step": 1}, "records": [{"step": 1, "v": 3}]}))
-    state = store.read_state(tmp_path)
+    state = journal.read_state(tmp_path)
     assert state["best_step"] == 1 and state["checkpoints"] == [{"step": 1, "v": 3}, {"step": 2, "v": 2}]
     # incremental read by another reader sees only the new lines
-    other = store.StateFile(tmp_path)
+    other = journal.StateFile(tmp_path)
     snap = other.read_snapshot()
     jid = json.loads(snap[0])["journal_id"]
     assert len(other.read_journal(jid)) == 2
@@ -201,25 +202,25 @@ def test_state_file_journal_append_merge_and_compaction(tmp_path: Path):
     assert other.read_journal(jid, incremental=True) == [{"header": {}, "records": [{"step": 3}]}]
     # compaction: a new snapshot id makes the old journal irrelevant and removes it
     sf.write_full(_snapshot_text([{"step": 9}]))
-    assert not (tmp_path / store.JOURNAL_FILE).exists()
-    assert store.read_state(tmp_path)["checkpoints"] == [{"step": 9}]
+    assert not (tmp_path / layout.JOURNAL_FILE).exists()
+    assert journal.read_state(tmp_path)["checkpoints"] == [{"step": 9}]
     assert other.read_journal(jid, incremental=True) is None  # the journal it followed is gone
 
 
 def test_state_file_torn_tail_and_stale_journal(tmp_path: Path):
-    sf = store.StateFile(tmp_path, compact_bytes=0)
+    sf = journal.StateFile(tmp_path, compact_bytes=0)
     sf.write_full(_snapshot_text([{"step": 1}]))
     sf.append(json.dumps({"header": {}, "records": [{"step": 2}]}))
-    with open(tmp_path / store.JOURNAL_FILE, "ab") as fh:
+    with open(tmp_path / layout.JOURNAL_FILE, "ab") as fh:
         fh.write(b'{"header": {}, "records": [{"st')  # a crash mid-append
-    reader = store.StateFile(tmp_path)
+    reader = journal.StateFile(tmp_path)
     jid = json.loads(reader.read_snapshot()[0])["journal_id"]
     assert reader.read_journal(jid) == [{"header": {}, "records": [{"step": 2}]}] and reader.torn
     assert reader.needs_full_write()  # a writer rewrites instead of appending after torn bytes
-    assert [r["step"] for r in store.read_state(tmp_path)["checkpoints"]] == [1, 2]
+    assert [r["step"] for r in journal.read_state(tmp_path)["checkpoints"]] == [1, 2]
     # a journal from before a compaction (other id) is ignored
-    (tmp_path / store.JOURNAL_FILE).write_text('{"journal_id": "old"}\n{"header": {}, "records": [{"step": 7}]}\n')
-    assert [r["step"] for r in store.read_state(tmp_path)["checkpoints"]] == [1]
-    (tmp_path / store.JOURNAL_FILE).write_text(f'{{"journal_id": "{jid}"}}\nnot json\n{{}}\n')
+    (tmp_path / layout.JOURNAL_FILE).write_text('{"journal_id": "old"}\n{"header": {}, "records": [{"step": 7}]}\n')
+    assert [r["step"] for r in journal.read_state(tmp_path)["checkpoints"]] == [1]
+    (tmp_path / layout.JOURNAL_FILE).write_text(f'{{"journal_id": "{jid}"}}\nnot json\n{{}}\n')
     with pytest.raises(ValueError, match="line 2 is corrupt"):
-        store.StateFile(tmp_path).read_journal(jid)
+        journal.StateFile(tmp_path).read_journal(jid)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bestckpt.config import TrackerConfig
-from bestckpt.tracker import BestCheckpointTracker, Record, StateError
+from bestckpt.tracking.config import TrackerConfig
+from bestckpt.tracking.tracker import BestCheckpointTracker, Record, StateError
 
 GUIDE_METRICS = {"clip_score": 0.8123, "lpips": 0.1234, "inception_score": 3.45, "composite_score": 0.7245}
 
@@ -313,7 +313,8 @@ def test_record_json_round_trip():
 
 def test_large_state_journal_path(tmp_path: Path):
     """With state_compact_bytes=0 every call appends to the journal; everything still holds."""
-    from bestckpt.store import JOURNAL_FILE, read_state
+    from bestckpt.tracking.journal import read_state
+    from bestckpt.tracking.layout import JOURNAL_FILE
 
     tracker = BestCheckpointTracker(tmp_path, save_top_k=2, keep_every_n_steps=None, state_compact_bytes=0)
     other = BestCheckpointTracker(tmp_path, save_top_k=2, keep_every_n_steps=None, state_compact_bytes=0)

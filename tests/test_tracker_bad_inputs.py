@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bestckpt.tracker import BestCheckpointTracker, StateError
+from bestckpt.tracking.tracker import BestCheckpointTracker, StateError
 
 
 def save(ckdir: Path, step: int, tag: bool = False) -> Path:

@@ -12,9 +12,11 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "BestCheckpointTracker": "bestckpt.tracker",
-    "TrackerConfig": "bestckpt.config",
-    "Record": "bestckpt.tracker",
+    "BestCheckpointTracker": "bestckpt.tracking.tracker",
+    "TrackerConfig": "bestckpt.tracking.config",
+    "Record": "bestckpt.tracking.state",
+    "BestckptError": "bestckpt.errors",
+    "BestckptWarning": "bestckpt.errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

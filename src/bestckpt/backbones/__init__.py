@@ -6,23 +6,27 @@ Kinds and their interface (all take uint8 images ``Tensor[N, 3, H, W]`` and do t
 - ``"clip"``: ``.encode_images(images) -> Tensor[N, E]`` (L2-normalised), ``.encode_texts(list[str]) -> Tensor[N, E]``
 - ``"lpips"``: ``.distance(images_a, images_b) -> Tensor[N]``
 
-Built-in names (default first): inception ``inception-2015-12-05``, ``inception-2015-12-05-random-test``;
-clip ``clip-vit-b-32``, ``clip-vit-l-14``, ``hf:<repo or local dir>``, ``clip-vit-b-32-random-test``,
-``clip-tiny-random-test``; lpips ``lpips-alex``, ``lpips-vgg``, ``lpips-alex-random-test``, ``lpips-vgg-random-test``.
-``*-random-test`` networks are random-initialised and meaningless for real evaluation (tests only).
-Other modules add names with :func:`register_backbone` (``bestckpt.backbones.demo`` registers the demo evaluators
-and is imported on first lookup of an unknown name). A factory is ``factory(weights_dir: Path | None,
+Names are found, in this order, among those registered in this process with :func:`register_backbone`,
+``hf:<repo or local dir>`` for CLIP, and the entry points of the groups ``bestckpt.backbones.<kind>``
+(the standard Python plugin mechanism). bestckpt declares its own in ``pyproject.toml``: the standard
+backbones (``inception-2015-12-05``, ``clip-vit-b-32``, ``clip-vit-l-14``, ``lpips-alex``, ``lpips-vgg``),
+the random test networks of :mod:`bestckpt.testing` (``*-random-test``: meaningless for real evaluation)
+and the demo evaluators of :mod:`bestckpt.demo` (``demo-classifier``, ``demo-clip``, ``demo-lpips``).
+A fresh process (the background worker, the sidecar, the CLI) therefore resolves every name without
+importing anything first, and this package never names a higher layer. A third-party package adds
+names by declaring entry points in the same groups. A factory is ``factory(weights_dir: Path | None,
 device: torch.device) -> backbone``.
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from bestckpt.errors import BackboneError
 
 __all__ = [
     "KINDS", "DEFAULT_BACKBONES", "register_backbone", "get_backbone", "available_backbones", "clear_backbone_cache",
@@ -38,14 +42,6 @@ Factory = Callable[[Path | None, Any], Any]
 _FACTORIES: dict[tuple[str, str], Factory] = {}
 _CACHE: dict[tuple[str, str, str | None, str], Any] = {}
 _LOCK = threading.RLock()
-_OPTIONAL_MODULES = ("bestckpt.backbones.demo",)
-
-
-class BackboneError(KeyError):
-    """Unknown backbone kind or name."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
 
 
 def register_backbone(kind: str, name: str, factory: Factory, *, replace: bool = False) -> None:
@@ -63,12 +59,14 @@ def register_backbone(kind: str, name: str, factory: Factory, *, replace: bool =
 
 
 def available_backbones(kind: str | None = None) -> list[str]:
-    """Registered names (of one kind, or ``kind/name`` for all)."""
-    _load_builtin()
+    """Registered and installed names (of one kind, or ``kind/name`` for all)."""
     with _LOCK:
-        if kind is None:
-            return sorted(f"{k}/{n}" for k, n in _FACTORIES)
-        return sorted(n for k, n in _FACTORIES if k == kind)
+        known = set(_FACTORIES)
+    for k in KINDS:
+        known.update((k, n) for n in _entry_points(k))
+    if kind is None:
+        return sorted(f"{k}/{n}" for k, n in known)
+    return sorted(n for k, n in known if k == kind)
 
 
 def clear_backbone_cache() -> None:
@@ -90,7 +88,6 @@ def get_backbone(kind: str, name: str | None = None, *, weights_dir: str | os.Pa
 
     if kind not in KINDS:
         raise BackboneError(f"unknown backbone kind {kind!r}; use one of {KINDS}")
-    _load_builtin()
     name = name or DEFAULT_BACKBONES[kind]
     wdir = None if weights_dir is None else str(Path(weights_dir).expanduser().resolve())
     key = (kind, name, wdir, _device_key(device))
@@ -104,37 +101,31 @@ def get_backbone(kind: str, name: str | None = None, *, weights_dir: str | os.Pa
         return backbone
 
 
+ENTRY_POINT_GROUP = "bestckpt.backbones."  # + kind
+
+
+def _entry_points(kind: str) -> dict[str, Any]:
+    """The installed entry points of kind ``kind``, by name."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP + kind)}
+
+
 def _lookup(kind: str, name: str) -> Factory:
-    if (kind, name) not in _FACTORIES and kind == "clip" and name.startswith("hf:"):
+    with _LOCK:
+        if (kind, name) in _FACTORIES:
+            return _FACTORIES[(kind, name)]
+    if kind == "clip" and name.startswith("hf:"):
         from .clip import hf_clip_factory
 
         return hf_clip_factory(name[3:])
-    if (kind, name) not in _FACTORIES:
-        for module in _OPTIONAL_MODULES:
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as exc:
-                if exc.name != module:
-                    raise
-    if (kind, name) not in _FACTORIES:
-        known = sorted(n for k, n in _FACTORIES if k == kind)
-        raise BackboneError(f"unknown {kind} backbone {name!r}; known: {known} (or register one with "
-                            f"bestckpt.backbones.register_backbone)")
-    return _FACTORIES[(kind, name)]
-
-
-_BUILTIN_LOADED = False
-
-
-def _load_builtin() -> None:
-    """Register the built-in names (lazily, so importing this package does not import torch)."""
-    global _BUILTIN_LOADED
+    found = _entry_points(kind).get(name)
+    if found is None:
+        raise BackboneError(f"unknown {kind} backbone {name!r}; known: {available_backbones(kind)} (register one "
+                            f"with bestckpt.backbones.register_backbone, or declare an entry point in the group "
+                            f"'{ENTRY_POINT_GROUP}{kind}'; if a built-in name is missing, reinstall bestckpt)")
+    factory = found.load()
+    if not callable(factory):
+        raise BackboneError(f"entry point {found.value!r} of {kind} backbone {name!r} is not callable")
     with _LOCK:
-        if _BUILTIN_LOADED:
-            return
-        _BUILTIN_LOADED = True
-        from . import clip, inception, lpips
-
-        for module in (inception, clip, lpips):
-            for (kind, name), factory in module.FACTORIES.items():
-                _FACTORIES.setdefault((kind, name), factory)
+        return _FACTORIES.setdefault((kind, name), factory)

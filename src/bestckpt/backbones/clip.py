@@ -17,8 +17,6 @@ prompt — never an exception, never a score of 0.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ import torch
 
 from .weights import CLIP_VIT_B_32, CLIP_VIT_L_14, WeightSpec, resolve_weights
 
-__all__ = ["OpenClipBackbone", "HFClipBackbone", "hf_clip_factory", "FACTORIES", "CONTEXT_LENGTH"]
+__all__ = ["OpenClipBackbone", "HFClipBackbone", "hf_clip_factory", "clip_vit_b_32", "clip_vit_l_14", "CONTEXT_LENGTH"]
 
 logger = logging.getLogger(__name__)
 CONTEXT_LENGTH = 77
@@ -178,23 +176,6 @@ def _openai(spec: WeightSpec, name: str):
     return factory
 
 
-def _random_vit_b_32(weights_dir: Path | None, device: torch.device) -> OpenClipBackbone:
-    from .testing import random_open_clip
-
-    return OpenClipBackbone(random_open_clip(seed=0), "clip-vit-b-32-random-test", device, "seed0")
-
-
-def _random_tiny(weights_dir: Path | None, device: torch.device) -> HFClipBackbone:
-    from .testing import write_tiny_hf_clip
-
-    with tempfile.TemporaryDirectory(prefix="bestckpt-tiny-clip-") as tmp:
-        folder = write_tiny_hf_clip(Path(tmp) / "clip", seed=0)
-        return HFClipBackbone.from_pretrained(os.fspath(folder), device, name="clip-tiny-random-test")
-
-
-FACTORIES = {
-    ("clip", "clip-vit-b-32"): _openai(CLIP_VIT_B_32, "clip-vit-b-32"),
-    ("clip", "clip-vit-l-14"): _openai(CLIP_VIT_L_14, "clip-vit-l-14"),
-    ("clip", "clip-vit-b-32-random-test"): _random_vit_b_32,
-    ("clip", "clip-tiny-random-test"): _random_tiny,
-}
+#: Entry points ``clip-vit-b-32`` and ``clip-vit-l-14`` (OpenAI weights through open_clip).
+clip_vit_b_32 = _openai(CLIP_VIT_B_32, "clip-vit-b-32")
+clip_vit_l_14 = _openai(CLIP_VIT_L_14, "clip-vit-l-14")

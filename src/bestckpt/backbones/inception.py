@@ -21,7 +21,7 @@ from torch import nn
 
 from .weights import INCEPTION_FID, WeightSpec, resolve_weights
 
-__all__ = ["FIDInceptionV3", "InceptionBackbone", "resize_bilinear_tf1", "FACTORIES", "INPUT_SIZE"]
+__all__ = ["FIDInceptionV3", "InceptionBackbone", "resize_bilinear_tf1", "standard_factory", "INPUT_SIZE"]
 
 logger = logging.getLogger(__name__)
 INPUT_SIZE = 299
@@ -257,18 +257,7 @@ class InceptionBackbone:
         return {"pool": torch.cat(pools), "logits": torch.cat(logits)}
 
 
-def _standard(weights_dir: Path | None, device: torch.device) -> InceptionBackbone:
+def standard_factory(weights_dir: Path | None, device: torch.device) -> InceptionBackbone:
+    """Entry point ``inception-2015-12-05``: the FID Inception from its standard weight file."""
     path = resolve_weights(INCEPTION_FID, weights_dir)
     return InceptionBackbone.from_file(path, "inception-2015-12-05", device)
-
-
-def _random_test(weights_dir: Path | None, device: torch.device) -> InceptionBackbone:
-    from .testing import random_fid_inception
-
-    return InceptionBackbone(random_fid_inception(seed=0), "inception-2015-12-05-random-test", device, "seed0")
-
-
-FACTORIES = {
-    ("inception", "inception-2015-12-05"): _standard,
-    ("inception", "inception-2015-12-05-random-test"): _random_test,
-}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..metrics.lpips import lpips_from_features
-from .weights import ALEXNET, VGG16, WeightsError, WeightSpec, resolve_weights, search_dirs
+from .weights import (
+    ALEXNET,
+    VGG16,
+    WeightsError,
+    WeightSpec,
+    resolve_weights,
+    search_dirs,
+)
 
-__all__ = ["LpipsBackbone", "LPIPS_NETS", "find_lin_weights", "build_features", "FACTORIES"]
+__all__ = ["LpipsBackbone", "LPIPS_NETS", "find_lin_weights", "build_features", "lpips_alex", "lpips_vgg"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,21 +150,14 @@ class LpipsBackbone:
         return torch.cat(out) if out else torch.empty(0)
 
 
-def _standard(net: str):
+def _standard(net: str) -> Callable[[Path | None, torch.device], "LpipsBackbone"]:
     def factory(weights_dir: Path | None, device: torch.device) -> LpipsBackbone:
         backbone = resolve_weights(LPIPS_NETS[net][0], weights_dir)
         return LpipsBackbone.from_files(net, backbone, find_lin_weights(net, weights_dir), f"lpips-{net}", device)
+    factory.__name__ = f"lpips_{net}"
     return factory
 
 
-def _random(net: str):
-    def factory(weights_dir: Path | None, device: torch.device) -> LpipsBackbone:
-        from .testing import random_lpips_parts
-
-        feats, lins = random_lpips_parts(net, seed=0)
-        return LpipsBackbone(net, feats, lins, f"lpips-{net}-random-test", device)
-    return factory
-
-
-FACTORIES = {("lpips", f"lpips-{n}"): _standard(n) for n in LPIPS_NETS}
-FACTORIES.update({("lpips", f"lpips-{n}-random-test"): _random(n) for n in LPIPS_NETS})
+#: Entry points ``lpips-alex`` and ``lpips-vgg``.
+lpips_alex = _standard("alex")
+lpips_vgg = _standard("vgg")

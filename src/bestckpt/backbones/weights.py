@@ -19,22 +19,20 @@ re-encoded but trusted copy; a warning is logged.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from bestckpt.errors import WeightsError
+from bestckpt.fsio import sha256_file
+
 __all__ = [
     "WeightSpec", "WeightsError", "resolve_weights", "verify_weights", "search_dirs", "torch_hub_checkpoints_dir",
-    "sha256_of", "INCEPTION_FID", "ALEXNET", "VGG16", "CLIP_VIT_B_32", "CLIP_VIT_L_14", "KNOWN_WEIGHTS",
+    "INCEPTION_FID", "ALEXNET", "VGG16", "CLIP_VIT_B_32", "CLIP_VIT_L_14", "KNOWN_WEIGHTS",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class WeightsError(FileNotFoundError):
-    """A backbone's weight file is missing, truncated or fails its checksum."""
 
 
 @dataclass(frozen=True)
@@ -108,14 +106,6 @@ def search_dirs(weights_dir: str | os.PathLike[str] | None = None) -> list[Path]
     return dirs
 
 
-def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _where_to_get(spec: WeightSpec) -> str:
     target = torch_hub_checkpoints_dir() if spec.download_subdir == "torch" else _clip_cache_dir()
     src = f"download {spec.url}" if spec.url else "obtain it from its publisher"
@@ -136,7 +126,7 @@ def verify_weights(path: Path, spec: WeightSpec) -> Path:
         if os.environ.get("BESTCKPT_VERIFY_WEIGHTS", "1") == "0":
             logger.warning("BESTCKPT_VERIFY_WEIGHTS=0: not checking the sha256 of %s", path)
             return path
-        digest = sha256_of(path)
+        digest = sha256_file(path)
         if not digest.startswith(spec.sha256):
             raise WeightsError(
                 f"weight file {path} ({spec.description or spec.filename}) has sha256 {digest[:16]}..., expected "
@@ -169,7 +159,9 @@ def resolve_weights(
         target_dir.mkdir(parents=True, exist_ok=True)
         target = target_dir / spec.filename
         logger.warning("downloading %s from %s to %s (allowed by the user)", spec.filename, spec.url, target)
-        from torch.hub import download_url_to_file  # lazy: only here do we need torch.hub
+        from torch.hub import (
+            download_url_to_file,  # lazy: only here do we need torch.hub
+        )
 
         download_url_to_file(spec.url, str(target), progress=False)
         return verify_weights(target, spec) if verify else target

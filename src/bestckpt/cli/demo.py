@@ -19,7 +19,9 @@ _COLUMNS = (("clip_score", "CLIP"), ("lpips", "LPIPS"), ("inception_score", "IS"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from bestckpt.demo.recipe import add_arguments  # torch-free: building the CLI stays fast
+    from bestckpt.demo.recipe import (
+        add_arguments,  # torch-free: building the CLI stays fast
+    )
 
     p = subparsers.add_parser(
         "demo", help="train a tiny text-to-image DiT on CPU with best-checkpoint tracking (about 5 minutes on 2 cores)",
@@ -52,7 +54,7 @@ class _RichObserver:
 
     def on_start(self, start_step: int, total_steps: int) -> None:
         if start_step > 0:  # resumed: show the best so far until a better one arrives
-            from bestckpt.tracker import BestCheckpointTracker
+            from bestckpt.tracking.tracker import BestCheckpointTracker
 
             best = BestCheckpointTracker.open(self.tracker_dir).best
             if best is not None:
@@ -78,12 +80,18 @@ class _RichObserver:
 
 def run(args: argparse.Namespace) -> int:
     from rich import get_console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.table import Table
 
     from bestckpt.demo import train
-    from bestckpt.tracker import BestCheckpointTracker
+    from bestckpt.tracking.tracker import BestCheckpointTracker
 
     console = get_console()  # the one the log handler writes to, so log lines print above the live bar
     started = time.time()

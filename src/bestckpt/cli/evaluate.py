@@ -35,7 +35,7 @@ def add_evaluation_options(p: argparse.ArgumentParser) -> None:
 
 
 def open_tracker(args: argparse.Namespace) -> Any:
-    from bestckpt.tracker import BestCheckpointTracker
+    from bestckpt.tracking.tracker import BestCheckpointTracker
 
     return BestCheckpointTracker.open(args.checkpoint_dir, is_writer=True, **config_overrides(args))
 
@@ -82,9 +82,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
-    from bestckpt.runners import find_checkpoints
+    from bestckpt.tracking.layout import find_checkpoints
 
     prepared = prepare(args)
     if prepared is None:

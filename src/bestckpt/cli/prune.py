@@ -1,6 +1,6 @@
 """`bestckpt prune DIR [--dry-run]`: apply retention now, printing every checkpoint with keep/delete
 and the reason. Settings default to the ones stored in the directory's state, then to
-:class:`bestckpt.config.TrackerConfig`'s defaults (one source of defaults for API and CLI).
+:class:`bestckpt.tracking.config.TrackerConfig`'s defaults (one source of defaults for API and CLI).
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bestckpt.config import default_of
+from bestckpt.tracking.config import default_of
 
 __all__ = ["add_parser", "run", "add_config_options", "config_overrides"]
 
@@ -52,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from bestckpt.tracker import BestCheckpointTracker, StateError
+    from bestckpt.tracking.tracker import BestCheckpointTracker, StateError
 
     directory: Path = args.checkpoint_dir
     if not directory.is_dir():

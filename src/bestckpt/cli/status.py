@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bestckpt import store
-from bestckpt.sinks.console import format_metrics, format_score
+from bestckpt import fsio
+from bestckpt.tracking import bestlink, layout
+from bestckpt.tracking.console import format_metrics, format_score
 
 __all__ = ["add_parser", "run", "collect"]
 
@@ -29,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def collect(checkpoint_dir: Path) -> dict[str, Any]:
     """Everything `status` shows, as a JSON-ready dict (read-only: nothing is written)."""
-    from bestckpt.tracker import BestCheckpointTracker
+    from bestckpt.tracking.tracker import BestCheckpointTracker
 
     tracker = BestCheckpointTracker.open(checkpoint_dir, is_writer=False)
     summary = tracker.summary()
@@ -51,7 +52,7 @@ def collect(checkpoint_dir: Path) -> dict[str, Any]:
     return {
         "checkpoint_dir": str(checkpoint_dir),
         "summary": summary,
-        "best_link": store.read_pointer(Path(checkpoint_dir) / store.BEST_LINK),
+        "best_link": bestlink.read_pointer(Path(checkpoint_dir) / layout.BEST_LINK),
         "records": rows,
     }
 
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     data = collect(directory)
     if args.json:
-        print(store.to_strict_json(data, indent=2))
+        print(fsio.to_strict_json(data, indent=2))
         return 0
     _print_table(data, show_all=args.all)
     return 0

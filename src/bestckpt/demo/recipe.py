@@ -68,7 +68,9 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     if a.num_eval_prompts is None:
         # Full demo: every held-out combination (189), so the FID/KID reference set has more images
         # than the 128-d feature dimension (a full-rank covariance) and matches what is generated.
-        from bestckpt.demo.data import combinations  # imports torch: only when a run starts
+        from bestckpt.demo.data import (
+            combinations,  # imports torch: only when a run starts
+        )
 
         a.num_eval_prompts = 24 if quick else len(combinations("heldout"))
     for name in ("steps", "ckpt_every", "batch_size", "num_eval_prompts", "sample_steps", "eval_every_n_checkpoints",

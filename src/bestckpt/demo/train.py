@@ -54,9 +54,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bestckpt.demo.data import Tokenizer, caption, combinations, eval_prompts, reference_images, render
+from bestckpt.demo.data import (
+    Tokenizer,
+    caption,
+    combinations,
+    eval_prompts,
+    reference_images,
+    render,
+)
 from bestckpt.demo.model import DiTConfig, TinyDiT
-from bestckpt.demo.recipe import add_arguments, default_threads, resolve_defaults  # the options (torch-free)
+from bestckpt.demo.recipe import (  # the options (torch-free)
+    add_arguments,
+    default_threads,
+    resolve_defaults,
+)
 
 __all__ = [
     "DEMO_BACKBONES",
@@ -233,7 +244,7 @@ def main(args: argparse.Namespace, observer: TrainObserver | None = None) -> Tra
     from torch.utils.tensorboard import SummaryWriter
 
     from bestckpt.runners import BackgroundRunner, EvalSchedule
-    from bestckpt.tracker import BestCheckpointTracker
+    from bestckpt.tracking.tracker import BestCheckpointTracker
 
     args = resolve_defaults(args)
     obs = observer or TrainObserver()

@@ -31,7 +31,11 @@ from bestckpt.evaluation.distributed import (
 )
 from bestckpt.evaluation.protocol import Protocol
 from bestckpt.evaluation.sampler import Sampler, validate_sample_batch
-from bestckpt.evaluation.samples import load_image_uint8, resize_uint8, write_evaluation_samples
+from bestckpt.evaluation.samples import (
+    load_image_uint8,
+    resize_uint8,
+    write_evaluation_samples,
+)
 
 __all__ = [
     "EvaluationResult",

@@ -30,7 +30,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from bestckpt.errors import ProtocolError, SmallSampleWarning
 from bestckpt.evaluation.sampler import SamplerSettings
+from bestckpt.fsio import atomic_write_text, sha256_file
 
 __all__ = [
     "DEFAULT_BACKBONES",
@@ -61,14 +63,6 @@ IS_MIN_SAMPLES = 1000
 _HASH_VERSION = 1
 
 
-class ProtocolError(ValueError):
-    """The protocol or one of its files is invalid; the message names the value and the fix."""
-
-
-class SmallSampleWarning(UserWarning):
-    """num_samples is too small for FID or Inception Score to mean anything."""
-
-
 def derive_seed(base_seed: int, index: int) -> int:
     """Seed of sample ``index``: a stable 32-bit hash of (base seed, index).
 
@@ -77,14 +71,6 @@ def derive_seed(base_seed: int, index: int) -> int:
     """
     digest = hashlib.sha256(f"bestckpt-seed:{int(base_seed)}:{int(index)}".encode()).digest()
     return int.from_bytes(digest[:4], "big")
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_prompt_file(path: str | Path) -> tuple[tuple[str, ...], tuple[Path | None, ...]]:
@@ -350,12 +336,12 @@ class Protocol:
         ident["reference_images"] = (
             None
             if self.reference_images is None
-            else [None if r is None else _sha256_file(Path(r)) for r in self.reference_images]
+            else [None if r is None else sha256_file(Path(r)) for r in self.reference_images]
         )
         if self.reference_dir is not None:
             root = Path(self.reference_dir)
             ident["reference_dir"] = [
-                [p.relative_to(root).as_posix(), _sha256_file(p)] for p in self.reference_set_files()
+                [p.relative_to(root).as_posix(), sha256_file(p)] for p in self.reference_set_files()
             ]
         blob = json.dumps(ident, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(blob.encode()).hexdigest()
@@ -429,9 +415,7 @@ class Protocol:
         """Write this protocol as JSON (absolute reference paths); ``from_file`` round-trips the hash."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
         return path
 
 

@@ -20,9 +20,12 @@ import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol as TypingProtocol, runtime_checkable
+from typing import Any, runtime_checkable
+from typing import Protocol as TypingProtocol
 
 import torch
+
+from bestckpt.errors import SamplerError, SamplerOutputError
 
 __all__ = [
     "SampleBatch",
@@ -41,14 +44,6 @@ logger = logging.getLogger(__name__)
 #: Which weights produced the images. "unknown" is recorded when a sampler returns a bare tensor,
 #: so a score never claims EMA weights it cannot vouch for.
 WEIGHT_KINDS = ("ema", "online", "unknown")
-
-
-class SamplerError(ValueError):
-    """A sampler could not be found or built from its ``module:factory`` spec."""
-
-
-class SamplerOutputError(ValueError):
-    """A sampler returned something that is not ``uint8 Tensor[N, 3, H, W]`` as promised."""
 
 
 @dataclass(frozen=True)

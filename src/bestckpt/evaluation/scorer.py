@@ -45,9 +45,21 @@ import torch
 
 from bestckpt.backbones import DEFAULT_BACKBONES, get_backbone
 from bestckpt.metrics import (
-    FEATURE_CLIP_IMAGE, FEATURE_CLIP_TEXT, FEATURE_INCEPTION_LOGITS, FEATURE_INCEPTION_POOL, FEATURE_LPIPS, METRICS,
-    REFERENCE_FID_STATISTICS, REFERENCE_INCEPTION_POOL, CompositeUnavailableError, MetricError, ReferenceStatistics,
-    ScoreMap, composite_defaults, composite_score, default_mappings,
+    FEATURE_CLIP_IMAGE,
+    FEATURE_CLIP_TEXT,
+    FEATURE_INCEPTION_LOGITS,
+    FEATURE_INCEPTION_POOL,
+    FEATURE_LPIPS,
+    METRICS,
+    REFERENCE_FID_STATISTICS,
+    REFERENCE_INCEPTION_POOL,
+    CompositeUnavailableError,
+    MetricError,
+    ReferenceStatistics,
+    ScoreMap,
+    composite_defaults,
+    composite_score,
+    default_mappings,
 )
 
 __all__ = ["Scorer", "CompositeConfig", "MetricFailure", "Scores", "ReferenceSet", "DEFAULT_METRICS"]

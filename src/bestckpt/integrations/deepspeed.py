@@ -10,11 +10,14 @@ tag is whole. deepspeed itself is never imported here (the helpers work on the f
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-from bestckpt.runners import COMPLETE_MARKER, is_checkpoint_complete, read_latest_tag
+from bestckpt.tracking.layout import (
+    is_checkpoint_complete,
+    mark_complete,
+    read_latest_tag,
+)
 
 __all__ = [
     "MODEL_STATES",
@@ -34,20 +37,6 @@ MODEL_STATES = "mp_rank_00_model_states.pt"
 def tag_name(step: int) -> str:
     """The tag of step ``step`` (``0002000.pt``): the tracker's file-name template."""
     return f"{int(step):07d}.pt"
-
-
-def mark_complete(tag_dir: str | Path) -> Path:
-    """Write the completion marker into a tag directory (rank 0, after ``save_checkpoint`` returned)."""
-    tag_dir = Path(tag_dir)
-    if not tag_dir.is_dir():
-        raise FileNotFoundError(f"DeepSpeed tag directory {str(tag_dir)!r} does not exist; save the checkpoint first")
-    marker = tag_dir / COMPLETE_MARKER
-    tmp = tag_dir / (COMPLETE_MARKER + ".tmp")
-    tmp.write_text("complete\n", encoding="utf-8")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, marker)
-    return marker
 
 
 def is_tag_complete(checkpoint_dir: str | Path, tag: str) -> bool:

@@ -49,7 +49,7 @@ class TrainingEvaluation:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if tracker is None:
-            from bestckpt.tracker import BestCheckpointTracker
+            from bestckpt.tracking.tracker import BestCheckpointTracker
 
             tracker = BestCheckpointTracker(checkpoint_dir, **tracker_kwargs)
         self.tracker = tracker

@@ -6,19 +6,36 @@ raises (``MetricError`` / ``ValueError``) instead of returning a made-up number.
 """
 from __future__ import annotations
 
+from bestckpt.errors import CompositeUnavailableError, MetricError, NumericalError
+
 from .clip_score import CLIP_CONVENTIONS, clip_cosines, clip_score
 from .composite import (
-    DEFAULT_WEIGHTS, InverseMap, LinearMap, LogisticMap, RatioMap, ReciprocalComplementMap, ScoreMap,
-    composite_score, default_mappings,
+    DEFAULT_WEIGHTS,
+    InverseMap,
+    LinearMap,
+    LogisticMap,
+    RatioMap,
+    ReciprocalComplementMap,
+    ScoreMap,
+    composite_score,
+    default_mappings,
 )
-from .errors import CompositeUnavailableError, MetricError, NumericalError
 from .fid import ReferenceStatistics, fid_from_features, fid_from_statistics
 from .inception_score import inception_score_from_logits
 from .kid import kid_from_features
 from .lpips import lpips_from_features
 from .registry import (
-    FEATURE_CLIP_IMAGE, FEATURE_CLIP_TEXT, FEATURE_INCEPTION_LOGITS, FEATURE_INCEPTION_POOL, FEATURE_LPIPS,
-    METRICS, REFERENCE_FID_STATISTICS, REFERENCE_INCEPTION_POOL, MetricSpec, composite_defaults, register_metric,
+    FEATURE_CLIP_IMAGE,
+    FEATURE_CLIP_TEXT,
+    FEATURE_INCEPTION_LOGITS,
+    FEATURE_INCEPTION_POOL,
+    FEATURE_LPIPS,
+    METRICS,
+    REFERENCE_FID_STATISTICS,
+    REFERENCE_INCEPTION_POOL,
+    MetricSpec,
+    composite_defaults,
+    register_metric,
     unregister_metric,
 )
 

@@ -23,7 +23,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .errors import CompositeUnavailableError
+from bestckpt.errors import CompositeUnavailableError
 
 __all__ = [
     "ScoreMap", "LinearMap", "InverseMap", "RatioMap", "ReciprocalComplementMap", "LogisticMap",
@@ -141,7 +141,9 @@ def composite_score(
     and ValueError for a non-positive weight or a mapping whose direction contradicts the metric's.
     """
     if weights is None or mappings is None:
-        from .registry import composite_defaults  # registry imports this module: import lazily
+        from .registry import (
+            composite_defaults,  # registry imports this module: import lazily
+        )
 
         default_w, default_m = composite_defaults()
         weights = default_w if weights is None else weights

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from bestckpt.errors import NumericalError
+
 from ._util import as_float64, as_float64_2d
-from .errors import NumericalError
 
 __all__ = ["ReferenceStatistics", "fid_from_features", "fid_from_statistics", "warn_if_small_sample"]
 

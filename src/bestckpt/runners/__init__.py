@@ -12,23 +12,24 @@ checkpoint and record through the tracker, so their scores are interchangeable:
 Training never fails because evaluation failed: the failure is logged and recorded with
 ``tracker.record_failure`` (a failed record can never become best).
 
-Modules, one role each: ``schedule`` (which checkpoints), ``checkpoints`` (which are completely on
-disk), ``evaluator`` (evaluate + record one checkpoint), ``protocol_change`` (a resumed run under a
+Modules, one role each: ``schedule`` (which checkpoints), ``evaluator`` (evaluate + record one checkpoint), ``protocol_change`` (a resumed run under a
 changed protocol), ``records`` (tracker look-ups), ``inline``, ``background`` + ``worker`` (the
 spawned process), ``sidecar``. Importing this package stays light (no torch).
 """
 from __future__ import annotations
 
 from bestckpt.runners.background import BackgroundRunner
-from bestckpt.runners.checkpoints import COMPLETE_MARKER, find_checkpoints, is_checkpoint_complete, read_latest_tag
 from bestckpt.runners.evaluator import Evaluator, build_scorer, default_device
 from bestckpt.runners.inline import InlineRunner
-from bestckpt.runners.protocol_change import ON_PROTOCOL_CHANGE, ProtocolChangedError, reconcile_protocol
+from bestckpt.runners.protocol_change import (
+    ON_PROTOCOL_CHANGE,
+    ProtocolChangedError,
+    reconcile_protocol,
+)
 from bestckpt.runners.schedule import EvalSchedule
 from bestckpt.runners.sidecar import SidecarWatcher
 
 __all__ = [
-    "COMPLETE_MARKER",
     "BackgroundRunner",
     "EvalSchedule",
     "Evaluator",
@@ -38,8 +39,5 @@ __all__ = [
     "SidecarWatcher",
     "build_scorer",
     "default_device",
-    "find_checkpoints",
-    "is_checkpoint_complete",
-    "read_latest_tag",
     "reconcile_protocol",
 ]

@@ -8,15 +8,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from bestckpt.errors import ProtocolChangedError
 from bestckpt.runners.records import record_path
 
 __all__ = ["ON_PROTOCOL_CHANGE", "ProtocolChangedError", "reconcile_protocol"]
 
 logger = logging.getLogger(__name__)
-
-
-class ProtocolChangedError(RuntimeError):
-    """The run's checkpoints were scored under another protocol; their scores are not comparable."""
 
 
 ON_PROTOCOL_CHANGE = ("refuse", "rescore")

@@ -1,6 +1,6 @@
 """Evaluate a run's checkpoints from another process as they appear: :class:`SidecarWatcher` (``bestckpt watch``).
 
-What is due comes from the tracker's state plus the directory (:func:`~bestckpt.runners.checkpoints.find_checkpoints`),
+What is due comes from the tracker's state plus the directory (:func:`~bestckpt.tracking.layout.find_checkpoints`),
 so a restarted watcher resumes where a crashed one stopped.
 """
 from __future__ import annotations
@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bestckpt.runners.checkpoints import find_checkpoints
 from bestckpt.runners.evaluator import Evaluator
 from bestckpt.runners.protocol_change import reconcile_protocol
 from bestckpt.runners.records import status_of
+from bestckpt.tracking.layout import find_checkpoints
 
 __all__ = ["SidecarWatcher"]
 

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 def _tracker_from_config(config: Any) -> Any:
-    from bestckpt.tracker import BestCheckpointTracker
+    from bestckpt.tracking.tracker import BestCheckpointTracker
 
     return BestCheckpointTracker(config.checkpoint_dir, config=config)
 

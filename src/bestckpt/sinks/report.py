@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bestckpt.errors import ReportError
+
 __all__ = ["ReportError", "find_checkpoint_dir", "render_report", "write_report"]
 
 logger = logging.getLogger(__name__)
@@ -37,10 +39,6 @@ REPORT_NAME = "report.html"
 _METRIC_ORDER = ("composite_score", "clip_score", "fid", "kid", "lpips", "inception_score")
 _LOWER_IS_BETTER = {"fid", "kid", "lpips"}
 _GEN = re.compile(r"^eval_generated_(\d{3,})\.jpg$")
-
-
-class ReportError(ValueError):
-    """The run directory does not hold what a report needs."""
 
 
 @dataclass(frozen=True)
@@ -178,7 +176,7 @@ def _svg_timeline(records: list[dict[str, Any]], best_step: int | None, x_range:
 # ------------------------------------------------------------------------------------------ data
 
 def _load_state(ckpt_dir: Path) -> dict[str, Any]:
-    from bestckpt.store import float_from_json
+    from bestckpt.fsio import float_from_json
 
     path = ckpt_dir / "best_checkpoints.json"
     try:
@@ -210,7 +208,7 @@ def _load_state(ckpt_dir: Path) -> dict[str, Any]:
 def _retention_reasons(ckpt_dir: Path, records: list[dict[str, Any]]) -> None:
     """Fill each on-disk record's keep reasons from the tracker's own (read-only) plan."""
     try:
-        from bestckpt.tracker import BestCheckpointTracker
+        from bestckpt.tracking.tracker import BestCheckpointTracker
 
         plan = BestCheckpointTracker.open(ckpt_dir).plan()
     except Exception as exc:  # the report still renders; reasons are a detail

@@ -20,12 +20,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .weights import INCEPTION_FID, WeightSpec, sha256_of
+from bestckpt.backbones.weights import INCEPTION_FID, WeightSpec
+from bestckpt.fsio import sha256_file
 
 __all__ = [
     "init_random_", "random_fid_inception", "random_lpips_parts", "random_open_clip",
     "write_random_inception_weights", "write_random_lpips_weights", "write_tiny_hf_clip", "write_random_hf_clip", "spec_for_file",
     "TensorFeatureCLIP",
+    "inception_random_test", "lpips_alex_random_test", "lpips_vgg_random_test", "clip_vit_b_32_random_test",
+    "clip_tiny_random_test",
 ]
 
 
@@ -49,14 +52,14 @@ def init_random_(module: nn.Module, seed: int) -> nn.Module:
 
 def random_fid_inception(seed: int = 0) -> nn.Module:
     """FIDInceptionV3 with seeded random weights (meaningless; tests only)."""
-    from .inception import FIDInceptionV3
+    from bestckpt.backbones.inception import FIDInceptionV3
 
     return init_random_(FIDInceptionV3(), seed).eval()
 
 
 def random_lpips_parts(net: str = "alex", seed: int = 0) -> tuple[nn.Sequential, list[torch.Tensor]]:
     """(torchvision ``.features`` with random weights, random non-negative lin weights) for LPIPS ``net``."""
-    from .lpips import LPIPS_NETS, build_features
+    from bestckpt.backbones.lpips import LPIPS_NETS, build_features
 
     feats = init_random_(build_features(net), seed).eval()
     gen = torch.Generator().manual_seed(seed + 1)
@@ -85,7 +88,7 @@ def write_random_inception_weights(directory: str | Path, seed: int = 0,
 
 def write_random_lpips_weights(directory: str | Path, net: str = "alex", seed: int = 0) -> tuple[Path, Path]:
     """Save torchvision-style ``features.*`` weights under the standard file name and ``lpips_v0.1_{net}.pth``."""
-    from .lpips import LPIPS_NETS
+    from bestckpt.backbones.lpips import LPIPS_NETS
 
     feats, lins = random_lpips_parts(net, seed)
     directory = Path(directory)
@@ -100,7 +103,7 @@ def write_random_lpips_weights(directory: str | Path, net: str = "alex", seed: i
 def spec_for_file(path: str | Path, template: WeightSpec | None = None) -> WeightSpec:
     """A WeightSpec that accepts exactly this file (its own sha256) — for loading tests with random weights."""
     path = Path(path)
-    return WeightSpec(path.name, sha256_of(path), None, 0, (), f"test file ({template.description if template else ''})")
+    return WeightSpec(path.name, sha256_file(path), None, 0, (), f"test file ({template.description if template else ''})")
 
 
 def _openai_vocab() -> tuple[dict[str, int], list[str]]:
@@ -127,7 +130,13 @@ def write_random_hf_clip(directory: str | Path, seed: int = 0, architecture: str
     """Save a random Hugging Face CLIP with the real OpenAI tokenizer and an OpenAI-style image processor (short side
     → ``image_size`` bicubic, centre crop) into ``directory``. ``architecture`` "tiny" (2 layers, width 32, 32 px) or
     "vit-b-32" (the exact ViT-B/32 shapes of openai/clip-vit-base-patch32, 224 px)."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+    )
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -189,3 +198,45 @@ class TensorFeatureCLIP(nn.Module):
     def get_text_features(self, *args: object, **kwargs: object) -> torch.Tensor:
         out = self.model.get_text_features(*args, **kwargs)
         return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+# ------------------------------------------------------------------------------------------------
+# Backbone factories of the ``*-random-test`` names (declared as entry points in pyproject.toml).
+def inception_random_test(weights_dir: Path | None, device: torch.device):  # -> InceptionBackbone
+    """Entry point ``inception-2015-12-05-random-test``: the FID Inception with seeded random weights."""
+    from bestckpt.backbones.inception import InceptionBackbone
+
+    return InceptionBackbone(random_fid_inception(seed=0), "inception-2015-12-05-random-test", device, "seed0")
+
+
+def _lpips_random(net: str):
+    def factory(weights_dir: Path | None, device: torch.device):  # -> LpipsBackbone
+        from bestckpt.backbones.lpips import LpipsBackbone
+
+        feats, lins = random_lpips_parts(net, seed=0)
+        return LpipsBackbone(net, feats, lins, f"lpips-{net}-random-test", device)
+    factory.__name__ = f"lpips_{net}_random_test"
+    return factory
+
+
+lpips_alex_random_test = _lpips_random("alex")
+lpips_vgg_random_test = _lpips_random("vgg")
+
+
+def clip_vit_b_32_random_test(weights_dir: Path | None, device: torch.device):  # -> OpenClipBackbone
+    """Entry point ``clip-vit-b-32-random-test``: open_clip ViT-B/32 with seeded random weights."""
+    from bestckpt.backbones.clip import OpenClipBackbone
+
+    return OpenClipBackbone(random_open_clip(seed=0), "clip-vit-b-32-random-test", device, "seed0")
+
+
+def clip_tiny_random_test(weights_dir: Path | None, device: torch.device):  # -> HFClipBackbone
+    """Entry point ``clip-tiny-random-test``: a tiny random Hugging Face CLIP (built in a temporary folder)."""
+    import os
+    import tempfile
+
+    from bestckpt.backbones.clip import HFClipBackbone
+
+    with tempfile.TemporaryDirectory(prefix="bestckpt-tiny-clip-") as tmp:
+        folder = write_tiny_hf_clip(Path(tmp) / "clip", seed=0)
+        return HFClipBackbone.from_pretrained(os.fspath(folder), device, name="clip-tiny-random-test")

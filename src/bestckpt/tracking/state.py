@@ -6,7 +6,7 @@ records changed since the last write (the next journal entry), the recorded dele
 the stored tracker config. It parses a snapshot, applies journal transactions, and encodes a full
 snapshot or one journal line. Every byte it reads or writes goes through :mod:`bestckpt.store`
 (``StateFile``); deciding *when* to reload, and reconciling with the checkpoints on disk, is
-:mod:`bestckpt.reconcile`'s job.
+:mod:`bestckpt.tracking.reconcile`'s job.
 """
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from bestckpt import store
+from bestckpt import errors, fsio
+from bestckpt.errors import StateError
+from bestckpt.tracking import entries, journal, layout
 
 __all__ = ["Record", "StateError", "STATE_SCHEMA", "STATUSES", "HEADER_TOP", "TrackerState", "check_step",
            "clean_metrics"]
@@ -29,10 +31,6 @@ logger = logging.getLogger(__name__)
 STATE_SCHEMA = "bestckpt.state/1"
 STATUSES = ("pending", "saved", "evaluated", "failed")
 HEADER_TOP = 100  # the state header's "top_k" lists at most this many steps (the ranking's head)
-
-
-class StateError(RuntimeError):
-    """The state cannot be used as is (written by a newer bestckpt, or a metric change without data)."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +94,7 @@ class Record:
         raw_metrics = data.get("metrics") or {}
         if not isinstance(raw_metrics, dict):
             raise ValueError(f"record of step {step} has non-object metrics {raw_metrics!r}")
-        metrics = {str(k): store.float_from_json(v) for k, v in raw_metrics.items()}
+        metrics = {str(k): fsio.float_from_json(v) for k, v in raw_metrics.items()}
         status = data.get("status", "evaluated")  # the original's records were all evaluated
         if status not in STATUSES:
             raise ValueError(f"record of step {step} has unknown status {status!r}")
@@ -160,7 +158,7 @@ class TrackerState:
     ``stamp`` is the ``StateFile`` stamp of what memory reflects (``None``: reread everything).
     """
 
-    def __init__(self, directory: Path, sf: store.StateFile) -> None:
+    def __init__(self, directory: Path, sf: journal.StateFile) -> None:
         self.dir = Path(directory)
         self.sf = sf
         self.path = sf.path
@@ -218,8 +216,8 @@ class TrackerState:
 
     def check_confined(self, rec: Record) -> None:
         try:
-            store.confine(self.dir, rec.path)
-        except store.UnsafePathError as exc:
+            entries.confine(self.dir, rec.path)
+        except errors.UnsafePathError as exc:
             self.refused[rec.step] = str(exc)
             logger.error("state entry of step %d refused: %s (never deleted, never best)", rec.step, exc)
         else:
@@ -256,7 +254,7 @@ class TrackerState:
                 unreadable.append(entry)
                 continue
             if schema is None:  # the original stored absolute or cwd-relative paths
-                rec = dataclasses.replace(rec, path=store.legacy_relpath(self.dir, rec.path))
+                rec = dataclasses.replace(rec, path=layout.legacy_relpath(self.dir, rec.path))
             if rec.step in records:
                 logger.warning("%s lists step %d twice; the later entry wins", self.path, rec.step)
             records[rec.step] = rec
@@ -307,17 +305,17 @@ class TrackerState:
                 rec = self.records[step]
                 hit = cache.get(step)
                 if hit is None or hit[0] is not rec:
-                    hit = (rec, store.to_strict_json(rec.to_json()))
+                    hit = (rec, fsio.to_strict_json(rec.to_json()))
                     cache[step] = hit
                 fragments.append(hit[1])
             if len(cache) > len(self.records):
                 for step in [s for s in cache if s not in self.records]:
                     del cache[step]
-            self.sf.write_full(store.to_strict_json(header)[:-1] + ',"checkpoints":[\n' + ",\n".join(fragments) + "\n]")
+            self.sf.write_full(fsio.to_strict_json(header)[:-1] + ',"checkpoints":[\n' + ",\n".join(fragments) + "\n]")
             self.force_full = False
         else:
             changed = [self.records[s].to_json() for s in sorted(self.dirty)]
-            self.sf.append(store.to_strict_json({"header": header, "records": changed}))
+            self.sf.append(fsio.to_strict_json({"header": header, "records": changed}))
         self.dirty.clear()
         self.stamp = self.sf.stamp()
         self.stored_config = stored_config

@@ -1,4 +1,4 @@
-"""Bring a :class:`~bestckpt.state.TrackerState` up to date with the directory it describes.
+"""Bring a :class:`~bestckpt.tracking.state.TrackerState` up to date with the directory it describes.
 
 - :func:`load`: reread the state if another process changed it (the snapshot's and journal's
   ``(mtime_ns, size, inode)`` tell; when only the journal grew, just its new lines are applied),
@@ -17,9 +17,10 @@ import dataclasses
 import logging
 from typing import Iterator
 
-from bestckpt import store
-from bestckpt.config import TrackerConfig
-from bestckpt.state import Record, StateError, TrackerState
+from bestckpt import errors
+from bestckpt.tracking import entries
+from bestckpt.tracking.config import TrackerConfig
+from bestckpt.tracking.state import Record, StateError, TrackerState
 
 __all__ = ["load", "reconcile", "rebuild_from_disk", "drop_missing", "finish_intents", "scan",
            "unknown_entries", "check_metric_change"]
@@ -76,7 +77,7 @@ def _journal_corrupt(st: TrackerState, config: TrackerConfig, is_writer: bool, w
     """Keep the snapshot, move the unreadable journal aside, and re-adopt what is on disk."""
     journal = st.sf.journal_path
     if is_writer:
-        aside = store.move_aside(journal)
+        aside = entries.move_aside(journal)
         logger.error("%s (%s); moved it to %s; checkpoints on disk that the state lost are re-adopted",
                      why, journal, aside.name)
     else:
@@ -89,20 +90,20 @@ def _journal_corrupt(st: TrackerState, config: TrackerConfig, is_writer: bool, w
 def _corrupt(st: TrackerState, config: TrackerConfig, is_writer: bool, why: str) -> None:
     """Move an unreadable state aside (never lose it) and rebuild from the checkpoints on disk."""
     if is_writer:
-        aside = store.move_aside(st.path)
+        aside = entries.move_aside(st.path)
         logger.error("%s is unreadable (%s); moved it to %s and rebuilt the state from the checkpoints on disk",
                      st.path, why, aside.name)
     else:
         logger.error("%s is unreadable (%s); reading the checkpoints on disk instead", st.path, why)
-    if is_writer and store.entry_stat(st.dir, st.sf.journal_path.name) is not None:
-        store.move_aside(st.sf.journal_path)
+    if is_writer and entries.entry_stat(st.dir, st.sf.journal_path.name) is not None:
+        entries.move_aside(st.sf.journal_path)
     st.forget()
     rebuild_from_disk(st, config)
 
 
 def scan(st: TrackerState, config: TrackerConfig) -> Iterator[tuple[int, str]]:
     """``(step, name)`` of every entry of the directory named like a step checkpoint."""
-    for name in store.list_names(st.dir):
+    for name in entries.list_names(st.dir):
         step = config.step_from_name(name)
         if step is not None:
             yield step, name
@@ -115,7 +116,7 @@ def rebuild_from_disk(st: TrackerState, config: TrackerConfig) -> None:
     for step, name in scan(st, config):
         if step in st.records and not st.records[step].pruned:
             continue
-        stat = store.entry_stat(st.dir, name)
+        stat = entries.entry_stat(st.dir, name)
         if stat is None:
             continue
         st.put(Record(step=step, epoch=None, path=name, metrics={}, status="saved", time=stat.st_mtime,
@@ -140,7 +141,7 @@ def reconcile(st: TrackerState, is_writer: bool) -> None:
     """After a reload: drop records whose checkpoint vanished, finish interrupted deletions
     (the writer only; readers just see the vanished ones as pruned)."""
     for rec in st.live():
-        if store.entry_stat(st.dir, rec.path) is None:
+        if entries.entry_stat(st.dir, rec.path) is None:
             drop_missing(st, rec)
     if st.intents and is_writer:
         finish_intents(st)
@@ -153,20 +154,20 @@ def finish_intents(st: TrackerState) -> None:
         if not isinstance(rel, str):
             continue
         try:
-            store.confine(st.dir, rel)
-        except store.UnsafePathError as exc:
+            entries.confine(st.dir, rel)
+        except errors.UnsafePathError as exc:
             logger.error("refusing to delete %r: %s", rel, exc)
             continue
-        stat = store.entry_stat(st.dir, rel)
+        stat = entries.entry_stat(st.dir, rel)
         if stat is None:
             continue
         if (stat.st_ino, stat.st_mtime_ns) != (intent.get("ino"), intent.get("mtime_ns")):
             logger.info("not deleting %s: it was replaced after the deletion was decided", rel)
             continue
         try:
-            store.delete_entry(st.dir, rel)
+            entries.delete_entry(st.dir, rel)
             logger.info("deleted checkpoint %s (retention)", rel)
-        except (OSError, store.UnsafePathError) as exc:
+        except (OSError, errors.UnsafePathError) as exc:
             logger.error("could not delete checkpoint %s: %s", rel, exc)
     st.intents = []
 

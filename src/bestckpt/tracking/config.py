@@ -27,7 +27,7 @@ def _is_int(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class TrackerConfig:
-    """Settings of a :class:`~bestckpt.tracker.BestCheckpointTracker`.
+    """Settings of a :class:`~bestckpt.tracking.tracker.BestCheckpointTracker`.
 
     Attributes:
         checkpoint_dir: directory holding the checkpoints (files or DeepSpeed tag directories),

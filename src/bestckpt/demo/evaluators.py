@@ -22,7 +22,6 @@ Training recipe and measured quality: ``docs/demo-evaluators.md`` and ``scripts/
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bestckpt.backbones.weights import WeightsError
 from bestckpt.demo.data import ATTRIBUTE_NAMES, ATTRIBUTES, IMAGE_SIZE, Tokenizer
+from bestckpt.errors import DemoWeightsError
+from bestckpt.fsio import atomic_write_text, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +52,14 @@ __all__ = [
     "build_demo_backbone",
     "load_weights_file",
     "preprocess",
-    "register",
-    "sha256_file",
+    "demo_classifier",
+    "demo_clip",
+    "demo_lpips",
     "verify_weights",
     "write_manifest",
 ]
 
-DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "demo" / "weights"
+DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MANIFEST = "manifest.json"
 #: backbone name -> weight file; demo-lpips also needs the classifier's file (its feature network).
 WEIGHT_FILES: dict[str, str] = {
@@ -69,10 +70,6 @@ WEIGHT_FILES: dict[str, str] = {
 #: backbone name -> kind in `bestckpt.backbones`
 DEMO_BACKBONES: dict[str, str] = {"demo-classifier": "inception", "demo-clip": "clip", "demo-lpips": "lpips"}
 _BATCH = 256  # images per forward pass: bounds memory for large evaluation sets
-
-
-class DemoWeightsError(WeightsError):
-    """A demo evaluator weight file is missing, unlisted in the manifest, or fails its sha256 check."""
 
 
 # ------------------------------------------------------------------------------------------ networks
@@ -206,14 +203,6 @@ class DemoClipNet(nn.Module):
 
 # -------------------------------------------------------------------------------------- weight files
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_manifest(weights_dir: Path, extra: dict[str, Any] | None = None) -> Path:
     """Record sha256 and size of every demo weight file present in `weights_dir` (atomic write)."""
     weights_dir = Path(weights_dir)
@@ -223,9 +212,7 @@ def write_manifest(weights_dir: Path, extra: dict[str, Any] | None = None) -> Pa
         if p.exists():
             files[fname] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
     doc = {"files": files, **(extra or {})}
-    tmp = weights_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, weights_dir / MANIFEST)
+    atomic_write_text(weights_dir / MANIFEST, json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return weights_dir / MANIFEST
 
 
@@ -415,18 +402,6 @@ def build_demo_backbone(name: str, *, weights_dir: str | os.PathLike | None = No
     return _CLASSES[name](_resolve_dir(weights_dir), device)
 
 
-def register() -> bool:
-    """Register the three demo evaluators with `bestckpt.backbones` (True when that registry exists)."""
-    try:
-        from bestckpt.backbones import register_backbone
-    except ImportError:  # the registry is optional for using these classes directly
-        logger.debug("bestckpt.backbones.register_backbone not available; demo evaluators not registered")
-        return False
-    for name, kind in DEMO_BACKBONES.items():
-        register_backbone(kind, name, _factory(name), replace=True)
-    return True
-
-
 def _factory(name: str):
     """`bestckpt.backbones` factory signature: factory(weights_dir: Path | None, device: torch.device)."""
 
@@ -437,4 +412,7 @@ def _factory(name: str):
     return factory
 
 
-register()
+#: Entry points ``demo-classifier``, ``demo-clip``, ``demo-lpips`` (declared in pyproject.toml).
+demo_classifier = _factory("demo-classifier")
+demo_clip = _factory("demo-clip")
+demo_lpips = _factory("demo-lpips")

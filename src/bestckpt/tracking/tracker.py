@@ -11,7 +11,7 @@ deletions come after the swap) with a ``best_link`` marker in the state; the nex
 Large states: once ``best_checkpoints.json`` exceeds ``state_compact_bytes`` (256 KiB, roughly
 800 records) each call appends one fsynced line to ``best_checkpoints.journal`` instead of rewriting
 the snapshot; the snapshot is rewritten when the journal reaches a quarter of its size and at every
-tracker start. Read the state with :func:`bestckpt.store.read_state` (snapshot + journal) or
+tracker start. Read the state with :func:`bestckpt.journal.read_state` (snapshot + journal) or
 ``bestckpt status --json``; for ordinary runs ``best_checkpoints.json`` alone is always current.
 A tracker object may be shared by threads (an in-process lock serialises its calls).
 
@@ -29,9 +29,9 @@ Documented choices:
   state and compute the same answers in memory.
 
 Layout: this module orchestrates (locking, transactions, retention, ``best.pt``, exports);
-:mod:`bestckpt.state` holds :class:`Record`, the schema and the in-memory state with its
-encoding; :mod:`bestckpt.reconcile` reloads it and reconciles it with the directory;
-:mod:`bestckpt.ranking` keeps the ranking incrementally; :mod:`bestckpt.policies` decides
+:mod:`bestckpt.tracking.state` holds :class:`Record`, the schema and the in-memory state with its
+encoding; :mod:`bestckpt.tracking.reconcile` reloads it and reconciles it with the directory;
+:mod:`bestckpt.tracking.ranking` keeps the ranking incrementally; :mod:`bestckpt.tracking.policies` decides
 retention; :mod:`bestckpt.store` does every filesystem operation.
 """
 from __future__ import annotations
@@ -49,13 +49,22 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import filelock
 
-from bestckpt import reconcile, store
-from bestckpt.config import TrackerConfig
-from bestckpt.policies import Candidate, Decision, retention_policy
-from bestckpt.ranking import Ranking
-from bestckpt.state import HEADER_TOP, STATE_SCHEMA, Record, StateError, TrackerState, check_step, clean_metrics
-from bestckpt.sinks.console import format_score, format_summary
-from bestckpt.sinks.results import results_document
+from bestckpt import errors, fsio
+from bestckpt.tracking import bestlink, entries, journal, layout, locking, reconcile
+from bestckpt.tracking.config import TrackerConfig
+from bestckpt.tracking.console import format_score, format_summary
+from bestckpt.tracking.policies import Candidate, Decision, retention_policy
+from bestckpt.tracking.ranking import Ranking
+from bestckpt.tracking.results import results_document
+from bestckpt.tracking.state import (
+    HEADER_TOP,
+    STATE_SCHEMA,
+    Record,
+    StateError,
+    TrackerState,
+    check_step,
+    clean_metrics,
+)
 
 __all__ = ["BestCheckpointTracker", "Record", "StateError", "STATE_SCHEMA"]
 
@@ -90,7 +99,7 @@ class BestCheckpointTracker:
 
     ``BestCheckpointTracker(checkpoint_dir, metric_name="composite_score", higher_is_better=True,
     save_top_k=3, *, keep_latest=1, keep_every_n_steps=10_000, pinned_steps=(), min_improvement=0.0,
-    dry_run=False, is_writer=None, config=None)``; see :class:`~bestckpt.config.TrackerConfig`.
+    dry_run=False, is_writer=None, config=None)``; see :class:`~bestckpt.tracking.config.TrackerConfig`.
     Pass ``config`` instead of the keyword settings to share one config object.
     """
 
@@ -124,8 +133,8 @@ class BestCheckpointTracker:
         self.config = config
         self.is_writer = _default_is_writer() if is_writer is None else bool(is_writer)
         self.dir = config.checkpoint_dir
-        self._state_path = self.dir / store.STATE_FILE
-        self._st = TrackerState(self.dir, store.StateFile(self.dir, compact_bytes=state_compact_bytes))
+        self._state_path = self.dir / layout.STATE_FILE
+        self._st = TrackerState(self.dir, journal.StateFile(self.dir, compact_bytes=state_compact_bytes))
         self._rank = Ranking(self._st, config)  # incremental: a call re-ranks only what it changed
         self._results_signature: str | None = None
         self._results_fragments: dict[int, tuple[Record, str]] = {}  # step -> (record, its indented JSON)
@@ -141,7 +150,7 @@ class BestCheckpointTracker:
             except OSError as exc:
                 raise OSError(exc.errno, f"cannot create checkpoint_dir {self.dir}: {exc.strerror}; "
                               "check the path and its permissions, or pass is_writer=False to only read") from exc
-            self._lock = store.lock(self.dir, timeout=lock_timeout)
+            self._lock = locking.lock(self.dir, timeout=lock_timeout)
             try:
                 with self._locked():
                     self._startup()
@@ -160,7 +169,7 @@ class BestCheckpointTracker:
         state is missing or unreadable). Read-only unless ``is_writer``: what ``bestckpt status`` uses."""
         stored: dict[str, Any] = {}
         try:
-            data = store.read_state(Path(checkpoint_dir))
+            data = journal.read_state(Path(checkpoint_dir))
             if isinstance(data, dict):
                 cfg = data.get("tracker_config")
                 stored = dict(cfg) if isinstance(cfg, dict) else {
@@ -191,7 +200,7 @@ class BestCheckpointTracker:
         step = check_step(step)
 
         def mutate() -> None:
-            rel = store.checkpoint_relpath(self.dir, path, self.config.step_filename(step), step, must_exist=True)
+            rel = layout.checkpoint_relpath(self.dir, path, self.config.step_filename(step), step, must_exist=True)
             old = self._st.records.get(step)
             if old is not None and not old.pruned and old.status in ("evaluated", "failed"):
                 logger.info("step %d saved again: its earlier %s record is replaced", step, old.status)
@@ -213,7 +222,7 @@ class BestCheckpointTracker:
         before: list[int | None] = [None]
 
         def mutate() -> bool:
-            rel = store.checkpoint_relpath(self.dir, checkpoint_path, self.config.step_filename(step), step, must_exist=True)
+            rel = layout.checkpoint_relpath(self.dir, checkpoint_path, self.config.step_filename(step), step, must_exist=True)
             before[0] = self._best_step()
             old = self._st.records.get(step)
             if old is not None and not old.pruned and old.status in ("evaluated", "failed"):
@@ -250,7 +259,7 @@ class BestCheckpointTracker:
         def mutate() -> None:
             old = self._st.records.get(step)
             path = checkpoint_path if checkpoint_path is not None else (old.path if old and not old.pruned else None)
-            rel = store.checkpoint_relpath(self.dir, path, self.config.step_filename(step), step, must_exist=True)
+            rel = layout.checkpoint_relpath(self.dir, path, self.config.step_filename(step), step, must_exist=True)
             self._st.put(Record(step=step, epoch=epoch if epoch is not None else (old.epoch if old else None),
                              path=rel, metrics=dict(old.metrics) if old else {}, status="failed", time=time.time(),
                              protocol_hash=protocol_hash, error=str(error)))
@@ -336,7 +345,7 @@ class BestCheckpointTracker:
         Only the writer writes (a non-writer rank just gets the path). The file is also refreshed
         by every call that changes what it shows; it lists the ranking's first 100 records.
         """
-        path = self.dir / store.RESULTS_FILE
+        path = self.dir / layout.RESULTS_FILE
         if not self.is_writer:
             return path
         with self._locked():
@@ -353,8 +362,8 @@ class BestCheckpointTracker:
             try:
                 self._lock.acquire()
             except filelock.Timeout:
-                raise store.StateLockTimeout(
-                    f"could not lock {self.dir / store.LOCK_FILE} within {self._lock.timeout} s; another "
+                raise errors.StateLockTimeout(
+                    f"could not lock {self.dir / layout.LOCK_FILE} within {self._lock.timeout} s; another "
                     "process holds it (a hung trainer/evaluator?). Stop it, or raise lock_timeout") from None
             try:
                 yield
@@ -396,11 +405,11 @@ class BestCheckpointTracker:
         Cheap (a few ``lstat`` calls): the full check of every live record runs on full reloads.
         """
         newest = max(self._st.live_steps, default=None)
-        if newest is not None and store.entry_stat(self.dir, self._st.records[newest].path) is None:
+        if newest is not None and entries.entry_stat(self.dir, self._st.records[newest].path) is None:
             reconcile.drop_missing(self._st, self._st.records[newest])
         while True:
             best = self._best_step()
-            if best is None or store.entry_stat(self.dir, self._st.records[best].path) is not None:
+            if best is None or entries.entry_stat(self.dir, self._st.records[best].path) is not None:
                 return
             reconcile.drop_missing(self._st, self._st.records[best])
 
@@ -414,16 +423,16 @@ class BestCheckpointTracker:
         for d in doomed:
             rec = self._st.records[d.step]
             self._st.put(dataclasses.replace(rec, pruned=True))
-            st = store.entry_stat(self.dir, rec.path)
+            st = entries.entry_stat(self.dir, rec.path)
             if st is None:
                 continue
             self._st.intents.append({"step": rec.step, "path": rec.path, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns})
-        link = self.dir / store.BEST_LINK
-        current = store.read_pointer(link)
+        link = self.dir / layout.BEST_LINK
+        current = bestlink.read_pointer(link)
         marker = {"from": current, "to": best_rel} if current != best_rel else None
         self._write_state(best_step, marker)
         if best_rel is not None and current != best_rel:
-            store.atomic_symlink(link, best_rel, target_is_directory=(self.dir / best_rel).is_dir())
+            bestlink.atomic_symlink(link, best_rel, target_is_directory=(self.dir / best_rel).is_dir())
             logger.debug("best.pt -> %s", best_rel)
         elif best_rel is None and link.is_symlink():
             os.unlink(link)  # nothing rankable any more: a stale pointer would lie
@@ -476,13 +485,13 @@ class BestCheckpointTracker:
 
     def _startup(self) -> None:
         """First load by the writer: clean leftovers, reconcile, report unknown entries, check the metric."""
-        link = self.dir / store.BEST_LINK
+        link = self.dir / layout.BEST_LINK
         if os.path.lexists(link) and not link.is_symlink():
             raise FileExistsError(
                 f"{link} exists and is not a symlink; bestckpt will not overwrite it. "
                 f"Move it away so that {link.name} can point at the best checkpoint."
             )
-        removed = store.cleanup_temporaries(self.dir)
+        removed = entries.cleanup_temporaries(self.dir)
         if removed:
             logger.info("removed %d leftover temporary entries in %s", len(removed), self.dir)
         self._load()
@@ -499,12 +508,12 @@ class BestCheckpointTracker:
 
     def _repair_best_link(self) -> None:
         best_step = self._best_step()
-        link = self.dir / store.BEST_LINK
+        link = self.dir / layout.BEST_LINK
         if best_step is None:
             return
         rel = self._st.records[best_step].path
-        if store.read_pointer(link) != rel:
-            store.atomic_symlink(link, rel, target_is_directory=(self.dir / rel).is_dir())
+        if bestlink.read_pointer(link) != rel:
+            bestlink.atomic_symlink(link, rel, target_is_directory=(self.dir / rel).is_dir())
             logger.info("best.pt now points at %s", rel)
 
     def _write_state(self, best_step: int | None, marker: dict[str, Any] | None) -> None:
@@ -539,15 +548,15 @@ class BestCheckpointTracker:
         for rec in head:
             hit = cache.get(rec.step)
             if hit is None or hit[0] is not rec:
-                hit = cache[rec.step] = (rec, store.to_strict_json(rec.to_json(), indent=2))
+                hit = cache[rec.step] = (rec, fsio.to_strict_json(rec.to_json(), indent=2))
             fragments.append(hit[1])
         assert len(fragments) == len(doc["best_checkpoints"]) and list(doc)[-1] == "updated_at"
-        members = [(key, store.indented_array(fragments) if key == "best_checkpoints"
-                    else store.to_strict_json(value, indent=2)) for key, value in doc.items()]
-        signature = store.indented_object(members[:-1])
-        if not force and signature == self._results_signature and (self.dir / store.RESULTS_FILE).exists():
+        members = [(key, fsio.indented_array(fragments) if key == "best_checkpoints"
+                    else fsio.to_strict_json(value, indent=2)) for key, value in doc.items()]
+        signature = fsio.indented_object(members[:-1])
+        if not force and signature == self._results_signature and (self.dir / layout.RESULTS_FILE).exists():
             return
-        store.atomic_write_text(self.dir / store.RESULTS_FILE, store.indented_object(members) + "\n", durable=False)
+        fsio.atomic_write_text(self.dir / layout.RESULTS_FILE, fsio.indented_object(members) + "\n", durable=False)
         self._results_signature = signature
 
     def __repr__(self) -> str:

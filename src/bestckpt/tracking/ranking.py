@@ -1,12 +1,12 @@
 """The ranking of a tracker's live records, maintained incrementally between calls.
 
 A tracker call changes one or two records, but with ``save_top_k=-1`` thousands stay live;
-rebuilding every :class:`~bestckpt.policies.Candidate` and re-sorting them at each call cost
+rebuilding every :class:`~bestckpt.tracking.policies.Candidate` and re-sorting them at each call cost
 O(n log n) Python work per call. :class:`Ranking` keeps one candidate per live step and the
 rankable ones as a sorted list of ``(key, step)`` (key: the score with its direction made
-explicit, ties broken by the earlier step, exactly :func:`bestckpt.policies.rank`'s order),
-and updates both from the steps :class:`~bestckpt.state.TrackerState` says were touched.
-Results are the pure policies' answers: :func:`~bestckpt.policies.select_best` is used as is
+explicit, ties broken by the earlier step, exactly :func:`bestckpt.tracking.policies.rank`'s order),
+and updates both from the steps :class:`~bestckpt.tracking.state.TrackerState` says were touched.
+Results are the pure policies' answers: :func:`~bestckpt.tracking.policies.select_best` is used as is
 when ``min_improvement > 0`` (with 0 it is, by definition, the ranking's head).
 No disk access here.
 """
@@ -15,9 +15,9 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
-from bestckpt.config import TrackerConfig
-from bestckpt.policies import Candidate, select_best
-from bestckpt.state import Record, TrackerState
+from bestckpt.tracking.config import TrackerConfig
+from bestckpt.tracking.policies import Candidate, select_best
+from bestckpt.tracking.state import Record, TrackerState
 
 __all__ = ["Ranking"]
 
@@ -148,7 +148,7 @@ class Ranking:
     def may_delete(self) -> bool:
         """Whether any live checkpoint is neither in the top-k nor pending evaluation.
 
-        :func:`~bestckpt.policies.retention_policy` always contains ``TopK(save_top_k)`` and
+        :func:`~bestckpt.tracking.policies.retention_policy` always contains ``TopK(save_top_k)`` and
         ``PendingEvaluation``, which keep exactly the other ones: when this is ``False`` every
         retention decision is *keep*, so a commit can skip computing them (with ``save_top_k=-1``
         and every checkpoint evaluated, that is every call).

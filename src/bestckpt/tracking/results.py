@@ -7,7 +7,7 @@ Shape (the guide's keys first, ours after)::
                  "best_step": 2000, "metric_name": ..., "higher_is_better": ...},
      "schema": "bestckpt.results/1", "pending": [steps], "failed": [{"step", "error"}], "updated_at": t}
 
-Non-finite numbers are written as strings by :func:`bestckpt.store.to_strict_json` (never bare NaN).
+Non-finite numbers are written as strings by :func:`bestckpt.fsio.to_strict_json` (never bare NaN).
 """
 from __future__ import annotations
 

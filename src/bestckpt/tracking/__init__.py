@@ -1,0 +1,18 @@
+"""The tracker core: torch-free bookkeeping of one checkpoint directory.
+
+Who does what (each module imports only those listed after it, and nothing here imports torch)::
+
+    tracker     BestCheckpointTracker: lock -> reload -> mutate -> state -> best.pt -> prune -> results
+    reconcile   the state vs the directory on start: vanished checkpoints, interrupted deletions
+    ranking     incremental ranking of the live records (same order as the policies)
+    state       Record, the schema, the in-memory state and its encoding
+    policies    pure retention policies (TopK, LatestN, EveryNSteps, Pinned, PendingEvaluation)
+    config      TrackerConfig: one typed, validated source of settings for the API and the CLI
+    console     the guide's summary block and score formatting (text only)
+    results     the guide's best_checkpoint_results.json document (data only)
+    journal     the state file's bytes: snapshot + append-only journal
+    bestlink    best.pt: atomic relative symlink swap (pointer-file fallback)
+    locking     the directory's cross-process lock
+    layout      our file names, step checkpoints and their completeness, paths relative to the directory
+    entries     confinement to the directory, the only deletion, leftovers of interrupted writes
+"""

@@ -1,0 +1,159 @@
+"""The checkpoint directory's layout: our file names, step checkpoints, completeness, paths.
+
+- The files bestckpt keeps beside the checkpoints (:data:`STATE_FILE`, :data:`RESULTS_FILE`,
+  :data:`LOCK_FILE`, :data:`JOURNAL_FILE`, :data:`BEST_LINK` and its pointer-file fallback).
+- Which entries are step checkpoints and whether each is completely written
+  (:func:`find_checkpoints`, :func:`is_checkpoint_complete`; DeepSpeed's ``latest`` pointer,
+  :func:`read_latest_tag`; the completion marker, :func:`mark_complete`).
+- Paths handed to the tracker, expressed relative to the directory (:func:`checkpoint_relpath`,
+  :func:`legacy_relpath`).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from bestckpt.fsio import atomic_write_text
+from bestckpt.tracking.entries import confine
+
+__all__ = [
+    "STATE_FILE",
+    "RESULTS_FILE",
+    "LOCK_FILE",
+    "JOURNAL_FILE",
+    "BEST_LINK",
+    "POINTER_SUFFIX",
+    "COMPLETE_MARKER",
+    "checkpoint_relpath",
+    "legacy_relpath",
+    "read_latest_tag",
+    "is_checkpoint_complete",
+    "find_checkpoints",
+    "mark_complete",
+]
+
+STATE_FILE = "best_checkpoints.json"
+RESULTS_FILE = "best_checkpoint_results.json"
+LOCK_FILE = STATE_FILE + ".lock"
+JOURNAL_FILE = "best_checkpoints.journal"
+BEST_LINK = "best.pt"
+POINTER_SUFFIX = ".txt"  # best.pt.txt: the fallback where symlinks are impossible
+
+
+def checkpoint_relpath(root: Path, path: str | Path | None, default: str, step: int, *, must_exist: bool) -> str:
+    """``path`` as a path relative to the checkpoint directory ``root`` (``default``, the step's
+    file name, when ``path`` is ``None``).
+
+    Absolute paths must lie inside the directory. A relative path is taken relative to the
+    current directory when that lands inside the checkpoint directory, else relative to it.
+    """
+    root = Path(root)
+    if path is None:
+        rel = default
+    else:
+        p = Path(path)
+        real_root = root.resolve()
+        candidates = [p] if p.is_absolute() else [Path.cwd() / p, root / p]
+        rel = None
+        for cand in candidates:
+            parent = cand.parent.resolve()
+            if parent == real_root or real_root in parent.parents:
+                rel = os.path.relpath(parent / cand.name, real_root)
+                break
+        if rel is None or rel in (".", "") or rel.startswith(".."):
+            raise ValueError(
+                f"checkpoint path {str(path)!r} is not inside checkpoint_dir {root}; save checkpoints into "
+                "that directory (or create the tracker on the directory they are saved in)"
+            )
+    confine(root, rel)
+    if must_exist and not os.path.lexists(root / rel):
+        raise FileNotFoundError(
+            f"checkpoint {root / rel} of step {step} does not exist; call the tracker after the checkpoint "
+            "is completely saved (and pass the path it was saved to)"
+        )
+    return rel
+
+
+def legacy_relpath(root: Path, path: str) -> str:
+    """A path stored by the original tracker (absolute, cwd-relative or relative to ``root``) as a
+    path relative to ``root`` when it names an existing entry inside ``root``; else unchanged."""
+    p = Path(path)
+    root = Path(root)
+    real_root = root.resolve()
+    for cand in ([p] if p.is_absolute() else [root / p, Path.cwd() / p, root / p.name]):
+        try:
+            parent = cand.parent.resolve()
+        except OSError:
+            continue
+        if (parent == real_root or real_root in parent.parents) and os.path.lexists(parent / cand.name):
+            return os.path.relpath(parent / cand.name, real_root)
+    return path
+
+
+#: a file inside a checkpoint directory that says "this checkpoint is completely written"
+COMPLETE_MARKER = ".bestckpt-complete"
+
+
+def read_latest_tag(checkpoint_dir: str | Path) -> str | None:
+    """The tag named by DeepSpeed's ``checkpoint_dir/latest`` text file, or None."""
+    latest = Path(checkpoint_dir) / "latest"
+    try:
+        text = latest.read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError):
+        return None
+    return text or None
+
+
+def is_checkpoint_complete(path: str | Path, *, later_exists: bool, latest_tag: str | None = None) -> bool:
+    """Whether a checkpoint is completely on disk and safe to evaluate.
+
+    A file is complete once it has its final name (trainers must write to a temporary name and
+    rename, as ``torch.save`` + ``os.replace`` does). A directory (DeepSpeed tag) is complete when
+    it holds the ``.bestckpt-complete`` marker, when DeepSpeed's ``latest`` names it, or when a
+    later tag exists (DeepSpeed saves tags one after another, with a barrier at the end of each).
+    ``latest`` alone is weak (DeepSpeed writes it before its final barrier), so trainers that can
+    should write the marker on rank 0 after ``save_checkpoint`` returns.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        return False
+    if path.is_file():
+        return True
+    if not path.is_dir():
+        return False
+    if (path / COMPLETE_MARKER).exists():
+        return True
+    if latest_tag is not None and latest_tag == path.name:
+        return True
+    return later_exists
+
+
+def find_checkpoints(checkpoint_dir: str | Path, step_from_name: Callable[[str], int | None]) -> list[tuple[int, Path, bool]]:
+    """``(step, path, complete)`` for every step checkpoint in the directory, ascending by step."""
+    root = Path(checkpoint_dir)
+    if not root.is_dir():
+        return []
+    found: list[tuple[int, Path]] = []
+    for entry in root.iterdir():
+        if entry.is_symlink() or entry.name.endswith(".tmp"):
+            continue
+        step = step_from_name(entry.name)
+        if step is not None:
+            found.append((step, entry))
+    found.sort()
+    latest = read_latest_tag(root)
+    return [
+        (step, path, is_checkpoint_complete(path, later_exists=i < len(found) - 1, latest_tag=latest))
+        for i, (step, path) in enumerate(found)
+    ]
+
+
+def mark_complete(tag_dir: str | Path) -> Path:
+    """Write the completion marker into a checkpoint directory (rank 0, after the save returned)."""
+    tag_dir = Path(tag_dir)
+    if not tag_dir.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {str(tag_dir)!r} does not exist; save the checkpoint first")
+    marker = tag_dir / COMPLETE_MARKER
+    atomic_write_text(marker, "complete\n")
+    return marker
