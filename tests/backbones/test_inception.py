@@ -25,14 +25,7 @@ def images() -> torch.Tensor:
     return torch.randint(0, 256, (2, 3, 48, 64), generator=g, dtype=torch.uint8)
 
 
-@pytest.fixture(autouse=True)
-def isolated_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("BESTCKPT_WEIGHTS_DIR", raising=False)
-    monkeypatch.delenv("BESTCKPT_ALLOW_DOWNLOAD", raising=False)
-    monkeypatch.delenv("BESTCKPT_VERIFY_WEIGHTS", raising=False)
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("isolated_caches")
 
 
 def test_tf1_resize_matches_torch_fidelity_exactly() -> None:

@@ -9,24 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from pipeline_kit import KitScorer, TinySampler, save_checkpoint, write_reference_images
+from pipeline_kit import (
+    KitScorer,
+    TinySampler,
+    make_protocol,
+    real_protocol,
+    save_checkpoint,
+)
 
 from bestckpt.evaluation.evaluate import evaluate_checkpoint
 from bestckpt.evaluation.protocol import Protocol, SmallSampleWarning
-from bestckpt.evaluation.sampler import SamplerSettings
 from bestckpt.runners import BackgroundRunner, EvalSchedule, Evaluator, InlineRunner
 from bestckpt.tracking.tracker import BestCheckpointTracker
-
-
-def make_protocol(tmp_path: Path, num_samples: int = 8) -> Protocol:
-    refs = write_reference_images(tmp_path / "refs", 4)
-    write_reference_images(tmp_path / "refset", 8, seed=11)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SmallSampleWarning)
-        return Protocol(prompts=["a red square", "a blue circle", "a green star", "two dots"],
-                        reference_images=refs, reference_dir=tmp_path / "refset", num_samples=num_samples, seed=5,
-                        sampler=SamplerSettings(num_steps=4, guidance_scale=1.0, image_size=16),
-                        metrics=("inception_score", "lpips", "fid", "kid", "composite_score"))
 
 
 def test_schedule_default_is_every_second_checkpoint() -> None:
@@ -155,24 +149,6 @@ def test_background_runner_does_not_block_training(tmp_path: Path, monkeypatch: 
     # queued or running, so the loop never waited for it. The time ratio is a benchmark figure
     # (bench/bench_background.py), not a unit-test assertion.
     assert status_after == ["pending"] * 4, status_after
-
-
-RANDOM_BACKBONES = {"inception": "inception-2015-12-05-random-test", "clip": "clip-tiny-random-test",
-                    "lpips": "lpips-alex-random-test"}
-
-
-def real_protocol(tmp_path: Path, num_samples: int = 4) -> Protocol:
-    """All six metrics through the real Scorer and random-initialised backbones of the real architectures."""
-    refs = write_reference_images(tmp_path / "refs_real", 3, size=24)
-    write_reference_images(tmp_path / "refset_real", 4, size=24, seed=3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SmallSampleWarning)
-        return Protocol(prompts=["a red square", "a blue circle", "a green star"], reference_images=refs,
-                        reference_dir=tmp_path / "refset_real", num_samples=num_samples, seed=1,
-                        sampler=SamplerSettings(num_steps=2, image_size=32), backbones=RANDOM_BACKBONES,
-                        metrics=("clip_score", "lpips", "inception_score", "fid", "kid", "composite_score"),
-                        composite_weights={"clip_score": 0.4, "inception_score": 0.3, "lpips": 0.2, "fid": 0.1},
-                        metric_options={"inception_score": {"splits": 2}, "kid": {"subsets": 10, "subset_size": 4}})
 
 
 def test_inline_with_the_real_scorer_and_random_backbones(tmp_path: Path) -> None:

@@ -15,8 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from pipeline_kit import TESTS_DIR
-from test_runners import make_protocol
+from pipeline_kit import TESTS_DIR, make_protocol
 
 from bestckpt.tracking.tracker import BestCheckpointTracker
 

@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from pipeline_kit import TESTS_DIR, KitScorer, make_deepspeed_sampler
-from test_runners import make_protocol
+from pipeline_kit import TESTS_DIR, KitScorer, make_deepspeed_sampler, make_protocol
 
 from bestckpt.integrations.deepspeed import (
     is_tag_complete,

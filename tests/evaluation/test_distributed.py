@@ -13,8 +13,13 @@ import warnings
 from pathlib import Path
 
 import pytest
-from pipeline_kit import TESTS_DIR, KitScorer, TinySampler, save_checkpoint
-from test_runners import make_protocol
+from pipeline_kit import (
+    TESTS_DIR,
+    KitScorer,
+    TinySampler,
+    make_protocol,
+    save_checkpoint,
+)
 
 from bestckpt.evaluation.evaluate import (
     evaluate_checkpoint,

@@ -8,14 +8,7 @@ import torch
 
 from bestckpt.demo import data as D
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny renders: intra-op threads only add overhead on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_attributes_shape_and_colour_sets_disjoint_from_backgrounds():

@@ -6,8 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from pipeline_kit import KitScorer, TinySampler, _Broken, save_checkpoint
-from test_runners import make_protocol
+from pipeline_kit import KitScorer, TinySampler, _Broken, make_protocol, save_checkpoint
 
 from bestckpt.evaluation.protocol import Protocol, ProtocolError
 from bestckpt.runners import EvalSchedule, Evaluator, InlineRunner

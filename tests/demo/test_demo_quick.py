@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_report import check_images
+from html_checks import check_images
 
 EVAL_STEPS = [20, 40, 60]  # --quick: a checkpoint every 10 steps, every 2nd evaluated, 60 steps
 GUIDE_TAGS = ["Evaluation/CLIP_Score", "Evaluation/LPIPS", "Evaluation/Inception_Score", "Evaluation/FID",

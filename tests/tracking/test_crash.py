@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "crash_soak.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "crash_soak.py"
 
 
 def _load_soak():

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pipeline_kit import TinySampler, save_checkpoint
-from test_runners import make_protocol, real_protocol
+from pipeline_kit import TinySampler, make_protocol, real_protocol, save_checkpoint
 
 from bestckpt.evaluation.evaluate import (
     evaluate_checkpoint,

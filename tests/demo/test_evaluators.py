@@ -35,13 +35,7 @@ def _noisy(imgs: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small tensors: intra-op threads only add overhead on the shared 2-core machine (14x slower renders)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -289,7 +283,7 @@ def test_training_script_runs_end_to_end_in_miniature(tmp_path, capsys):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "train_demo_evaluators.py"
+    path = Path(__file__).resolve().parents[2] / "scripts" / "train_demo_evaluators.py"
     spec = importlib.util.spec_from_file_location("train_demo_evaluators", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)

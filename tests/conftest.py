@@ -1,0 +1,33 @@
+"""Fixtures shared across the test folders (which mirror the package: tests/tracking, tests/metrics...).
+
+Helpers that tests and their subprocesses import (samplers named ``pipeline_kit:make_sampler``, worker
+scripts, HTML checks) live in ``tests/support``, which pytest puts on ``sys.path``
+(``pythonpath`` in pyproject.toml); tests that start subprocesses put it on ``PYTHONPATH``.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Small tensors: intra-op threads only add overhead on a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def isolated_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Empty weight caches: TORCH_HOME and HOME under tmp_path, no bestckpt weight variables."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for name in ("BESTCKPT_WEIGHTS_DIR", "BESTCKPT_ALLOW_DOWNLOAD", "BESTCKPT_VERIFY_WEIGHTS"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
