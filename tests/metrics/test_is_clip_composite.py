@@ -150,7 +150,7 @@ def test_public_api_is_pinned_and_metrics_import_nothing_else_of_ours() -> None:
     import bestckpt.metrics as metrics
 
     assert sorted(metrics.__all__) == sorted([
-        "CLIP_CONVENTIONS", "clip_cosines", "clip_score", "DEFAULT_WEIGHTS", "InverseMap", "LinearMap",
+        "CLIP_CONVENTIONS", "DEFAULT_METRICS", "clip_cosines", "clip_score", "DEFAULT_WEIGHTS", "InverseMap", "LinearMap",
         "LogisticMap", "RatioMap", "ReciprocalComplementMap", "ScoreMap", "composite_score", "default_mappings",
         "CompositeUnavailableError", "MetricError", "NumericalError", "ReferenceStatistics", "fid_from_features",
         "fid_from_statistics", "inception_score_from_logits", "kid_from_features", "lpips_from_features",

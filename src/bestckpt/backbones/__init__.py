@@ -22,7 +22,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 KINDS = ("inception", "clip", "lpips")
-DEFAULT_BACKBONES = {"inception": "inception-2015-12-05", "clip": "clip-vit-b-32", "lpips": "lpips-alex"}
+#: The standard backbones of FID/IS/KID, CLIP score and LPIPS (read-only).
+DEFAULT_BACKBONES: Mapping[str, str] = types.MappingProxyType(
+    {"inception": "inception-2015-12-05", "clip": "clip-vit-b-32", "lpips": "lpips-alex"})
 
 Factory = Callable[[Path | None, Any], Any]
 _FACTORIES: dict[tuple[str, str], Factory] = {}

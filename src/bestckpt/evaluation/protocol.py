@@ -30,9 +30,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from bestckpt.backbones import DEFAULT_BACKBONES
 from bestckpt.errors import ProtocolError, SmallSampleWarning
 from bestckpt.evaluation.sampler import SamplerSettings
 from bestckpt.fsio import atomic_write_text, sha256_file
+from bestckpt.metrics.registry import DEFAULT_METRICS
 
 __all__ = [
     "DEFAULT_BACKBONES",
@@ -49,10 +51,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_NUM_SAMPLES = 2500
-DEFAULT_METRICS = ("clip_score", "lpips", "inception_score", "fid", "kid", "composite_score")
-DEFAULT_BACKBONES: Mapping[str, str] = types.MappingProxyType(
-    {"inception": "inception-2015-12-05", "clip": "clip-vit-b-32", "lpips": "lpips-alex"}
-)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # the guide's CSV columns
 CSV_PROMPT_COLUMN = "text_en"

@@ -45,6 +45,7 @@ import torch
 
 from bestckpt.backbones import DEFAULT_BACKBONES, get_backbone
 from bestckpt.metrics import (
+    DEFAULT_METRICS,
     FEATURE_CLIP_IMAGE,
     FEATURE_CLIP_TEXT,
     FEATURE_INCEPTION_LOGITS,
@@ -66,7 +67,6 @@ __all__ = ["Scorer", "CompositeConfig", "MetricFailure", "Scores", "ReferenceSet
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_METRICS = ("clip_score", "lpips", "inception_score", "fid", "kid", "composite_score")
 _INCEPTION_FEATURES = {FEATURE_INCEPTION_POOL, FEATURE_INCEPTION_LOGITS}
 _CLIP_FEATURES = {FEATURE_CLIP_IMAGE, FEATURE_CLIP_TEXT}
 

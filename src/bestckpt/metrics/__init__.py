@@ -25,6 +25,7 @@ from .inception_score import inception_score_from_logits
 from .kid import kid_from_features
 from .lpips import lpips_from_features
 from .registry import (
+    DEFAULT_METRICS,
     FEATURE_CLIP_IMAGE,
     FEATURE_CLIP_TEXT,
     FEATURE_INCEPTION_LOGITS,
@@ -40,7 +41,7 @@ from .registry import (
 )
 
 __all__ = [
-    "CLIP_CONVENTIONS", "clip_cosines", "clip_score",
+    "CLIP_CONVENTIONS", "DEFAULT_METRICS", "clip_cosines", "clip_score",
     "DEFAULT_WEIGHTS", "InverseMap", "LinearMap", "LogisticMap", "RatioMap", "ReciprocalComplementMap", "ScoreMap",
     "composite_score", "default_mappings",
     "CompositeUnavailableError", "MetricError", "NumericalError",

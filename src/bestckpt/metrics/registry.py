@@ -24,10 +24,13 @@ from .inception_score import inception_score_from_logits
 from .kid import kid_from_features
 
 __all__ = [
-    "MetricSpec", "METRICS", "register_metric", "unregister_metric", "composite_defaults",
+    "DEFAULT_METRICS", "MetricSpec", "METRICS", "register_metric", "unregister_metric", "composite_defaults",
     "FEATURE_INCEPTION_POOL", "FEATURE_INCEPTION_LOGITS", "FEATURE_CLIP_IMAGE", "FEATURE_CLIP_TEXT",
     "FEATURE_LPIPS", "REFERENCE_INCEPTION_POOL", "REFERENCE_FID_STATISTICS",
 ]
+
+#: The metrics an evaluation computes unless told otherwise (the guide's four, KID, and the composite).
+DEFAULT_METRICS = ("clip_score", "lpips", "inception_score", "fid", "kid", "composite_score")
 
 #: Per-sample feature names produced by the evaluation's feature pass.
 FEATURE_INCEPTION_POOL = "inception_pool"      # [N, 2048] pool3 features of the FID Inception

@@ -34,6 +34,7 @@ __all__ = [
     "retention_policy",
 ]
 
+#: A record's status: saved with an evaluation to come, saved only, scored, or failed (never best).
 STATUSES = ("pending", "saved", "evaluated", "failed")
 
 

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 from bestckpt import errors, fsio
 from bestckpt.errors import StateError
 from bestckpt.tracking import entries, journal, layout
+from bestckpt.tracking.policies import STATUSES
 
 __all__ = ["Record", "StateError", "STATE_SCHEMA", "STATUSES", "HEADER_TOP", "TrackerState", "check_step",
            "clean_metrics"]
@@ -29,7 +30,6 @@ __all__ = ["Record", "StateError", "STATE_SCHEMA", "STATUSES", "HEADER_TOP", "Tr
 logger = logging.getLogger(__name__)
 
 STATE_SCHEMA = "bestckpt.state/1"
-STATUSES = ("pending", "saved", "evaluated", "failed")
 HEADER_TOP = 100  # the state header's "top_k" lists at most this many steps (the ranking's head)
 
 
