@@ -84,6 +84,14 @@ def test_report_contents(tmp_path: Path) -> None:
     assert len([i for i in c.imgs if str(i.get("alt", "")).startswith("reference: ")]) == 6
     assert len([i for i in c.imgs if str(i.get("alt", "")).startswith("generated: ")]) == 6
     assert "<script" not in text  # static: nothing to run, nothing to fetch
+    assert "different evaluation protocols" not in text  # every score has protocol "abc"
+
+
+def test_report_warns_when_scores_come_from_different_protocols(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    tracker = BestCheckpointTracker(run / "checkpoints", save_top_k=2, keep_every_n_steps=40)
+    tracker.update_checkpoint(60, 3, run / "checkpoints" / "0000060.pt", {"composite_score": 0.3}, protocol_hash="def")
+    assert "Warning: scores come from 2 different evaluation protocols" in render_report(run)
 
 
 def test_report_without_protocol_uses_comparison_images_and_handles_empty_runs(tmp_path: Path) -> None:

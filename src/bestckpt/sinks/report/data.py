@@ -33,7 +33,7 @@ class RunData:
     """Everything one report is drawn from.
 
     records: one dict per checkpoint the tracker knows, by step (keys ``step epoch path status pruned
-    metrics error info reasons``; ``reasons``: why an on-disk checkpoint is kept).
+    metrics error info protocol_hash reasons``; ``reasons``: why an on-disk checkpoint is kept).
     step_dirs: evaluated step -> its folder of evaluation samples.
     """
 
@@ -128,7 +128,7 @@ def _records(state: dict[str, Any]) -> list[dict[str, Any]]:
         records.append({"step": raw["step"], "epoch": raw.get("epoch"), "path": raw.get("checkpoint_path", ""),
                         "status": raw.get("status", "evaluated"), "pruned": bool(raw.get("pruned", False)),
                         "metrics": metrics, "error": raw.get("error"), "info": raw.get("info") or {},
-                        "reasons": []})
+                        "protocol_hash": raw.get("protocol_hash"), "reasons": []})
     records.sort(key=lambda r: r["step"])
     return records
 
