@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from pipeline_kit import write_reference_images
 
+from bestckpt.evaluation.prompts import load_prompt_file
 from bestckpt.evaluation.protocol import (
     Protocol,
     ProtocolError,
     SmallSampleWarning,
     derive_seed,
-    load_prompt_file,
 )
 from bestckpt.evaluation.sampler import (
     SampleBatch,
@@ -161,6 +161,7 @@ def test_public_api_is_pinned() -> None:
         "bestckpt.evaluation.protocol": {"DEFAULT_BACKBONES", "DEFAULT_METRICS", "DEFAULT_NUM_SAMPLES", "IMAGE_SUFFIXES",
                                          "Protocol", "ProtocolError", "SmallSampleWarning", "derive_seed",
                                          "load_prompt_file"},
+        "bestckpt.evaluation.prompts": {"CSV_IMAGE_COLUMN", "CSV_PROMPT_COLUMN", "load_prompt_file"},
         "bestckpt.evaluation.sampler": {"SampleBatch", "Sampler", "SamplerError", "SamplerOutputError",
                                         "SamplerSettings", "WEIGHT_KINDS", "load_factory", "load_sampler",
                                         "validate_sample_batch"},

@@ -1,6 +1,7 @@
 """The HTML report: built from a real tracked run directory, checked as HTML and in headless Chromium."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -83,6 +84,14 @@ def test_report_contents(tmp_path: Path) -> None:
     assert len([i for i in c.imgs if str(i.get("alt", "")).startswith("reference: ")]) == 6
     assert len([i for i in c.imgs if str(i.get("alt", "")).startswith("generated: ")]) == 6
     assert "<script" not in text  # static: nothing to run, nothing to fetch
+    assert "different evaluation protocols" not in text  # every score has protocol "abc"
+
+
+def test_report_warns_when_scores_come_from_different_protocols(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    tracker = BestCheckpointTracker(run / "checkpoints", save_top_k=2, keep_every_n_steps=40)
+    tracker.update_checkpoint(60, 3, run / "checkpoints" / "0000060.pt", {"composite_score": 0.3}, protocol_hash="def")
+    assert "Warning: scores come from 2 different evaluation protocols" in render_report(run)
 
 
 def test_report_without_protocol_uses_comparison_images_and_handles_empty_runs(tmp_path: Path) -> None:
@@ -101,6 +110,28 @@ def test_report_without_protocol_uses_comparison_images_and_handles_empty_runs(t
     (tmp_path / "nothing-here").mkdir()
     with pytest.raises(ReportError, match="best_checkpoints.json"):
         write_report(tmp_path / "nothing-here")
+
+
+def test_report_reads_the_journal_of_a_large_state(tmp_path: Path) -> None:
+    """A large run's state lives partly in best_checkpoints.journal: the report shows it, not the stale snapshot."""
+    run = tmp_path / "run"
+    ckpt = run / "checkpoints"
+    ckpt.mkdir(parents=True)
+    # state_compact_bytes=0: every transaction after the tracker's first snapshot is appended to the journal
+    tracker = BestCheckpointTracker(ckpt, save_top_k=2, keep_every_n_steps=0, state_compact_bytes=0)
+    for step, score in ((10, 0.3), (20, 0.5), (30, 0.9)):
+        path = ckpt / f"{step:07d}.pt"
+        torch.save({"step": step}, path)
+        tracker.checkpoint_saved(step, path, epoch=1, evaluate=True)
+        tracker.update_checkpoint(step, 1, path, {"composite_score": score}, protocol_hash="abc")
+    snapshot = json.loads((ckpt / "best_checkpoints.json").read_text(encoding="utf-8"))
+    assert snapshot["checkpoints"] == [] and snapshot["best_step"] is None  # only the journal has the records
+    assert (ckpt / "best_checkpoints.journal").is_file()
+    text = render_report(run)
+    assert "3 checkpoints recorded, 3 evaluated" in text
+    assert "best: step 30 (0000030.pt), composite_score = 0.9" in text
+    assert "30 ★" in text and "@ 30" in text and 'class="plot"' in text
+    assert re.search(r"<tr class='gone'><td>10</td>.*?pruned", text)  # step 10 pruned (top-2 kept), journal only
 
 
 def test_cli_report(tmp_path: Path) -> None:

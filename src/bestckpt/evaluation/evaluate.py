@@ -131,9 +131,64 @@ def prepare_reference_statistics(protocol: Protocol, scorer: Any, *, cache_dir: 
         return scorer.reference_statistics(images)
     return scorer.reference_statistics(images, cache_dir=cache_dir)
 
-
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+#: feature key -> (per-sample shape, dtype name), in key order: the same on every rank
+_Layout = tuple[tuple[str, tuple[int, ...], str], ...]
+
+
+@dataclass
+class _Run:
+    """One rank's state of one evaluation, carried from phase to phase.
+
+    ``features`` and ``previews`` collect this rank's shard batch by batch; ``error`` is this rank's
+    local failure (None while fine), agreed on with the other ranks before any data collective.
+    """
+
+    path: Path
+    step: int
+    protocol: Protocol
+    ctx: DistContext | None
+    device: torch.device
+    started: float
+    keep: int  # sample indices below this are written as files
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    error: str | None = None
+    weights_seen: set[str] = field(default_factory=set)
+    features: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    previews: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.ctx is None else self.ctx.rank
+
+    @property
+    def world(self) -> int:
+        return 1 if self.ctx is None else self.ctx.world_size
+
+    @property
+    def size(self) -> int:
+        return self.protocol.sampler.image_size
+
+    @property
+    def shard(self) -> range:
+        return shard_range(self.protocol.num_samples, self.rank, self.world)
+
+    def result(self, **fields: Any) -> EvaluationResult:
+        return EvaluationResult(step=self.step, protocol_hash=self.protocol.hash, num_samples=self.protocol.num_samples,
+                                duration=time.perf_counter() - self.started, **fields)
+
+
+@dataclass(frozen=True)
+class _Agreement:
+    """What every rank learnt from the status exchange: the joint error, weights and feature layout."""
+
+    error: str | None
+    weights: str
+    layout: _Layout
 
 
 def evaluate_checkpoint(
@@ -161,59 +216,77 @@ def evaluate_checkpoint(
     ctx = current_context() if dist == "auto" else dist
     if isinstance(ctx, str):
         raise ValueError(f"dist must be 'auto', None or a DistContext, got {dist!r}")
-    rank, world = (0, 1) if ctx is None else (ctx.rank, ctx.world_size)
-    device = torch.device(device)
-    path = Path(checkpoint_path)
-    n = protocol.num_samples
-    prompts_all = protocol.sample_prompts
-    seeds_all = protocol.sample_seeds
-    size = protocol.sampler.image_size
-    shard = shard_range(n, rank, world)
-    keep = min(saved_samples, len(protocol.prompts), n)  # indices < keep are written as files
+    run = _Run(path=Path(checkpoint_path), step=step, protocol=protocol, ctx=ctx, device=torch.device(device),
+               started=started, keep=min(saved_samples, len(protocol.prompts), protocol.num_samples),
+               prompts=protocol.sample_prompts, seeds=protocol.sample_seeds)
+    _sample_and_featurise(run, sampler, scorer, batch_size)
+    agreed = _agree(run)
+    if agreed.error is not None:
+        logger.error("evaluation of step %d failed: %s", step, agreed.error)
+        return run.result(scores={}, weights=agreed.weights, error=agreed.error)
+    features, preview = _gather(run, agreed.layout)
+    scores, score_error, failures = _score(run, scorer, features, reference_stats)
+    written: Path | None = None
+    if run.rank == 0 and score_error is None and samples_dir is not None and preview.shape[0] > 0:
+        written = _write_samples(run, samples_dir, preview)
+    if score_error is not None:
+        logger.error("scoring step %d failed: %s", step, score_error)
+    return run.result(scores=scores, weights=agreed.weights, error=score_error, samples_dir=written,
+                      failures=failures, preview=preview if run.rank == 0 else None)
 
-    local_error: str | None = None
-    weights_seen: set[str] = set()
-    feature_parts: dict[str, list[torch.Tensor]] = {}
-    preview_parts: list[torch.Tensor] = []
+
+def _sample_and_featurise(run: _Run, sampler: Sampler, scorer: Any, batch_size: int) -> None:
+    """Sample and featurise this rank's shard batch by batch; a failure is kept in ``run.error``."""
     try:
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        if not run.path.exists():
+            raise FileNotFoundError(f"checkpoint {str(run.path)!r} does not exist")
+        shard = run.shard
         for lo in range(shard.start, shard.stop, batch_size):
-            idx = range(lo, min(lo + batch_size, shard.stop))
-            prompts = [prompts_all[i] for i in idx]
-            seeds = [seeds_all[i] for i in idx]
-            try:
-                with torch.no_grad():
-                    raw = sampler(path, prompts, seeds, protocol.sampler, device)
-            except Exception as exc:  # name the checkpoint: "pop from empty list" alone helps nobody
-                raise RuntimeError(f"sampler failed on checkpoint {str(path)!r}: {_describe(exc)}") from exc
-            batch = validate_sample_batch(raw, expected_n=len(idx), image_size=size)
-            weights_seen.add(batch.weights)
-            refs = paired_references(protocol, idx, (size, size)) if "lpips" in protocol.metrics else None
-            with torch.no_grad():
-                feats = scorer.features(batch.images, prompts, refs)
-            for key, value in feats.items():
-                if not isinstance(value, torch.Tensor) or value.shape[0] != len(idx):
-                    raise RuntimeError(f"scorer feature {key!r} is not a per-sample tensor of length {len(idx)}")
-                feature_parts.setdefault(key, []).append(value.detach().cpu())
-            take = [j for j, i in enumerate(idx) if i < keep]
-            if take:
-                preview_parts.append(batch.images[take])
-        if len(weights_seen) > 1:
-            raise RuntimeError(f"sampler mixed weights {sorted(weights_seen)} within one evaluation")
-    except Exception as exc:  # recorded, agreed on below; training goes on
-        local_error = str(exc) if type(exc) is RuntimeError and str(exc).startswith("sampler failed") else _describe(exc)
-        logger.debug("evaluation of step %d failed on rank %d", step, rank, exc_info=True)
+            _sample_batch(run, sampler, scorer, range(lo, min(lo + batch_size, shard.stop)))
+        if len(run.weights_seen) > 1:
+            raise RuntimeError(f"sampler mixed weights {sorted(run.weights_seen)} within one evaluation")
+    except Exception as exc:  # recorded, agreed on in _agree; training goes on
+        sampler_failed = type(exc) is RuntimeError and str(exc).startswith("sampler failed")
+        run.error = str(exc) if sampler_failed else _describe(exc)
+        logger.debug("evaluation of step %d failed on rank %d", run.step, run.rank, exc_info=True)
 
-    # --- status exchange: every rank learns every failure before any data collective
-    # layout: feature key -> (per-sample shape, dtype), so a rank with an empty shard can take part
+
+def _sample_batch(run: _Run, sampler: Sampler, scorer: Any, idx: range) -> None:
+    """Sample the images of sample indices ``idx``, keep their features and the ones to save."""
+    prompts = [run.prompts[i] for i in idx]
+    seeds = [run.seeds[i] for i in idx]
+    try:
+        with torch.no_grad():
+            raw = sampler(run.path, prompts, seeds, run.protocol.sampler, run.device)
+    except Exception as exc:  # name the checkpoint: "pop from empty list" alone helps nobody
+        raise RuntimeError(f"sampler failed on checkpoint {str(run.path)!r}: {_describe(exc)}") from exc
+    batch = validate_sample_batch(raw, expected_n=len(idx), image_size=run.size)
+    run.weights_seen.add(batch.weights)
+    refs = paired_references(run.protocol, idx, (run.size, run.size)) if "lpips" in run.protocol.metrics else None
+    with torch.no_grad():
+        feats = scorer.features(batch.images, prompts, refs)
+    for key, value in feats.items():
+        if not isinstance(value, torch.Tensor) or value.shape[0] != len(idx):
+            raise RuntimeError(f"scorer feature {key!r} is not a per-sample tensor of length {len(idx)}")
+        run.features.setdefault(key, []).append(value.detach().cpu())
+    take = [j for j, i in enumerate(idx) if i < run.keep]
+    if take:
+        run.previews.append(batch.images[take])
+
+
+def _agree(run: _Run) -> _Agreement:
+    """Status exchange (one collective): every rank learns every failure before any data collective.
+
+    The layout (feature key -> per-sample shape and dtype) lets a rank with an empty shard take part
+    in the gathers that follow.
+    """
     local_layout = None
-    if local_error is None:
+    if run.error is None:
         local_layout = tuple(
-            (k, tuple(v[0].shape[1:]), str(v[0].dtype).removeprefix("torch.")) for k, v in sorted(feature_parts.items())
+            (k, tuple(v[0].shape[1:]), str(v[0].dtype).removeprefix("torch.")) for k, v in sorted(run.features.items())
         )
-    statuses = gather_objects((local_error, local_layout, sorted(weights_seen)), ctx)
-    errors = [f"rank {r}: {s[0]}" if world > 1 else s[0] for r, s in enumerate(statuses) if s[0] is not None]
+    statuses = gather_objects((run.error, local_layout, sorted(run.weights_seen)), run.ctx)
+    errors = [f"rank {r}: {s[0]}" if run.world > 1 else s[0] for r, s in enumerate(statuses) if s[0] is not None]
     key_sets = {s[1] for s in statuses if s[1]}
     if not errors and len(key_sets) > 1:
         errors = [f"ranks produced different feature keys: {sorted(key_sets)}"]
@@ -221,70 +294,72 @@ def evaluate_checkpoint(
     weights = weights_all[0] if len(weights_all) == 1 else ("unknown" if not weights_all else "mixed")
     if not errors and weights == "mixed":
         errors = [f"ranks sampled different weights: {weights_all}"]
-    if errors:
-        message = "; ".join(errors)
-        logger.error("evaluation of step %d failed: %s", step, message)
-        return EvaluationResult(step=step, scores={}, protocol_hash=protocol.hash, weights=weights,
-                                duration=time.perf_counter() - started, error=message, num_samples=n)
-
     layout = next(iter(key_sets)) if key_sets else ()
+    return _Agreement(error="; ".join(errors) if errors else None, weights=weights, layout=layout)
+
+
+def _gather(run: _Run, layout: _Layout) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """All-gather every feature (in layout order), then the preview images: the same collectives on every rank."""
     gathered: dict[str, torch.Tensor] = {}
     for key, shape, dtype in layout:
-        if feature_parts.get(key):
-            local = torch.cat(feature_parts[key])
+        if run.features.get(key):
+            local = torch.cat(run.features[key])
         else:  # an empty shard (more ranks than samples) still enters the collective
             local = torch.zeros((0, *shape), dtype=getattr(torch, dtype))
-        gathered[key] = all_gather_padded(local, ctx)
-    preview_local = torch.cat(preview_parts) if preview_parts else torch.zeros((0, 3, size, size), dtype=torch.uint8)
-    preview = all_gather_padded(preview_local, ctx)
+        gathered[key] = all_gather_padded(local, run.ctx)
+    if run.previews:
+        preview_local = torch.cat(run.previews)
+    else:
+        preview_local = torch.zeros((0, 3, run.size, run.size), dtype=torch.uint8)
+    return gathered, all_gather_padded(preview_local, run.ctx)
 
-    # --- rank 0 scores, everyone receives the same answer
+
+def _score(run: _Run, scorer: Any, features: dict[str, torch.Tensor],
+           reference_stats: Any) -> tuple[dict[str, float | None], str | None, dict[str, str]]:
+    """Rank 0 scores; every rank receives the same ``(scores, error, failures)`` (one broadcast)."""
     outcome: tuple[dict[str, float | None], str | None, dict[str, str]] | None = None
-    if rank == 0:
+    if run.rank == 0:
         try:
-            raw_scores = scorer.score(gathered, reference_stats, seed=protocol.seed)
-            # the scorer reports failed metrics as None with the reason in .failures
-            failures = {str(k): str(getattr(v, "error", v)) for k, v in getattr(raw_scores, "failures", {}).items()}
-            scores: dict[str, float | None] = {}
-            for name, value in dict(raw_scores).items():
-                if value is None:
-                    scores[name] = None
-                    continue
-                value = float(value)
-                if not math.isfinite(value):
-                    raise ValueError(f"scorer returned non-finite {name}={value}")
-                scores[name] = value
+            scores, failures = _checked_scores(scorer.score(features, reference_stats, seed=run.protocol.seed))
             outcome = (scores, None, failures)
         except Exception as exc:
-            logger.debug("scoring step %d failed", step, exc_info=True)
+            logger.debug("scoring step %d failed", run.step, exc_info=True)
             outcome = ({}, _describe(exc), {})
-    outcome = broadcast_object(outcome, ctx)
+    outcome = broadcast_object(outcome, run.ctx)
     assert outcome is not None
-    scores, score_error, failures = outcome
+    return outcome
 
-    written: Path | None = None
-    if rank == 0 and score_error is None and samples_dir is not None and preview.shape[0] > 0:
-        try:
-            refs = None
-            if protocol.reference_images is not None:
-                refs = [
-                    None if protocol.sample_reference(i) is None else load_image_uint8(protocol.sample_reference(i))
-                    for i in range(preview.shape[0])
-                ]
-            written = write_evaluation_samples(samples_dir, step, preview, list(prompts_all[: preview.shape[0]]), refs)
-        except Exception:  # sample files are for people; never lose a score over them
-            logger.exception("could not write evaluation samples for step %d", step)
-    if score_error is not None:
-        logger.error("scoring step %d failed: %s", step, score_error)
-    return EvaluationResult(
-        step=step,
-        scores=scores,
-        protocol_hash=protocol.hash,
-        weights=weights,
-        duration=time.perf_counter() - started,
-        error=score_error,
-        num_samples=n,
-        samples_dir=written,
-        failures=failures,
-        preview=preview if rank == 0 else None,
-    )
+
+def _checked_scores(raw_scores: Any) -> tuple[dict[str, float | None], dict[str, str]]:
+    """The scorer's answer as ``(scores, failures)``: floats (None for a failed metric), reasons by metric.
+
+    The scorer reports failed metrics as None with the reason in ``.failures``; a non-finite value
+    is an error of the whole scoring.
+    """
+    failures = {str(k): str(getattr(v, "error", v)) for k, v in getattr(raw_scores, "failures", {}).items()}
+    scores: dict[str, float | None] = {}
+    for name, value in dict(raw_scores).items():
+        if value is None:
+            scores[name] = None
+            continue
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"scorer returned non-finite {name}={value}")
+        scores[name] = value
+    return scores, failures
+
+
+def _write_samples(run: _Run, samples_dir: str | Path, preview: torch.Tensor) -> Path | None:
+    """Write the saved samples (with their references) on rank 0; a failure is logged, never raised."""
+    protocol = run.protocol
+    try:
+        refs = None
+        if protocol.reference_images is not None:
+            refs = [
+                None if protocol.sample_reference(i) is None else load_image_uint8(protocol.sample_reference(i))
+                for i in range(preview.shape[0])
+            ]
+        return write_evaluation_samples(samples_dir, run.step, preview, list(run.prompts[: preview.shape[0]]), refs)
+    except Exception:  # sample files are for people; never lose a score over them
+        logger.exception("could not write evaluation samples for step %d", run.step)
+        return None

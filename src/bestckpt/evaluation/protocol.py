@@ -17,7 +17,6 @@ metric to trust at small N). A protocol with fewer samples is allowed but warns.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -26,12 +25,13 @@ import types
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
 from bestckpt.backbones import DEFAULT_BACKBONES
 from bestckpt.errors import ProtocolError, SmallSampleWarning
+from bestckpt.evaluation.prompts import load_prompt_file
 from bestckpt.evaluation.sampler import SamplerSettings
 from bestckpt.fsio import atomic_write_text, sha256_file
 from bestckpt.metrics.registry import DEFAULT_METRICS
@@ -52,9 +52,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_NUM_SAMPLES = 2500
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-# the guide's CSV columns
-CSV_PROMPT_COLUMN = "text_en"
-CSV_IMAGE_COLUMN = "image_path"
 # below these, FID / IS are dominated by sampling noise (see module docstring)
 FID_MIN_SAMPLES = 2049
 IS_MIN_SAMPLES = 1000
@@ -69,81 +66,6 @@ def derive_seed(base_seed: int, index: int) -> int:
     """
     digest = hashlib.sha256(f"bestckpt-seed:{int(base_seed)}:{int(index)}".encode()).digest()
     return int.from_bytes(digest[:4], "big")
-
-
-def load_prompt_file(path: str | Path) -> tuple[tuple[str, ...], tuple[Path | None, ...]]:
-    """Read prompts (and paired reference image paths, when the format has them).
-
-    ``.txt``: one prompt per line, blank lines skipped. ``.csv``: the guide's columns
-    ``image_path,text_en`` (``image_path`` may be empty for a row without reference). ``.json``:
-    a list of strings, or of objects ``{"text": ..., "image_path": ...}`` (``text_en``/``prompt``
-    accepted for ``text``). Relative image paths are relative to the prompt file's folder.
-    Returns ``(prompts, reference_paths)`` with one entry per prompt (``None``: no reference).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ProtocolError(f"prompt file {str(path)!r} does not exist")
-    suffix = path.suffix.lower()
-    base = path.parent
-    prompts: list[str] = []
-    refs: list[Path | None] = []
-
-    def ref_of(value: Any) -> Path | None:
-        if value is None or str(value).strip() == "":
-            return None
-        p = Path(str(value).strip())
-        return p if p.is_absolute() else base / p
-
-    if suffix == ".txt":
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                prompts.append(line.strip())
-                refs.append(None)
-    elif suffix == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            found = [c.strip() for c in (reader.fieldnames or [])]
-            if CSV_PROMPT_COLUMN not in found:
-                raise ProtocolError(
-                    f"prompt CSV {str(path)!r} has columns {found}; expected columns "
-                    f"{[CSV_IMAGE_COLUMN, CSV_PROMPT_COLUMN]} ('{CSV_IMAGE_COLUMN}' may be empty per row)"
-                )
-            for row in reader:
-                row = {(k or "").strip(): v for k, v in row.items()}
-                text = (row.get(CSV_PROMPT_COLUMN) or "").strip()
-                if not text:
-                    continue
-                prompts.append(text)
-                refs.append(ref_of(row.get(CSV_IMAGE_COLUMN)))
-    elif suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ProtocolError(f"prompt file {str(path)!r} is not valid JSON: {exc}") from exc
-        if isinstance(data, dict) and "prompts" in data:
-            data = data["prompts"]
-        if not isinstance(data, list):
-            raise ProtocolError(f"prompt JSON {str(path)!r} must be a list of strings or of objects with 'text'")
-        for i, item in enumerate(data):
-            if isinstance(item, str):
-                prompts.append(item.strip())
-                refs.append(None)
-            elif isinstance(item, dict):
-                text = item.get("text", item.get("text_en", item.get("prompt")))
-                if not isinstance(text, str) or not text.strip():
-                    raise ProtocolError(
-                        f"prompt JSON {str(path)!r} item {i} has keys {sorted(item)}; expected 'text' "
-                        "(or 'text_en'/'prompt') and optionally 'image_path'"
-                    )
-                prompts.append(text.strip())
-                refs.append(ref_of(item.get("image_path")))
-            else:
-                raise ProtocolError(f"prompt JSON {str(path)!r} item {i} is a {type(item).__name__}")
-    else:
-        raise ProtocolError(f"prompt file {str(path)!r} has suffix {suffix!r}; expected .txt, .csv or .json")
-    if not prompts:
-        raise ProtocolError(f"prompt file {str(path)!r} contains no prompts")
-    return tuple(prompts), tuple(refs)
 
 
 @dataclass(frozen=True)
@@ -176,108 +98,25 @@ class Protocol:
     name: str = "default"
 
     def __post_init__(self) -> None:
-        if isinstance(self.prompts, str) or not isinstance(self.prompts, Sequence):
-            raise ProtocolError(f"prompts must be a sequence of strings, got {type(self.prompts).__name__}")
-        prompts = tuple(self.prompts)
-        if not prompts:
-            raise ProtocolError("prompts is empty; give at least one held-out evaluation prompt")
-        bad = [p for p in prompts if not isinstance(p, str) or not p.strip()]
-        if bad:
-            raise ProtocolError(f"prompts must be non-empty strings; got {bad[:3]!r}")
-        object.__setattr__(self, "prompts", prompts)
-        if isinstance(self.num_samples, bool) or not isinstance(self.num_samples, int) or self.num_samples < 1:
-            raise ProtocolError(f"num_samples must be an integer >= 1, got {self.num_samples!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ProtocolError(f"seed must be an integer, got {self.seed!r}")
-        if not isinstance(self.sampler, SamplerSettings):
-            if isinstance(self.sampler, Mapping):
-                object.__setattr__(self, "sampler", SamplerSettings.from_dict(self.sampler))
-            else:
-                raise ProtocolError(f"sampler must be SamplerSettings or a dict, got {type(self.sampler).__name__}")
+        # each helper checks one field (or one rule across fields) and returns the normalised value
+        set_ = partial(object.__setattr__, self)
+        set_("prompts", _checked_prompts(self.prompts))
+        _check_integers(self.num_samples, self.seed)
+        set_("sampler", _checked_sampler(self.sampler))
         if self.reference_images is not None:
-            refs = tuple(None if r is None else Path(r) for r in self.reference_images)
-            if len(refs) != len(prompts):
-                raise ProtocolError(
-                    f"reference_images has {len(refs)} entries for {len(prompts)} prompts; give one per prompt "
-                    "(None where a prompt has no reference)"
-                )
-            if all(r is None for r in refs):
-                refs = None
-            else:
-                missing = [str(r) for r in refs if r is not None and not r.is_file()]
-                if missing:
-                    shown = ", ".join(missing[:10]) + (f" ... ({len(missing)} in all)" if len(missing) > 10 else "")
-                    raise ProtocolError(f"{len(missing)} reference image(s) do not exist: {shown}")
-            object.__setattr__(self, "reference_images", refs)
+            set_("reference_images", _checked_reference_images(self.reference_images, len(self.prompts)))
         if self.reference_dir is not None:
-            ref_dir = Path(self.reference_dir)
-            if not ref_dir.is_dir():
-                raise ProtocolError(f"reference_dir {str(ref_dir)!r} is not a directory")
-            object.__setattr__(self, "reference_dir", ref_dir)
-            if not self.reference_set_files():
-                raise ProtocolError(f"reference_dir {str(ref_dir)!r} contains no images ({', '.join(IMAGE_SUFFIXES)})")
-        if self.metrics is None:
-            # default: every metric the protocol's data supports
-            metrics = tuple(
-                m
-                for m in DEFAULT_METRICS
-                if not (m == "lpips" and (self.reference_images is None or None in self.reference_images))
-                and not (m in ("fid", "kid") and self.reference_dir is None)
-            )
-        else:
-            metrics = tuple(self.metrics)
-        if not metrics or any(not isinstance(m, str) for m in metrics):
-            raise ProtocolError(f"metrics must be a non-empty list of metric names, got {self.metrics!r}")
-        object.__setattr__(self, "metrics", metrics)
+            set_("reference_dir", _checked_reference_dir(self.reference_dir))
+        set_("metrics", _checked_metrics(self.metrics, self.reference_images, self.reference_dir))
         if not isinstance(self.backbones, Mapping):
             raise ProtocolError(f"backbones must map kind -> name, got {type(self.backbones).__name__}")
-        object.__setattr__(self, "backbones", types.MappingProxyType(dict(sorted(self.backbones.items()))))
+        set_("backbones", types.MappingProxyType(dict(sorted(self.backbones.items()))))
         if self.composite_weights is not None:
-            weights = {str(k): float(v) for k, v in dict(self.composite_weights).items()}
-            bad_w = {k: v for k, v in weights.items() if not math.isfinite(v)}
-            if bad_w:
-                raise ProtocolError(f"composite_weights must be finite numbers, got {bad_w}")
-            object.__setattr__(self, "composite_weights", types.MappingProxyType(dict(sorted(weights.items()))))
+            set_("composite_weights", _checked_composite_weights(self.composite_weights))
         if self.metric_options is not None:
-            if not isinstance(self.metric_options, Mapping):
-                raise ProtocolError(f"metric_options must map metric -> options, got {self.metric_options!r}")
-            try:
-                opts = json.loads(json.dumps({str(k): dict(v) for k, v in self.metric_options.items()},
-                                             sort_keys=True, allow_nan=False))
-            except (TypeError, ValueError) as exc:
-                raise ProtocolError(f"metric_options must be JSON-serialisable (they are hashed): {exc}") from exc
-            object.__setattr__(self, "metric_options", types.MappingProxyType(opts))
-        if "lpips" in metrics and self.reference_images is None:
-            raise ProtocolError(
-                "metric 'lpips' needs paired reference images (reference_images / the CSV's image_path column); "
-                "give them or remove 'lpips' from metrics"
-            )
-        if "lpips" in metrics and self.reference_images is not None and any(r is None for r in self.reference_images):
-            n = sum(r is None for r in self.reference_images)
-            raise ProtocolError(
-                f"metric 'lpips' needs a reference for every prompt, but {n} of {len(prompts)} prompts have none; "
-                "fill them or remove 'lpips' from metrics (LPIPS over a subset would not be comparable)"
-            )
-        if ("fid" in metrics or "kid" in metrics) and self.reference_dir is None:
-            raise ProtocolError(
-                "metrics 'fid'/'kid' need a reference image set: set reference_dir (held-out real images) "
-                "or remove them from metrics"
-            )
-        if "fid" in metrics and self.num_samples < FID_MIN_SAMPLES:
-            warnings.warn(
-                f"num_samples={self.num_samples} is too small for FID: a 2048-d covariance needs >= "
-                f"{FID_MIN_SAMPLES} samples and FID is strongly biased below that; rankings can flip. "
-                f"Use >= {DEFAULT_NUM_SAMPLES} or rank by KID",
-                SmallSampleWarning,
-                stacklevel=3,
-            )
-        if "inception_score" in metrics and self.num_samples < IS_MIN_SAMPLES:
-            warnings.warn(
-                f"num_samples={self.num_samples} is too small for Inception Score (10 splits of "
-                f"{self.num_samples // 10} images); use >= {IS_MIN_SAMPLES}",
-                SmallSampleWarning,
-                stacklevel=3,
-            )
+            set_("metric_options", _checked_metric_options(self.metric_options))
+        _check_metric_data(self.metrics, self.reference_images, self.reference_dir, len(self.prompts))
+        _warn_small_samples(self.metrics, self.num_samples)
 
     # ----------------------------------------------------------------- sample layout
     @property
@@ -300,7 +139,7 @@ class Protocol:
         """Images of the FID/KID reference set, sorted by name (so order is stable)."""
         if self.reference_dir is None:
             return []
-        return sorted(p for p in Path(self.reference_dir).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        return _image_files(Path(self.reference_dir))
 
     # ----------------------------------------------------------------- identity
     def to_dict(self) -> dict[str, Any]:
@@ -425,3 +264,137 @@ def _restore_protocol(data: dict[str, Any]) -> Protocol:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SmallSampleWarning)
         return Protocol(**kwargs)
+
+
+# --------------------------------------------------------------------- validation (messages name the fix)
+
+def _checked_prompts(prompts: Any) -> tuple[str, ...]:
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+        raise ProtocolError(f"prompts must be a sequence of strings, got {type(prompts).__name__}")
+    out = tuple(prompts)
+    if not out:
+        raise ProtocolError("prompts is empty; give at least one held-out evaluation prompt")
+    bad = [p for p in out if not isinstance(p, str) or not p.strip()]
+    if bad:
+        raise ProtocolError(f"prompts must be non-empty strings; got {bad[:3]!r}")
+    return out
+
+
+def _check_integers(num_samples: Any, seed: Any) -> None:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ProtocolError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ProtocolError(f"seed must be an integer, got {seed!r}")
+
+
+def _checked_sampler(sampler: Any) -> SamplerSettings:
+    if isinstance(sampler, SamplerSettings):
+        return sampler
+    if isinstance(sampler, Mapping):
+        return SamplerSettings.from_dict(sampler)
+    raise ProtocolError(f"sampler must be SamplerSettings or a dict, got {type(sampler).__name__}")
+
+
+def _checked_reference_images(images: Sequence[Any], num_prompts: int) -> tuple[Path | None, ...] | None:
+    """One existing path (or None) per prompt; None when no prompt has a reference."""
+    refs = tuple(None if r is None else Path(r) for r in images)
+    if len(refs) != num_prompts:
+        raise ProtocolError(
+            f"reference_images has {len(refs)} entries for {num_prompts} prompts; give one per prompt "
+            "(None where a prompt has no reference)"
+        )
+    if all(r is None for r in refs):
+        return None
+    missing = [str(r) for r in refs if r is not None and not r.is_file()]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" ... ({len(missing)} in all)" if len(missing) > 10 else "")
+        raise ProtocolError(f"{len(missing)} reference image(s) do not exist: {shown}")
+    return refs
+
+
+def _image_files(root: Path) -> list[Path]:
+    """Images under ``root`` (recursively), sorted by path so their order is stable."""
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _checked_reference_dir(reference_dir: Any) -> Path:
+    ref_dir = Path(reference_dir)
+    if not ref_dir.is_dir():
+        raise ProtocolError(f"reference_dir {str(ref_dir)!r} is not a directory")
+    if not _image_files(ref_dir):
+        raise ProtocolError(f"reference_dir {str(ref_dir)!r} contains no images ({', '.join(IMAGE_SUFFIXES)})")
+    return ref_dir
+
+
+def _checked_metrics(metrics: Any, reference_images: tuple[Path | None, ...] | None,
+                     reference_dir: Path | None) -> tuple[str, ...]:
+    """The given metrics, or (None) every metric the protocol's data supports."""
+    if metrics is None:
+        no_lpips = reference_images is None or None in reference_images
+        out = tuple(m for m in DEFAULT_METRICS
+                    if not (m == "lpips" and no_lpips) and not (m in ("fid", "kid") and reference_dir is None))
+    else:
+        out = tuple(metrics)
+    if not out or any(not isinstance(m, str) for m in out):
+        raise ProtocolError(f"metrics must be a non-empty list of metric names, got {metrics!r}")
+    return out
+
+
+def _checked_composite_weights(weights: Mapping[str, Any]) -> Mapping[str, float]:
+    clean = {str(k): float(v) for k, v in dict(weights).items()}
+    bad = {k: v for k, v in clean.items() if not math.isfinite(v)}
+    if bad:
+        raise ProtocolError(f"composite_weights must be finite numbers, got {bad}")
+    return types.MappingProxyType(dict(sorted(clean.items())))
+
+
+def _checked_metric_options(options: Any) -> Mapping[str, Any]:
+    """Per-metric options as canonical JSON values (they are hashed)."""
+    if not isinstance(options, Mapping):
+        raise ProtocolError(f"metric_options must map metric -> options, got {options!r}")
+    try:
+        opts = json.loads(json.dumps({str(k): dict(v) for k, v in options.items()}, sort_keys=True, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"metric_options must be JSON-serialisable (they are hashed): {exc}") from exc
+    return types.MappingProxyType(opts)
+
+
+def _check_metric_data(metrics: tuple[str, ...], reference_images: tuple[Path | None, ...] | None,
+                       reference_dir: Path | None, num_prompts: int) -> None:
+    """Every metric asked for has the data it needs: LPIPS a reference per prompt, FID/KID a reference set."""
+    if "lpips" in metrics and reference_images is None:
+        raise ProtocolError(
+            "metric 'lpips' needs paired reference images (reference_images / the CSV's image_path column); "
+            "give them or remove 'lpips' from metrics"
+        )
+    if "lpips" in metrics and reference_images is not None and any(r is None for r in reference_images):
+        n = sum(r is None for r in reference_images)
+        raise ProtocolError(
+            f"metric 'lpips' needs a reference for every prompt, but {n} of {num_prompts} prompts have none; "
+            "fill them or remove 'lpips' from metrics (LPIPS over a subset would not be comparable)"
+        )
+    if ("fid" in metrics or "kid" in metrics) and reference_dir is None:
+        raise ProtocolError(
+            "metrics 'fid'/'kid' need a reference image set: set reference_dir (held-out real images) "
+            "or remove them from metrics"
+        )
+
+
+def _warn_small_samples(metrics: tuple[str, ...], num_samples: int) -> None:
+    """Warn (at the caller of ``Protocol(...)``) when FID or IS would be noise at this sample count."""
+    # stacklevel 4: this function, __post_init__, the dataclass __init__, then the caller
+    if "fid" in metrics and num_samples < FID_MIN_SAMPLES:
+        warnings.warn(
+            f"num_samples={num_samples} is too small for FID: a 2048-d covariance needs >= "
+            f"{FID_MIN_SAMPLES} samples and FID is strongly biased below that; rankings can flip. "
+            f"Use >= {DEFAULT_NUM_SAMPLES} or rank by KID",
+            SmallSampleWarning,
+            stacklevel=4,
+        )
+    if "inception_score" in metrics and num_samples < IS_MIN_SAMPLES:
+        warnings.warn(
+            f"num_samples={num_samples} is too small for Inception Score (10 splits of "
+            f"{num_samples // 10} images); use >= {IS_MIN_SAMPLES}",
+            SmallSampleWarning,
+            stacklevel=4,
+        )
