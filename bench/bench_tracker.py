@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bestckpt.tracking import commit
 from bestckpt.tracking.tracker import BestCheckpointTracker, Record
 
 METRICS = ("clip_score", "lpips", "inception_score", "fid", "kid", "composite_score")
@@ -60,7 +61,7 @@ def seed_state(ckdir: Path, n: int, all_live: bool, rng: random.Random) -> BestC
                                status="evaluated", time=time.time(), protocol_hash="3f2a9c0d1e4b5a67",
                                pruned=i not in live))
     # Make the kept ones really the top-k so updates below exercise pruning.
-    tracker._write_state(tracker._best_step(), None)
+    commit.write_state(tracker._st, tracker._rank, tracker.config, tracker._rank.best_step(), None)
     return BestCheckpointTracker(ckdir, save_top_k=top_k, keep_every_n_steps=None)
 
 
