@@ -11,7 +11,10 @@ the state. The state with 10,000 records is seeded directly (recording 10,000 ch
 by one would only take longer, not measure anything else). The fsync floor of the same disk
 (write + fsync of 100 bytes) is measured in the same run: every durable update needs at least one.
 
-    python bench/bench_tracker.py [--records 10000] [--updates 40] [--dir /tmp]
+    python bench/bench_tracker.py [--records 10000] [--updates 40] [--dir /tmp] [--state-compact-bytes N]
+
+``--state-compact-bytes 10000000000`` keeps every write a full snapshot (no journal): what the
+journal saves. Results and their reading: docs/tracker-performance.md.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bestckpt.tracking import commit
 from bestckpt.tracking.tracker import BestCheckpointTracker, Record
 
 METRICS = ("clip_score", "lpips", "inception_score", "fid", "kid", "composite_score")
@@ -45,10 +49,11 @@ def fsync_floor(directory: Path, n: int = 20) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def seed_state(ckdir: Path, n: int, all_live: bool, rng: random.Random) -> BestCheckpointTracker:
+def seed_state(ckdir: Path, n: int, all_live: bool, rng: random.Random,
+               compact_bytes: int = 256 * 1024) -> BestCheckpointTracker:
     """A directory whose state holds ``n`` records (as the tracker itself writes them)."""
     top_k = -1 if all_live else 3
-    tracker = BestCheckpointTracker(ckdir, save_top_k=top_k, keep_every_n_steps=None)
+    tracker = BestCheckpointTracker(ckdir, save_top_k=top_k, keep_every_n_steps=None, state_compact_bytes=compact_bytes)
     step_of = lambda i: (i + 1) * 10  # noqa: E731
     live = set(range(n)) if all_live else set(range(n - 5, n))
     for i in range(n):
@@ -60,12 +65,13 @@ def seed_state(ckdir: Path, n: int, all_live: bool, rng: random.Random) -> BestC
                                status="evaluated", time=time.time(), protocol_hash="3f2a9c0d1e4b5a67",
                                pruned=i not in live))
     # Make the kept ones really the top-k so updates below exercise pruning.
-    tracker._write_state(tracker._best_step(), None)
-    return BestCheckpointTracker(ckdir, save_top_k=top_k, keep_every_n_steps=None)
+    commit.write_state(tracker._st, tracker._rank, tracker.config, tracker._rank.best_step(), None)
+    return BestCheckpointTracker(ckdir, save_top_k=top_k, keep_every_n_steps=None, state_compact_bytes=compact_bytes)
 
 
-def bench(ckdir: Path, n: int, updates: int, all_live: bool, rng: random.Random) -> dict[str, float]:
-    tracker = seed_state(ckdir, n, all_live, rng)
+def bench(ckdir: Path, n: int, updates: int, all_live: bool, rng: random.Random,
+          compact_bytes: int = 256 * 1024) -> dict[str, float]:
+    tracker = seed_state(ckdir, n, all_live, rng, compact_bytes)
     step = max(r.step for r in tracker.records)
     single, pair = [], []
     for i in range(updates):
@@ -83,7 +89,8 @@ def bench(ckdir: Path, n: int, updates: int, all_live: bool, rng: random.Random)
             tracker.update_checkpoint(step, step // 100, path, _metrics(rng))
             pair.append(time.perf_counter() - t0)
     # Full reload: another process (a second tracker object) wrote the state.
-    other = BestCheckpointTracker(ckdir, save_top_k=tracker.save_top_k, keep_every_n_steps=None)
+    other = BestCheckpointTracker(ckdir, save_top_k=tracker.save_top_k, keep_every_n_steps=None,
+                                  state_compact_bytes=compact_bytes)
     reload = []
     for _ in range(5):
         step += 10
@@ -112,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-fsync", action="store_true",
                         help="measure the CPU part only: os.fsync becomes a no-op (never do this in real use)")
     parser.add_argument("--scenario", choices=("history", "all-live", "both"), default="both")
+    parser.add_argument("--state-compact-bytes", type=int, default=256 * 1024,
+                        help="the trackers' state_compact_bytes (journal once the snapshot is larger)")
     args = parser.parse_args(argv)
     if args.no_fsync:
         os.fsync = lambda fd: None  # type: ignore[assignment]
@@ -123,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
               + ("  [--no-fsync: CPU cost only]" if args.no_fsync else ""))
         scenarios = [s for s in (("history", False), ("all-live", True)) if args.scenario in (s[0], "both")]
         for name, all_live in scenarios:
-            r = bench(Path(tmp) / name, args.records, args.updates, all_live, rng)
+            r = bench(Path(tmp) / name, args.records, args.updates, all_live, rng, args.state_compact_bytes)
             verdict = "PASS" if r["update_ms"] <= 10.0 else "FAIL"
             floor_ms = max(floor * 1e3, 1e-3)
             print(f"[{name}] records={r['records']} state={r['state_bytes'] / 1e6:.2f} MB  "

@@ -17,6 +17,7 @@ from bestckpt.integrations.deepspeed import (
     mark_complete,
 )
 from bestckpt.runners import Evaluator, SidecarWatcher
+from bestckpt.tracking.config import TrackerConfig
 from bestckpt.tracking.layout import find_checkpoints
 from bestckpt.tracking.tracker import BestCheckpointTracker
 
@@ -37,6 +38,24 @@ def test_tag_completeness_rules(tmp_path: Path) -> None:
     assert [(s, c) for s, _, c in found] == [(100, True), (200, True), (300, True), (400, False)]
     with pytest.raises(FileNotFoundError, match="mp_rank_00_model_states.pt"):
         load_model_states(tmp_path / "0000100.pt")
+
+
+def test_tag_completeness_reads_the_tracker_scan(tmp_path: Path) -> None:
+    """Later tags are found by the tracker's own scan and name parser: past 7 digits too, and
+    with a custom template; a name that is no step checkpoint needs the marker or `latest`."""
+    (tmp_path / "9999000.pt").mkdir()
+    (tmp_path / "10000000.pt").mkdir()
+    assert is_tag_complete(tmp_path, "9999000.pt")
+    assert not is_tag_complete(tmp_path, "10000000.pt")
+    custom = TrackerConfig(checkpoint_dir=tmp_path, filename_template="global_step{step}")
+    (tmp_path / "global_step5").mkdir()
+    (tmp_path / "global_step6").mkdir()
+    assert not is_tag_complete(tmp_path, "global_step5")  # the default template does not see the later one
+    assert is_tag_complete(tmp_path, "global_step5", step_from_name=custom.step_from_name)
+    (tmp_path / "other").mkdir()
+    assert not is_tag_complete(tmp_path, "other")
+    mark_complete(tmp_path / "other")
+    assert is_tag_complete(tmp_path, "other")
 
 
 @pytest.mark.distributed

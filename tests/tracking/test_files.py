@@ -224,3 +224,36 @@ def test_state_file_torn_tail_and_stale_journal(tmp_path: Path):
     (tmp_path / layout.JOURNAL_FILE).write_text(f'{{"journal_id": "{jid}"}}\nnot json\n{{}}\n')
     with pytest.raises(ValueError, match="line 2 is corrupt"):
         journal.StateFile(tmp_path).read_journal(jid)
+
+
+def test_step_entries_is_the_one_scan_and_find_checkpoints_filters_it(tmp_path: Path):
+    """step_entries lists every step-named entry (symlinks too: the state may track one), by name;
+    find_checkpoints leaves out symlinks and *.tmp and orders by step."""
+    from bestckpt.tracking.config import TrackerConfig
+
+    parse = TrackerConfig(checkpoint_dir=tmp_path, filename_template="{step}.pt").step_from_name
+    (tmp_path / "900.pt").write_bytes(b"c")
+    (tmp_path / "1000.pt").mkdir()
+    (tmp_path / "1100.pt").symlink_to("900.pt")
+    (tmp_path / "1200.pt.tmp").write_bytes(b"half")
+    (tmp_path / "0900.pt").write_bytes(b"not the template's name for step 900")
+    (tmp_path / "notes.txt").write_text("x")
+    assert layout.step_entries(tmp_path, parse) == [(1000, "1000.pt"), (1100, "1100.pt"), (900, "900.pt")]
+    found = layout.find_checkpoints(tmp_path, parse)
+    assert [(s, p.name, c) for s, p, c in found] == [(900, "900.pt", True), (1000, "1000.pt", False)]
+    with pytest.raises(OSError):
+        layout.step_entries(tmp_path / "missing", parse)
+    assert layout.find_checkpoints(tmp_path / "missing", parse) == []
+
+
+def test_read_latest_tag_never_raises(tmp_path: Path):
+    assert layout.read_latest_tag(tmp_path) is None
+    (tmp_path / "latest").write_text("  \n")
+    assert layout.read_latest_tag(tmp_path) is None
+    (tmp_path / "latest").write_bytes(b"\xff\xfe")
+    assert layout.read_latest_tag(tmp_path) is None
+    (tmp_path / "latest").write_text("0000300.pt\n")
+    assert layout.read_latest_tag(tmp_path) == "0000300.pt"
+    (tmp_path / "latest").unlink()
+    (tmp_path / "latest").mkdir()
+    assert layout.read_latest_tag(tmp_path) is None

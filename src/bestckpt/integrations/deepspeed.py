@@ -10,10 +10,13 @@ tag is whole. deepspeed itself is never imported here (the helpers work on the f
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bestckpt.tracking.config import DEFAULT_FILENAME_TEMPLATE, TrackerConfig
 from bestckpt.tracking.layout import (
+    find_checkpoints,
     is_checkpoint_complete,
     mark_complete,
     read_latest_tag,
@@ -35,19 +38,25 @@ MODEL_STATES = "mp_rank_00_model_states.pt"
 
 
 def tag_name(step: int) -> str:
-    """The tag of step ``step`` (``0002000.pt``): the tracker's file-name template."""
-    return f"{int(step):07d}.pt"
+    """The tag of step ``step`` (``0002000.pt``): the tracker's default file-name template."""
+    return DEFAULT_FILENAME_TEMPLATE.format(step=int(step))
 
 
-def is_tag_complete(checkpoint_dir: str | Path, tag: str) -> bool:
-    """Complete when marked, named by ``latest``, or followed by a later step tag."""
+def is_tag_complete(checkpoint_dir: str | Path, tag: str, *,
+                    step_from_name: Callable[[str], int | None] | None = None) -> bool:
+    """Complete when marked, named by ``latest``, or followed by a later step checkpoint.
+
+    The directory is read by :func:`~bestckpt.tracking.layout.find_checkpoints`, the tracker's own
+    scan; ``step_from_name`` parses entry names (default: the tracker's default template, the one
+    :func:`tag_name` writes; pass ``TrackerConfig.step_from_name`` for another template).
+    """
     root = Path(checkpoint_dir)
-    path = root / tag
-    later = any(
-        p.name > tag and p.is_dir() and not p.is_symlink() and p.name[:7].isdigit() and len(p.name) == len(tag)
-        for p in root.iterdir()
-    ) if path.is_dir() else False
-    return is_checkpoint_complete(path, later_exists=later, latest_tag=read_latest_tag(root))
+    parse = step_from_name if step_from_name is not None else TrackerConfig(checkpoint_dir=root).step_from_name
+    for _, path, complete in find_checkpoints(root, parse):
+        if path.name == tag:
+            return complete
+    # not a step checkpoint name (or a symlink): only the marker or `latest` can vouch for it
+    return is_checkpoint_complete(root / tag, later_exists=False, latest_tag=read_latest_tag(root))
 
 
 def load_model_states(tag_dir: str | Path, *, prefer_ema: bool = True, map_location: Any = "cpu") -> tuple[dict[str, Any], str]:

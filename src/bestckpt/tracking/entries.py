@@ -7,7 +7,7 @@
   mid-removal never leaves a half-deleted checkpoint under a real name.
 - :func:`cleanup_temporaries`: removes what our own interrupted writes and deletions leave
   behind (names start with ``.bestckpt-``).
-- :func:`list_names`, :func:`entry_stat`, :func:`move_aside`: what reconciling needs.
+- :func:`entry_stat`, :func:`move_aside`: what reconciling needs.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from bestckpt.errors import UnsafePathError
 from bestckpt.fsio import TEMP_FILE_PREFIX, TEMP_PREFIX, fsync_dir
 
-__all__ = ["confine", "delete_entry", "cleanup_temporaries", "list_names", "entry_stat", "move_aside",
+__all__ = ["confine", "delete_entry", "cleanup_temporaries", "entry_stat", "move_aside",
            "UnsafePathError"]
 
 logger = logging.getLogger(__name__)
@@ -100,14 +100,6 @@ def cleanup_temporaries(root: Path) -> list[str]:
 
 # --------------------------------------------------------------------------------------------
 # directory inspection and recovery (what reconciling the state with the disk needs)
-def list_names(root: Path) -> list[str]:
-    """Names in ``root``, sorted (empty if it cannot be listed)."""
-    try:
-        return sorted(os.listdir(root))
-    except OSError:
-        return []
-
-
 def entry_stat(root: Path, relpath: str) -> os.stat_result | None:
     """``lstat`` of the entry ``relpath`` in ``root`` (symlinks not followed), ``None`` if it is gone."""
     try:

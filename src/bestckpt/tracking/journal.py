@@ -20,12 +20,12 @@ __all__ = ["StateFile", "read_state"]
 class StateFile:
     """``best_checkpoints.json`` (a full snapshot) plus, for large states, an append-only journal.
 
-    Rewriting a multi-MB snapshot and fsyncing it at every call costs tens of milliseconds, so once
-    the snapshot exceeds ``compact_bytes`` each transaction is appended as one JSON line to
-    ``best_checkpoints.journal`` (one fsync of a few hundred bytes) and the snapshot is rewritten
-    only when the journal reaches a quarter of its size. Small states (every ordinary run: a few
-    hundred records) are always written as a full snapshot, so ``best_checkpoints.json`` alone is
-    current; for large states readers must apply the journal (:func:`read_state` does).
+    Rewriting and fsyncing the whole snapshot at every call grows with the run's history (figures:
+    ``docs/tracker-performance.md``), so once the snapshot exceeds ``compact_bytes`` each transaction
+    is appended as one JSON line to ``best_checkpoints.journal`` (one small fsync) and the snapshot
+    is rewritten only when the journal reaches a quarter of its size. Small states (ordinary runs)
+    are always written as a full snapshot, so ``best_checkpoints.json`` alone is current; for large
+    states readers must apply the journal (:func:`read_state` does).
 
     The journal's first line names the snapshot it extends (``journal_id``); a journal left over
     from before a compaction names another id and is ignored, then removed. A torn last line

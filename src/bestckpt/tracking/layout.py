@@ -2,7 +2,8 @@
 
 - The files bestckpt keeps beside the checkpoints (:data:`STATE_FILE`, :data:`RESULTS_FILE`,
   :data:`LOCK_FILE`, :data:`JOURNAL_FILE`, :data:`BEST_LINK` and its pointer-file fallback).
-- Which entries are step checkpoints and whether each is completely written
+- Which entries are step checkpoints (:func:`step_entries`, the one scan of the directory, with
+  the config's ``step_from_name`` as the one name parser) and whether each is completely written
   (:func:`find_checkpoints`, :func:`is_checkpoint_complete`; DeepSpeed's ``latest`` pointer,
   :func:`read_latest_tag`; the completion marker, :func:`mark_complete`).
 - Paths handed to the tracker, expressed relative to the directory (:func:`checkpoint_relpath`,
@@ -29,6 +30,7 @@ __all__ = [
     "legacy_relpath",
     "read_latest_tag",
     "is_checkpoint_complete",
+    "step_entries",
     "find_checkpoints",
     "mark_complete",
 ]
@@ -96,11 +98,14 @@ COMPLETE_MARKER = ".bestckpt-complete"
 
 
 def read_latest_tag(checkpoint_dir: str | Path) -> str | None:
-    """The tag named by DeepSpeed's ``checkpoint_dir/latest`` text file, or None."""
+    """The tag named by DeepSpeed's ``checkpoint_dir/latest`` text file, or None.
+
+    None also when the file cannot be read or decoded: a broken pointer must not stop bookkeeping.
+    """
     latest = Path(checkpoint_dir) / "latest"
     try:
         text = latest.read_text(encoding="utf-8").strip()
-    except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError):
+    except (OSError, UnicodeDecodeError):
         return None
     return text or None
 
@@ -129,19 +134,31 @@ def is_checkpoint_complete(path: str | Path, *, later_exists: bool, latest_tag: 
     return later_exists
 
 
+def step_entries(checkpoint_dir: str | Path, step_from_name: Callable[[str], int | None]) -> list[tuple[int, str]]:
+    """``(step, name)`` of every entry of the directory named like a step checkpoint, sorted by name.
+
+    Every kind of entry counts (symlinks too: the state may track a symlinked checkpoint); callers
+    filter. Raises ``OSError`` when the directory cannot be listed.
+    """
+    found = []
+    for name in sorted(os.listdir(checkpoint_dir)):
+        step = step_from_name(name)
+        if step is not None:
+            found.append((step, name))
+    return found
+
+
 def find_checkpoints(checkpoint_dir: str | Path, step_from_name: Callable[[str], int | None]) -> list[tuple[int, Path, bool]]:
-    """``(step, path, complete)`` for every step checkpoint in the directory, ascending by step."""
+    """``(step, path, complete)`` for every step checkpoint in the directory, ascending by step.
+
+    Symlinks and ``*.tmp`` names are left out (:func:`is_checkpoint_complete` never accepts a
+    symlink; ``.tmp`` is a save still in progress).
+    """
     root = Path(checkpoint_dir)
     if not root.is_dir():
         return []
-    found: list[tuple[int, Path]] = []
-    for entry in root.iterdir():
-        if entry.is_symlink() or entry.name.endswith(".tmp"):
-            continue
-        step = step_from_name(entry.name)
-        if step is not None:
-            found.append((step, entry))
-    found.sort()
+    found = sorted((step, root / name) for step, name in step_entries(root, step_from_name)
+                   if not name.endswith(".tmp") and not (root / name).is_symlink())
     latest = read_latest_tag(root)
     return [
         (step, path, is_checkpoint_complete(path, later_exists=i < len(found) - 1, latest_tag=latest))

@@ -1,8 +1,8 @@
 """The ranking of a tracker's live records, maintained incrementally between calls.
 
-A tracker call changes one or two records, but with ``save_top_k=-1`` thousands stay live;
-rebuilding every :class:`~bestckpt.tracking.policies.Candidate` and re-sorting them at each call cost
-O(n log n) Python work per call. :class:`Ranking` keeps one candidate per live step and the
+A tracker call changes one or two records, but with ``save_top_k=-1`` thousands stay live, and
+rebuilding every :class:`~bestckpt.tracking.policies.Candidate` and re-sorting them at each call would
+be O(n log n) Python work per call. :class:`Ranking` keeps one candidate per live step and the
 rankable ones as a sorted list of ``(key, step)`` (key: the score with its direction made
 explicit, ties broken by the earlier step, exactly :func:`bestckpt.tracking.policies.rank`'s order),
 and updates both from the steps :class:`~bestckpt.tracking.state.TrackerState` says were touched.

@@ -9,16 +9,16 @@
 - :func:`rebuild_from_disk`, :func:`unknown_entries`, :func:`check_metric_change`: what the
   writer's start checks.
 
-Every filesystem access goes through :mod:`bestckpt.store`.
+Entries are inspected and deleted through :mod:`bestckpt.tracking.entries`; the directory is
+scanned by :func:`bestckpt.tracking.layout.step_entries`.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Iterator
 
 from bestckpt import errors
-from bestckpt.tracking import entries
+from bestckpt.tracking import entries, layout
 from bestckpt.tracking.config import TrackerConfig
 from bestckpt.tracking.state import Record, StateError, TrackerState
 
@@ -101,12 +101,13 @@ def _corrupt(st: TrackerState, config: TrackerConfig, is_writer: bool, why: str)
     rebuild_from_disk(st, config)
 
 
-def scan(st: TrackerState, config: TrackerConfig) -> Iterator[tuple[int, str]]:
-    """``(step, name)`` of every entry of the directory named like a step checkpoint."""
-    for name in entries.list_names(st.dir):
-        step = config.step_from_name(name)
-        if step is not None:
-            yield step, name
+def scan(st: TrackerState, config: TrackerConfig) -> list[tuple[int, str]]:
+    """``(step, name)`` of every entry of the directory named like a step checkpoint (empty if the
+    directory cannot be listed: a reader must still see the state)."""
+    try:
+        return layout.step_entries(st.dir, config.step_from_name)
+    except OSError:
+        return []
 
 
 def rebuild_from_disk(st: TrackerState, config: TrackerConfig) -> None:

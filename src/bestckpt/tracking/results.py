@@ -8,12 +8,23 @@ Shape (the guide's keys first, ours after)::
      "schema": "bestckpt.results/1", "pending": [steps], "failed": [{"step", "error"}], "updated_at": t}
 
 Non-finite numbers are written as strings by :func:`bestckpt.fsio.to_strict_json` (never bare NaN).
+
+:class:`ResultsFile` writes it. The tracker refreshes it after every call, so it is rewritten only
+when its content (everything but ``updated_at``) changed, and each ranked record's JSON is encoded
+once (records are immutable) rather than at every call. It is derived from the state, so it is
+written atomically but not fsynced: the state is the durable record, and a new tracker rewrites
+this file at its first commit.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
-__all__ = ["RESULTS_SCHEMA", "results_document"]
+from bestckpt import fsio
+from bestckpt.tracking.layout import RESULTS_FILE
+
+__all__ = ["RESULTS_SCHEMA", "results_document", "ResultsFile"]
 
 RESULTS_SCHEMA = "bestckpt.results/1"
 
@@ -37,3 +48,39 @@ def results_document(summary: Mapping[str, Any], tracker_config: Mapping[str, An
         "failed": list(summary["failed"]),
         "updated_at": updated_at,
     }
+
+
+class ResultsFile:
+    """``best_checkpoint_results.json`` of one directory, with the cache that makes refreshing it cheap.
+
+    Text identical to ``fsio.to_strict_json(results_document(...), indent=2)``.
+    """
+
+    def __init__(self, checkpoint_dir: Path, cache_limit: int) -> None:
+        self.path = Path(checkpoint_dir) / RESULTS_FILE
+        self._cache_limit = cache_limit  # more cached steps than this: start over (pruned ones linger)
+        self._signature: str | None = None  # the last text written, less its updated_at
+        self._fragments: dict[int, tuple[Any, str]] = {}  # step -> (record, its indented JSON)
+
+    def write(self, summary: Mapping[str, Any], ranked: Sequence[Any], tracker_config: Mapping[str, Any], *,
+              force: bool = False) -> None:
+        """Write the document of ``summary`` (``ranked``: the records behind its ranking, best first),
+        unless ``force`` is false and the file already holds the same content."""
+        doc = results_document(summary, tracker_config, time.time())
+        cache = self._fragments
+        if len(cache) > self._cache_limit:
+            cache.clear()
+        fragments = []
+        for rec in ranked:
+            hit = cache.get(rec.step)
+            if hit is None or hit[0] is not rec:
+                hit = cache[rec.step] = (rec, fsio.to_strict_json(rec.to_json(), indent=2))
+            fragments.append(hit[1])
+        assert len(fragments) == len(doc["best_checkpoints"]) and list(doc)[-1] == "updated_at"
+        members = [(key, fsio.indented_array(fragments) if key == "best_checkpoints"
+                    else fsio.to_strict_json(value, indent=2)) for key, value in doc.items()]
+        signature = fsio.indented_object(members[:-1])
+        if not force and signature == self._signature and self.path.exists():
+            return
+        fsio.atomic_write_text(self.path, fsio.indented_object(members) + "\n", durable=False)
+        self._signature = signature

@@ -4,9 +4,9 @@
 record by step, the set of live steps (not pruned, not refused) that retention looks at, the
 records changed since the last write (the next journal entry), the recorded deletion intents and
 the stored tracker config. It parses a snapshot, applies journal transactions, and encodes a full
-snapshot or one journal line. Every byte it reads or writes goes through :mod:`bestckpt.store`
-(``StateFile``); deciding *when* to reload, and reconciling with the checkpoints on disk, is
-:mod:`bestckpt.tracking.reconcile`'s job.
+snapshot or one journal line. Every byte it reads or writes goes through
+:class:`~bestckpt.tracking.journal.StateFile`; deciding *when* to reload, and reconciling with the
+checkpoints on disk, is :mod:`bestckpt.tracking.reconcile`'s job.
 """
 from __future__ import annotations
 

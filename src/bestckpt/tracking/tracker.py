@@ -8,12 +8,12 @@ anything is removed, so a crash mid-delete is finished on the next start. A cras
 state write and the ``best.pt`` swap leaves ``best.pt`` on the previous best (still on disk, since
 deletions come after the swap) with a ``best_link`` marker in the state; the next call repairs it.
 
-Large states: once ``best_checkpoints.json`` exceeds ``state_compact_bytes`` (256 KiB, roughly
-800 records) each call appends one fsynced line to ``best_checkpoints.journal`` instead of rewriting
-the snapshot; the snapshot is rewritten when the journal reaches a quarter of its size and at every
-tracker start. Read the state with :func:`bestckpt.journal.read_state` (snapshot + journal) or
-``bestckpt status --json``; for ordinary runs ``best_checkpoints.json`` alone is always current.
-A tracker object may be shared by threads (an in-process lock serialises its calls).
+Large states: once ``best_checkpoints.json`` exceeds ``state_compact_bytes`` (default 256 KiB)
+each call appends one fsynced line to ``best_checkpoints.journal`` instead of rewriting the
+snapshot; the snapshot is rewritten when the journal reaches a quarter of its size and at every
+tracker start. Read the state with :func:`bestckpt.tracking.journal.read_state` (snapshot +
+journal) or ``bestckpt status --json``; for ordinary runs ``best_checkpoints.json`` alone is
+always current. A tracker object may be shared by threads (an in-process lock serialises its calls).
 
 Documented choices:
 - A checkpoint is ranked only when evaluated with a finite tracked metric; NaN, inf, a missing
@@ -25,23 +25,21 @@ Documented choices:
   means the highest step, not the most recent call.
 - Records of pruned checkpoints stay in the state (``pruned: true``) as the run's history; a
   checkpoint deleted by hand is marked pruned with a warning and never resurrected.
-- Only the writer writes (global rank 0 under ``torch.distributed``); other ranks read the
-  state and compute the same answers in memory.
+- Only the writer writes (global rank 0 under ``torch.distributed``, :mod:`bestckpt.tracking.roles`);
+  other ranks read the state and compute the same answers in memory.
 
-Layout: this module orchestrates (locking, transactions, retention, ``best.pt``, exports);
-:mod:`bestckpt.tracking.state` holds :class:`Record`, the schema and the in-memory state with its
-encoding; :mod:`bestckpt.tracking.reconcile` reloads it and reconciles it with the directory;
-:mod:`bestckpt.tracking.ranking` keeps the ranking incrementally; :mod:`bestckpt.tracking.policies` decides
-retention; :mod:`bestckpt.store` does every filesystem operation.
+Layout: this module orchestrates (the public API, locking, transactions, the summary);
+:mod:`~bestckpt.tracking.startup` opens the directory, :mod:`~bestckpt.tracking.commit` is the
+commit step (retention, state write, ``best.pt``, deletions), :mod:`~bestckpt.tracking.reconcile`
+reloads the state and reconciles it with the directory, :mod:`~bestckpt.tracking.ranking` keeps the
+ranking incrementally, :mod:`~bestckpt.tracking.state` holds :class:`Record` and the in-memory
+state, :mod:`~bestckpt.tracking.results` writes ``best_checkpoint_results.json``.
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import logging
-import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -49,13 +47,14 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import filelock
 
-from bestckpt import errors, fsio
-from bestckpt.tracking import bestlink, entries, journal, layout, locking, reconcile
+from bestckpt import errors
+from bestckpt.tracking import commit, journal, layout, locking, reconcile, startup
 from bestckpt.tracking.config import TrackerConfig
 from bestckpt.tracking.console import format_score, format_summary
-from bestckpt.tracking.policies import Candidate, Decision, retention_policy
+from bestckpt.tracking.policies import Decision
 from bestckpt.tracking.ranking import Ranking
-from bestckpt.tracking.results import results_document
+from bestckpt.tracking.results import ResultsFile
+from bestckpt.tracking.roles import default_is_writer
 from bestckpt.tracking.state import (
     HEADER_TOP,
     STATE_SCHEMA,
@@ -72,26 +71,8 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-
-def _default_is_writer() -> bool:
-    """Global rank 0 under an initialised ``torch.distributed``, else ``RANK`` == 0, else True.
-
-    torch is only consulted when the program already imported it (this module never imports torch).
-    """
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None:
-        try:
-            if dist.is_available() and dist.is_initialized():
-                return dist.get_rank() == 0
-        except Exception:  # a half-initialised process group: fall back to the environment
-            pass
-    rank = os.environ.get("RANK")
-    if rank is not None:
-        try:
-            return int(rank) == 0
-        except ValueError:
-            raise ValueError(f"environment variable RANK={rank!r} is not an int; fix the launcher or pass is_writer") from None
-    return True
+#: errors that mean "this directory cannot be written": reported with the fix, not as a bare OSError
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
 
 
 class BestCheckpointTracker:
@@ -131,31 +112,21 @@ class BestCheckpointTracker:
         elif not isinstance(config, TrackerConfig):
             raise TypeError(f"config must be a TrackerConfig, got {type(config).__name__}")
         self.config = config
-        self.is_writer = _default_is_writer() if is_writer is None else bool(is_writer)
+        self.is_writer = default_is_writer() if is_writer is None else bool(is_writer)
         self.dir = config.checkpoint_dir
-        self._state_path = self.dir / layout.STATE_FILE
         self._st = TrackerState(self.dir, journal.StateFile(self.dir, compact_bytes=state_compact_bytes))
         self._rank = Ranking(self._st, config)  # incremental: a call re-ranks only what it changed
-        self._results_signature: str | None = None
-        self._results_fragments: dict[int, tuple[Record, str]] = {}  # step -> (record, its indented JSON)
+        self._results = ResultsFile(self.dir, cache_limit=4 * HEADER_TOP)
         self._lock = None
         self._tlock = threading.RLock()
         if self.is_writer:
-            if self.dir.exists() and not self.dir.is_dir():
-                raise NotADirectoryError(
-                    f"checkpoint_dir {self.dir} exists and is not a directory; pass the directory checkpoints are saved in"
-                )
-            try:
-                self.dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise OSError(exc.errno, f"cannot create checkpoint_dir {self.dir}: {exc.strerror}; "
-                              "check the path and its permissions, or pass is_writer=False to only read") from exc
+            startup.prepare_directory(self.dir)
             self._lock = locking.lock(self.dir, timeout=lock_timeout)
             try:
                 with self._locked():
-                    self._startup()
+                    startup.start(self._st, self._rank, self.config)
             except OSError as exc:
-                if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+                if exc.errno not in _UNWRITABLE:
                     raise
                 raise type(exc)(exc.errno, f"checkpoint_dir {self.dir} is not usable for writing ({exc}); "
                                 "fix its permissions/free space, or pass is_writer=False to only read") from exc
@@ -223,7 +194,7 @@ class BestCheckpointTracker:
 
         def mutate() -> bool:
             rel = layout.checkpoint_relpath(self.dir, checkpoint_path, self.config.step_filename(step), step, must_exist=True)
-            before[0] = self._best_step()
+            before[0] = self._rank.best_step()
             old = self._st.records.get(step)
             if old is not None and not old.pruned and old.status in ("evaluated", "failed"):
                 logger.info("step %d re-scored: the new scores replace the earlier ones", step)
@@ -245,7 +216,7 @@ class BestCheckpointTracker:
 
         with self._tlock:  # the answer must describe this call's commit, not another thread's
             self._transaction(mutate)
-            best = self._best_step()
+            best = self._rank.best_step()
             if best == step and before[0] != step and self.is_writer:  # one log line per run, not per rank
                 logger.info("🏆 New best checkpoint! Score: %s",
                             format_score(self._st.records[step].score(self.metric_name)))
@@ -272,7 +243,7 @@ class BestCheckpointTracker:
         """The best checkpoint's record (what ``best.pt`` points at), or ``None``."""
         with self._tlock:  # the ranking index is updated lazily: read it under the object's lock
             self._refresh()
-            step = self._best_step()
+            step = self._rank.best_step()
             return None if step is None else self._st.records[step]
 
     @property
@@ -292,7 +263,7 @@ class BestCheckpointTracker:
         """Keep/delete decision for every checkpoint still on disk, with reasons (deletes nothing)."""
         with self._tlock:
             self._refresh()
-            return self._decide()
+            return commit.decide(self._st, self._rank, self.config)
 
     def prune(self, dry_run: bool | None = None) -> list[Decision]:
         """Apply retention now (``dry_run`` defaults to the config's); returns the decisions."""
@@ -300,7 +271,7 @@ class BestCheckpointTracker:
         decisions: list[list[Decision]] = [[]]
 
         def mutate() -> None:
-            decisions[0] = self._decide()
+            decisions[0] = commit.decide(self._st, self._rank, self.config)
 
         self._transaction(mutate, dry_run=dry)
         if dry:
@@ -316,7 +287,7 @@ class BestCheckpointTracker:
             return self._summary()
 
     def _summary(self, limit: int | None = None) -> dict[str, Any]:
-        ranking = self._ranking(limit)
+        ranking = self._rank.head(limit)
         best = ranking[0] if ranking else None  # limit is None or >= 1: the head is the same
         records = self._st.records
         return {
@@ -388,176 +359,26 @@ class BestCheckpointTracker:
             self._load()
             try:
                 result = mutate()
-                self._commit(self.config.dry_run if dry_run is None else dry_run)
+                commit.commit(self._st, self._rank, self.config, self.config.dry_run if dry_run is None else dry_run)
+                self._write_results()
             except BaseException as exc:
                 self._st.stamp = None  # memory may differ from disk now: reread the disk next time
-                if not isinstance(exc, OSError) or exc.errno not in (
-                        errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+                if not isinstance(exc, OSError) or exc.errno not in _UNWRITABLE:
                     raise
                 raise type(exc)(exc.errno, f"could not update the bookkeeping in {self.dir} ({exc}); fix its "
                                 "permissions/free space. The files on disk stay consistent (every write is atomic) "
                                 "and the next call repairs best.pt and finishes deletions") from exc
             return result
 
-    def _check_present(self) -> None:
-        """Drop (with a warning) vanished checkpoints that best.pt could point at, and the newest.
-
-        Cheap (a few ``lstat`` calls): the full check of every live record runs on full reloads.
-        """
-        newest = max(self._st.live_steps, default=None)
-        if newest is not None and entries.entry_stat(self.dir, self._st.records[newest].path) is None:
-            reconcile.drop_missing(self._st, self._st.records[newest])
-        while True:
-            best = self._best_step()
-            if best is None or entries.entry_stat(self.dir, self._st.records[best].path) is not None:
-                return
-            reconcile.drop_missing(self._st, self._st.records[best])
-
-    def _commit(self, dry_run: bool) -> None:
-        self._check_present()
-        best_step = self._best_step()
-        best_rel = None if best_step is None else self._st.records[best_step].path
-        doomed: list[Decision] = []
-        if not dry_run and self._rank.may_delete():  # else every candidate is top-k or pending: all kept
-            doomed = [d for d in self._decide(best_step) if not d.keep]
-        for d in doomed:
-            rec = self._st.records[d.step]
-            self._st.put(dataclasses.replace(rec, pruned=True))
-            st = entries.entry_stat(self.dir, rec.path)
-            if st is None:
-                continue
-            self._st.intents.append({"step": rec.step, "path": rec.path, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns})
-        link = self.dir / layout.BEST_LINK
-        current = bestlink.read_pointer(link)
-        marker = {"from": current, "to": best_rel} if current != best_rel else None
-        self._write_state(best_step, marker)
-        if best_rel is not None and current != best_rel:
-            bestlink.atomic_symlink(link, best_rel, target_is_directory=(self.dir / best_rel).is_dir())
-            logger.debug("best.pt -> %s", best_rel)
-        elif best_rel is None and link.is_symlink():
-            os.unlink(link)  # nothing rankable any more: a stale pointer would lie
-            logger.warning("no checkpoint can be ranked any more; removed %s", link)
-        reconcile.finish_intents(self._st)
-        self._write_results()
-
-    # ------------------------------------------------------------------ ranking
-    def _candidates(self) -> list[Candidate]:
-        return self._rank.candidates()
-
-    def _best_step(self) -> int | None:
-        return self._rank.best_step()
-
-    def _ranking(self, limit: int | None = None) -> list[Record]:
-        """The top-k records, best first (at most ``limit``)."""
-        return self._rank.head(limit)
-
-    def _decide(self, best_step: int | None = None) -> list[Decision]:
-        cands = self._candidates()
-        if best_step is None:
-            best_step = self._best_step()
-        cfg = self.config
-        policy = retention_policy(
-            save_top_k=cfg.save_top_k, higher_is_better=cfg.higher_is_better, metric_name=cfg.metric_name,
-            keep_latest=cfg.keep_latest, keep_every_n_steps=cfg.keep_every_n_steps, pinned_steps=cfg.pinned_steps,
-            best_step=best_step, protected=self._protected(),
-        )
-        return policy.decide(cands)
-
-    def _protected(self) -> dict[int, str]:
-        """Steps kept for reasons outside the config: DeepSpeed's ``latest`` tag, recovered records."""
-        out: dict[int, str] = {}
-        try:
-            tag = (self.dir / "latest").read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError):
-            tag = ""
-        step = self.config.step_from_name(tag) if tag else None
-        if step is not None:
-            out[step] = "named by DeepSpeed 'latest'"
-        for r in self._st.live():
-            if r.info.get("recovered") and r.status == "saved":
-                out[r.step] = "recovered after state loss (evaluate it, or delete it by hand)"
-        return out
-
     # ------------------------------------------------------------------ state I/O
     def _load(self) -> None:
         """Reload the state if another process changed it since we last read or wrote it."""
         reconcile.load(self._st, self.config, self.is_writer)
 
-    def _startup(self) -> None:
-        """First load by the writer: clean leftovers, reconcile, report unknown entries, check the metric."""
-        link = self.dir / layout.BEST_LINK
-        if os.path.lexists(link) and not link.is_symlink():
-            raise FileExistsError(
-                f"{link} exists and is not a symlink; bestckpt will not overwrite it. "
-                f"Move it away so that {link.name} can point at the best checkpoint."
-            )
-        removed = entries.cleanup_temporaries(self.dir)
-        if removed:
-            logger.info("removed %d leftover temporary entries in %s", len(removed), self.dir)
-        self._load()
-        if (self._st.stamp is None or self._st.stamp[0] is None) and not self._st.records:
-            reconcile.rebuild_from_disk(self._st, self.config)
-        unknown = reconcile.unknown_entries(self._st, self.config)
-        if unknown:
-            logger.warning("%d checkpoint entries in %s are not in the state and will not be touched: %s",
-                           len(unknown), self.dir, ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else ""))
-        reconcile.check_metric_change(self._st, self.config)
-        self._st.force_full = True  # every start compacts: best_checkpoints.json alone is current again
-        self._write_state(self._best_step(), None)
-        self._repair_best_link()
-
-    def _repair_best_link(self) -> None:
-        best_step = self._best_step()
-        link = self.dir / layout.BEST_LINK
-        if best_step is None:
-            return
-        rel = self._st.records[best_step].path
-        if bestlink.read_pointer(link) != rel:
-            bestlink.atomic_symlink(link, rel, target_is_directory=(self.dir / rel).is_dir())
-            logger.info("best.pt now points at %s", rel)
-
-    def _write_state(self, best_step: int | None, marker: dict[str, Any] | None) -> None:
-        """Persist the state: a full atomic snapshot, or (large states) one journal line."""
-        ranking = [r.step for r in self._ranking(HEADER_TOP)]
-        header: dict[str, Any] = {
-            "schema": STATE_SCHEMA,
-            "metric_name": self.metric_name,
-            "higher_is_better": self.higher_is_better,
-            "save_top_k": self.save_top_k,
-            "tracker_config": self.config.to_dict(),
-            "best_step": best_step,
-            "best_checkpoint": None if best_step is None else self._st.records[best_step].path,
-            "top_k": ranking,
-            "best_link": marker,
-            "deleting": self._st.intents,
-            "updated_at": time.time(),
-        }
-        self._st.write(header, self.config.to_dict())
-
     def _write_results(self, force: bool = False) -> None:
-        """Rewrite ``best_checkpoint_results.json`` when its content changed (the ranking's first
-        ``HEADER_TOP`` records are listed). Derived from the state, so atomic but not fsynced."""
-        head = self._ranking(HEADER_TOP)
-        doc = results_document(self._summary(limit=HEADER_TOP), self.config.to_dict(), time.time())
-        # Same text as to_strict_json(doc, indent=2), but each ranked record is encoded once (they
-        # are immutable) instead of at every call.
-        cache = self._results_fragments
-        if len(cache) > 4 * HEADER_TOP:
-            cache.clear()
-        fragments = []
-        for rec in head:
-            hit = cache.get(rec.step)
-            if hit is None or hit[0] is not rec:
-                hit = cache[rec.step] = (rec, fsio.to_strict_json(rec.to_json(), indent=2))
-            fragments.append(hit[1])
-        assert len(fragments) == len(doc["best_checkpoints"]) and list(doc)[-1] == "updated_at"
-        members = [(key, fsio.indented_array(fragments) if key == "best_checkpoints"
-                    else fsio.to_strict_json(value, indent=2)) for key, value in doc.items()]
-        signature = fsio.indented_object(members[:-1])
-        if not force and signature == self._results_signature and (self.dir / layout.RESULTS_FILE).exists():
-            return
-        fsio.atomic_write_text(self.dir / layout.RESULTS_FILE, fsio.indented_object(members) + "\n", durable=False)
-        self._results_signature = signature
+        """Refresh ``best_checkpoint_results.json`` (the ranking's first ``HEADER_TOP`` records)."""
+        self._results.write(self._summary(limit=HEADER_TOP), self._rank.head(HEADER_TOP), self.config.to_dict(),
+                            force=force)
 
     def __repr__(self) -> str:
         return (f"BestCheckpointTracker({str(self.dir)!r}, metric_name={self.metric_name!r}, "
