@@ -58,6 +58,7 @@ from bestckpt.metrics import (
     MetricError,
     ReferenceStatistics,
     ScoreMap,
+    check_composite_weights,
     composite_defaults,
     composite_score,
     default_mappings,
@@ -85,23 +86,10 @@ class CompositeConfig:
             weights = {k: w for k, w in reg_weights.items() if k in metrics}
         else:
             weights = {k: float(w) for k, w in self.weights.items() if float(w) != 0.0}
-        for name, w in weights.items():
-            if not (w > 0 and math.isfinite(w)):
-                raise ValueError(f"composite weight for {name!r} must be positive, got {w}; the direction of a "
-                                 f"metric is handled by its mapping")
-            if name not in metrics:
-                raise ValueError(f"composite weight given for {name!r}, which this scorer does not compute "
-                                 f"(metrics={list(metrics)}); add it to metrics or drop its weight")
-            if name not in mappings:
-                raise ValueError(f"no composite mapping for {name!r}; pass CompositeConfig(mappings={{...}})")
-            spec = METRICS.get(name)
-            if spec is not None and mappings[name].increasing != spec.higher_is_better:
-                raise ValueError(f"mapping for {name!r} points the wrong way (higher_is_better="
-                                 f"{spec.higher_is_better}); a better value must raise the composite")
-        if not weights:
-            raise ValueError(f"the composite has no weighted component among metrics={list(metrics)}; give "
-                             f"CompositeConfig(weights=...) or drop 'composite_score'")
-        return weights, {k: mappings[k] for k in weights}
+        chosen = {k: mappings[k] for k in weights if k in mappings}
+        check_composite_weights(weights, chosen, computed=metrics,
+                                higher_is_better={k: spec.higher_is_better for k, spec in METRICS.items()})
+        return weights, chosen
 
 
 @dataclass(frozen=True)
