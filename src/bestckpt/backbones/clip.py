@@ -22,19 +22,13 @@ from typing import Any
 
 import torch
 
+from .images import check_uint8_images
 from .weights import CLIP_VIT_B_32, CLIP_VIT_L_14, WeightSpec, resolve_weights
 
 __all__ = ["OpenClipBackbone", "HFClipBackbone", "hf_clip_factory", "clip_vit_b_32", "clip_vit_l_14", "CONTEXT_LENGTH"]
 
 logger = logging.getLogger(__name__)
 CONTEXT_LENGTH = 77
-
-
-def _check_images(images: torch.Tensor) -> None:
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4 \
-            or images.shape[1] != 3:
-        raise ValueError(f"expected uint8 images [N, 3, H, W], got {getattr(images, 'dtype', type(images))} "
-                         f"{tuple(getattr(images, 'shape', ()))}")
 
 
 def _warn_truncated(texts: list[str], lengths: list[int], limit: int) -> None:
@@ -78,7 +72,7 @@ class OpenClipBackbone:
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         from PIL import Image
 
-        _check_images(images)
+        check_uint8_images(images)
         out = []
         for s in range(0, images.shape[0], self.batch_size):
             chunk = images[s:s + self.batch_size].permute(0, 2, 3, 1).cpu().numpy()
@@ -140,7 +134,7 @@ class HFClipBackbone:
 
     @torch.inference_mode()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        _check_images(images)
+        check_uint8_images(images)
         out = []
         for s in range(0, images.shape[0], self.batch_size):
             chunk = [im for im in images[s:s + self.batch_size].cpu()]

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .images import check_uint8_images
 from .weights import INCEPTION_FID, WeightSpec, resolve_weights
 
 __all__ = ["FIDInceptionV3", "InceptionBackbone", "resize_bilinear_tf1", "standard_factory", "INPUT_SIZE"]
@@ -239,11 +240,7 @@ class InceptionBackbone:
     @torch.inference_mode()
     def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Pool features and logits_unbiased of uint8 images [N, 3, H, W], batched by ``batch_size``."""
-        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4 \
-                or images.shape[1] != 3:
-            raise ValueError(f"expected uint8 images [N, 3, H, W], got "
-                             f"{getattr(images, 'dtype', type(images))} {tuple(getattr(images, 'shape', ()))}; "
-                             f"quantise with (x * 255).round().clamp(0, 255).to(torch.uint8)")
+        check_uint8_images(images)
         pools, logits = [], []
         for start in range(0, images.shape[0], self.batch_size):
             x = images[start:start + self.batch_size].to(self.device, torch.float32)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..metrics.lpips import lpips_from_features
+from .images import check_uint8_images
 from .weights import (
     ALEXNET,
     VGG16,
@@ -131,9 +132,8 @@ class LpipsBackbone:
 
     @torch.inference_mode()
     def distance(self, images_a: torch.Tensor, images_b: torch.Tensor) -> torch.Tensor:
-        for name, t in (("images_a", images_a), ("images_b", images_b)):
-            if t.dtype != torch.uint8 or t.dim() != 4 or t.shape[1] != 3:
-                raise ValueError(f"{name} must be uint8 [N, 3, H, W], got {t.dtype} {tuple(t.shape)}")
+        check_uint8_images(images_a, "images_a")
+        check_uint8_images(images_b, "images_b")
         if images_a.shape[0] != images_b.shape[0]:
             raise ValueError(f"LPIPS pairs image i with reference i: got {images_a.shape[0]} images and "
                              f"{images_b.shape[0]} references; drop unpaired images before calling")

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from bestckpt.backbones.images import check_uint8_images
+
 __all__ = [
     "GRID_NAME",
     "load_image_uint8",
@@ -96,8 +98,7 @@ def write_evaluation_samples(
     images: uint8 ``Tensor[K, 3, H, W]``; prompts: K strings; references: K uint8 ``Tensor[3, h, w]``
     or None (no comparison image for that index). Returns the step folder.
     """
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be uint8 [K,3,H,W], got {images.dtype} {tuple(images.shape)}")
+    check_uint8_images(images)
     if len(prompts) != images.shape[0]:
         raise ValueError(f"{len(prompts)} prompts for {images.shape[0]} images")
     if references is not None and len(references) != images.shape[0]:

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from bestckpt.backbones import DEFAULT_BACKBONES, get_backbone
+from bestckpt.backbones.images import check_uint8_images
 from bestckpt.metrics import (
     DEFAULT_METRICS,
     FEATURE_CLIP_IMAGE,
@@ -139,15 +140,6 @@ def _hash_images(images: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def _check_uint8(images: Any, what: str) -> torch.Tensor:
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4 \
-            or images.shape[1] != 3:
-        raise ValueError(f"{what} must be a uint8 tensor [N, 3, H, W] (0..255), got "
-                         f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}; "
-                         f"quantise with (x * 255).round().clamp(0, 255).to(torch.uint8)")
-    return images
-
-
 class Scorer:
     """Computes the requested metrics of generated images (see the module docstring for the contract)."""
 
@@ -195,7 +187,7 @@ class Scorer:
                  paired_references: torch.Tensor | Sequence[torch.Tensor | None] | None = None
                  ) -> dict[str, torch.Tensor]:
         """Per-sample features of uint8 images [N, 3, H, W]; each needed backbone runs once per image."""
-        images = _check_uint8(images, "images")
+        images = check_uint8_images(images, "images")
         n = images.shape[0]
         out: dict[str, torch.Tensor] = {}
         if self.needed_features & _INCEPTION_FEATURES:
@@ -219,7 +211,7 @@ class Scorer:
             return dist  # no pairs: LPIPS fails at score time with a clear reason
         lp = self.backbone("lpips")
         if isinstance(refs, torch.Tensor):
-            refs = _check_uint8(refs, "paired_references")
+            refs = check_uint8_images(refs, "paired_references")
             if refs.shape[0] != n:
                 raise ValueError(f"paired_references has {refs.shape[0]} images for {n} generated images; pass one "
                                  f"per image (None in a list for images without a reference)")
@@ -228,7 +220,7 @@ class Scorer:
             raise ValueError(f"paired_references has {len(refs)} entries for {n} images; use None for missing ones")
         for i, r in enumerate(refs):
             if r is not None:
-                r = _check_uint8(r.unsqueeze(0) if r.dim() == 3 else r, f"paired_references[{i}]")
+                r = check_uint8_images(r.unsqueeze(0) if r.dim() == 3 else r, f"paired_references[{i}]")
                 dist[i] = lp.distance(images[i:i + 1], r)[0]
         return dist
 
@@ -236,7 +228,7 @@ class Scorer:
     def reference_statistics(self, reference_images: torch.Tensor,
                              cache_dir: str | os.PathLike[str] | None = None) -> ReferenceSet:
         """FID/KID reference data of uint8 images [M, 3, H, W]; cached in memory and (with a cache dir) on disk."""
-        images = _check_uint8(reference_images, "reference_images")
+        images = check_uint8_images(reference_images, "reference_images")
         if images.shape[0] < 2:
             raise ValueError(f"a reference set needs at least 2 images, got {images.shape[0]}")
         inception = self.backbone("inception")
