@@ -15,7 +15,7 @@ never shift out of alignment). Distributed ranks featurise their shards and conc
 ``reference_statistics`` returns a :class:`ReferenceSet` (``inception_pool`` features for KID and
 :class:`~bestckpt.metrics.ReferenceStatistics` with its cached covariance factor for FID). On disk it is cached as
 ``refstats-<backbone cache id>-<sha256 of the uint8 reference tensor>.npz`` — the name encodes backbone, weights,
-layer, preprocessing and data — written atomically (temp file + ``os.replace``).
+layer, preprocessing and data — written atomically (:func:`bestckpt.fsio.atomic_write_bytes`).
 
 Failure contract: ``score`` never invents a number. A metric that cannot be computed (missing feature, no reference
 set, degenerate input, numerical failure) appears in the result as ``None`` and its reason in
@@ -30,11 +30,11 @@ follows the CLIP convention in use.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +45,7 @@ import torch
 
 from bestckpt.backbones import DEFAULT_BACKBONES, get_backbone
 from bestckpt.backbones.images import check_uint8_images
+from bestckpt.fsio import atomic_write_bytes
 from bestckpt.metrics import (
     DEFAULT_METRICS,
     FEATURE_CLIP_IMAGE,
@@ -276,18 +277,10 @@ class Scorer:
     @staticmethod
     def _save_cached(path: Path, ref: ReferenceSet) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, features=ref.features.numpy(), content_hash=np.asarray(ref.content_hash),
-                         backbone=np.asarray(ref.backbone), **ref.statistics.to_arrays())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        buf = io.BytesIO()
+        np.savez(buf, features=ref.features.numpy(), content_hash=np.asarray(ref.content_hash),
+                 backbone=np.asarray(ref.backbone), **ref.statistics.to_arrays())
+        atomic_write_bytes(path, buf.getbuffer())  # type: ignore[arg-type]  # a buffer: no copy of the features
         logger.info("cached reference statistics at %s", path)
 
     # ------------------------------------------------------------------ scores
