@@ -32,6 +32,7 @@ from .weights import (
     VGG16,
     WeightsError,
     WeightSpec,
+    read_state_dict,
     resolve_weights,
     search_dirs,
 )
@@ -80,8 +81,8 @@ def find_lin_weights(net: str, weights_dir: Path | None = None) -> Path:
 
 
 def _read_lin(path: Path, channels: tuple[int, ...]) -> list[torch.Tensor]:
+    state = read_state_dict(path, fix="replace the file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
         lins = [state[f"lin{i}.model.1.weight"].reshape(-1).float() for i in range(len(channels))]
     except Exception as exc:
         raise WeightsError(f"cannot read LPIPS linear weights from {path}: {exc}; replace the file") from exc
@@ -109,10 +110,7 @@ class LpipsBackbone:
                    device: Any = "cpu") -> "LpipsBackbone":
         """Load torchvision backbone weights (``features.*`` keys) and the lpips lin file."""
         feats = build_features(net)
-        try:
-            state = torch.load(backbone_path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise WeightsError(f"cannot read weight file {backbone_path}: {exc}; delete it and fetch it again") from exc
+        state = read_state_dict(backbone_path)
         sub = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
         missing, _ = feats.load_state_dict(sub, strict=False)
         if missing:
