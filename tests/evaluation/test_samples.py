@@ -11,6 +11,7 @@ from bestckpt.evaluation.samples import (
     resize_uint8,
     write_evaluation_samples,
 )
+from bestckpt.fsio import TEMP_PREFIX
 
 
 def _images(n: int, size: int, value: int) -> torch.Tensor:
@@ -39,7 +40,8 @@ def test_files_per_step_and_comparison_layout(tmp_path: Path) -> None:
     write_evaluation_samples(root, 4000, _images(2, 32, 1), ["p0", "p1"])
     assert (root / "0002000" / "eval_generated_000.jpg").is_file()
     assert (root / "0004000" / "eval_generated_000.jpg").is_file()
-    assert not list(root.rglob("*.tmp"))
+    leftovers = [p for p in root.rglob("*") if p.name.startswith(TEMP_PREFIX) or p.suffix == ".tmp"]
+    assert leftovers == []  # every file published by an atomic rename
 
 
 def test_progress_grid_rows_prompts_columns_steps(tmp_path: Path) -> None:
@@ -58,3 +60,14 @@ def test_resize_rounds_and_keeps_identity() -> None:
     assert y.dtype == torch.uint8 and y.shape == (2, 3, 5, 7)
     flat = torch.full((1, 3, 9, 9), 200, dtype=torch.uint8)
     assert torch.equal(resize_uint8(flat, (4, 4)), torch.full((1, 3, 4, 4), 200, dtype=torch.uint8))
+
+
+def test_writes_use_unique_temporaries_not_fixed_tmp_names(tmp_path: Path) -> None:
+    """A leftover (here: a directory) at the old fixed name ``<file>.tmp`` no longer blocks a write."""
+    root = tmp_path / "evaluation_samples"
+    out = root / "0000100"
+    for name in ("eval_generated_000.jpg.tmp", "eval_prompt_000.txt.tmp"):
+        (out / name).mkdir(parents=True)
+    write_evaluation_samples(root, 100, _images(1, 16, 0), ["a"], update_grid=False)
+    assert (out / "eval_prompt_000.txt").read_text(encoding="utf-8") == "a\n"
+    assert load_image_uint8(out / "eval_generated_000.jpg").shape == (3, 16, 16)

@@ -12,8 +12,11 @@ from bestckpt.metrics import (
     METRICS,
     CompositeUnavailableError,
     InverseMap,
+    LinearMap,
     LogisticMap,
+    check_composite_weights,
     clip_score,
+    composite_defaults,
     composite_score,
     default_mappings,
     inception_score_from_logits,
@@ -68,22 +71,27 @@ BASE = {"clip_score": 0.30, "inception_score": 3.0, "lpips": 0.45, "fid": 120.0}
 BETTER = {"clip_score": 0.32, "inception_score": 3.5, "lpips": 0.40, "fid": 100.0}
 
 
+def default_composite(metrics: dict[str, object]) -> float:
+    """The composite with the registry's default weights and mappings."""
+    return composite_score(metrics, *composite_defaults())  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("name", sorted(BASE))
 def test_composite_better_component_always_raises_composite(name: str) -> None:
     """Defect 1 of the original: negative weights on 1/(1+x) made a better LPIPS/FID lower the composite."""
     better = dict(BASE, **{name: BETTER[name]})
-    assert composite_score(better) > composite_score(BASE)
+    assert default_composite(better) > default_composite(BASE)
     worse_value = 2 * BASE[name] - BETTER[name]
-    assert composite_score(dict(BASE, **{name: worse_value})) < composite_score(BASE)
+    assert default_composite(dict(BASE, **{name: worse_value})) < default_composite(BASE)
 
 
 def test_composite_is_bounded_and_not_swamped_by_inception_score() -> None:
     """Defect 2: raw IS (2-10) swamped raw CLIP cosines. Mapped components each stay in [0, 1]."""
-    assert 0.0 < composite_score(BASE) < 1.0
-    huge_is = composite_score(dict(BASE, inception_score=1000.0)) - composite_score(BASE)
+    assert 0.0 < default_composite(BASE) < 1.0
+    huge_is = default_composite(dict(BASE, inception_score=1000.0)) - default_composite(BASE)
     assert huge_is < 0.3 * (1 - 1 / 3.0) + 1e-9  # bounded by the IS weight times the remaining headroom
     expected = (0.4 * (1.3 / 2) + 0.3 * (1 - 1 / 3) + 0.2 / (1 + 0.45 / 0.5) + 0.1 / (1 + 120 / 50)) / 1.0
-    assert composite_score(BASE) == pytest.approx(expected)
+    assert default_composite(BASE) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("bad", [None, float("nan"), float("inf"), "absent"])
@@ -95,7 +103,7 @@ def test_composite_missing_or_failed_component_is_never_partial(bad: object) -> 
     else:
         metrics["fid"] = bad  # type: ignore[assignment]
     with pytest.raises(CompositeUnavailableError) as info:
-        composite_score(metrics)
+        default_composite(metrics)
     assert info.value.missing == ("fid",)
 
 
@@ -103,12 +111,40 @@ def test_composite_custom_weights_mappings_and_validation() -> None:
     only_fid = composite_score({"fid": 50.0}, weights={"fid": 1.0}, mappings={"fid": InverseMap(50.0)})
     assert only_fid == pytest.approx(0.5)
     with pytest.raises(ValueError, match="positive"):
-        composite_score(BASE, weights={"fid": -0.1})
-    m = default_mappings("torchmetrics")
-    assert composite_score(dict(BASE, clip_score=30.0), mappings=m) == pytest.approx(composite_score(BASE) - 0.4 * (
+        composite_score(BASE, {"fid": -0.1}, {"fid": InverseMap(50.0)})
+    weights, mappings = composite_defaults()
+    m = {**mappings, **default_mappings("torchmetrics")}
+    assert composite_score(dict(BASE, clip_score=30.0), weights, m) == pytest.approx(default_composite(BASE) - 0.4 * (
         0.65 - 0.30))
     with pytest.raises(ValueError, match="outside the mapping range"):
-        composite_score(dict(BASE, clip_score=30.0))
+        default_composite(dict(BASE, clip_score=30.0))
+
+
+def test_check_composite_weights_is_the_one_validation() -> None:
+    """Used by composite_score, register_metric and the Scorer's CompositeConfig: each rule, one message."""
+    weights, mappings = composite_defaults()
+    directions = {k: s.higher_is_better for k, s in METRICS.items()}
+    check_composite_weights(weights, mappings, higher_is_better=directions, computed=list(weights))
+    check_composite_weights({}, allow_empty=True)
+    with pytest.raises(ValueError, match="no weighted component among metrics=.'fid'.*positive weight"):
+        check_composite_weights({}, computed=["fid"])
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="'fid' must be positive and finite.*mapping"):
+            check_composite_weights({"fid": bad})
+    with pytest.raises(ValueError, match="'fid', which this evaluation does not compute"):
+        check_composite_weights({"fid": 1.0}, computed=["lpips"])
+    with pytest.raises(ValueError, match="no composite mapping for 'fid'"):
+        check_composite_weights({"fid": 1.0}, {})
+    with pytest.raises(ValueError, match="'fid' is increasing but higher_is_better=False"):
+        check_composite_weights({"fid": 1.0}, {"fid": LinearMap(0.0, 1.0)}, higher_is_better=directions)
+    with pytest.raises(ValueError, match="'lpips' is increasing"):  # an unweighted mapping is checked as well
+        check_composite_weights({}, {"lpips": LinearMap(0.0, 1.0)}, higher_is_better=directions, allow_empty=True)
+
+    class ConfigProblem(Exception):
+        pass
+
+    with pytest.raises(ConfigProblem, match="positive"):
+        check_composite_weights({"fid": -1.0}, error=ConfigProblem)
 
 
 def test_register_custom_metric_joins_composite() -> None:
@@ -118,8 +154,8 @@ def test_register_custom_metric_joins_composite() -> None:
         assert METRICS["sharpness"] is spec and isinstance(spec.mapping, LogisticMap)
         assert spec.fn({"x": torch.tensor([1.0, 3.0])}, None, 0) == 2.0
         with pytest.raises(CompositeUnavailableError):
-            composite_score(BASE)  # the custom component is now required
-        lo, hi = composite_score(dict(BASE, sharpness=0.0)), composite_score(dict(BASE, sharpness=1.0))
+            default_composite(BASE)  # the custom component is now required
+        lo, hi = default_composite(dict(BASE, sharpness=0.0)), default_composite(dict(BASE, sharpness=1.0))
         assert hi > lo
         assert lo == pytest.approx((composite_score_without_custom() * 1.0 + 0.5 * 0.5) / 1.5)
         with pytest.raises(ValueError, match="already registered"):
@@ -129,11 +165,12 @@ def test_register_custom_metric_joins_composite() -> None:
     finally:
         unregister_metric("sharpness")
     assert "sharpness" not in METRICS
-    assert math.isfinite(composite_score(BASE))
+    assert math.isfinite(default_composite(BASE))
 
 
 def composite_score_without_custom() -> float:
-    return composite_score(BASE, weights={k: METRICS[k].composite_weight for k in BASE})  # type: ignore[misc]
+    return composite_score(BASE, {k: METRICS[k].composite_weight for k in BASE},  # type: ignore[misc]
+                           composite_defaults()[1])
 
 
 def test_registry_directions_are_metadata() -> None:
@@ -151,7 +188,8 @@ def test_public_api_is_pinned_and_metrics_import_nothing_else_of_ours() -> None:
 
     assert sorted(metrics.__all__) == sorted([
         "CLIP_CONVENTIONS", "DEFAULT_METRICS", "clip_cosines", "clip_score", "DEFAULT_WEIGHTS", "InverseMap", "LinearMap",
-        "LogisticMap", "RatioMap", "ReciprocalComplementMap", "ScoreMap", "composite_score", "default_mappings",
+        "LogisticMap", "RatioMap", "ReciprocalComplementMap", "ScoreMap", "check_composite_weights", "composite_score",
+        "default_mappings",
         "CompositeUnavailableError", "MetricError", "NumericalError", "ReferenceStatistics", "fid_from_features",
         "fid_from_statistics", "inception_score_from_logits", "kid_from_features", "lpips_from_features",
         "FEATURE_CLIP_IMAGE", "FEATURE_CLIP_TEXT", "FEATURE_INCEPTION_LOGITS", "FEATURE_INCEPTION_POOL",

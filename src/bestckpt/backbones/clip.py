@@ -17,12 +17,21 @@ prompt — never an exception, never a score of 0.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .weights import CLIP_VIT_B_32, CLIP_VIT_L_14, WeightSpec, resolve_weights
+from .images import check_uint8_images
+from .weights import (
+    CLIP_VIT_B_32,
+    CLIP_VIT_L_14,
+    WeightsError,
+    WeightSpec,
+    resolve_weights,
+    verify_weights,
+)
 
 __all__ = ["OpenClipBackbone", "HFClipBackbone", "hf_clip_factory", "clip_vit_b_32", "clip_vit_l_14", "CONTEXT_LENGTH"]
 
@@ -30,11 +39,11 @@ logger = logging.getLogger(__name__)
 CONTEXT_LENGTH = 77
 
 
-def _check_images(images: torch.Tensor) -> None:
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4 \
-            or images.shape[1] != 3:
-        raise ValueError(f"expected uint8 images [N, 3, H, W], got {getattr(images, 'dtype', type(images))} "
-                         f"{tuple(getattr(images, 'shape', ()))}")
+def _embed_in_batches(n: int, batch_size: int, embed: Callable[[slice], torch.Tensor]) -> torch.Tensor:
+    """L2-normalised float32 embeddings [n, E] on the CPU, ``embed(items)`` run on ``batch_size`` items at a time."""
+    out = [torch.nn.functional.normalize(embed(slice(s, s + batch_size)).float(), dim=-1).cpu()
+           for s in range(0, n, batch_size)]
+    return torch.cat(out) if out else torch.empty(0, 0)
 
 
 def _warn_truncated(texts: list[str], lengths: list[int], limit: int) -> None:
@@ -68,8 +77,6 @@ class OpenClipBackbone:
         from open_clip.openai import load_openai_model
 
         if spec is not None:
-            from .weights import verify_weights
-
             verify_weights(Path(path), spec)
         model = load_openai_model(str(path), precision="fp32", device="cpu")
         return cls(model, name, torch.device(device), spec.sha256[:16] if spec and spec.sha256 else Path(path).name)
@@ -78,26 +85,26 @@ class OpenClipBackbone:
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         from PIL import Image
 
-        _check_images(images)
-        out = []
-        for s in range(0, images.shape[0], self.batch_size):
-            chunk = images[s:s + self.batch_size].permute(0, 2, 3, 1).cpu().numpy()
+        check_uint8_images(images)
+
+        def embed(items: slice) -> torch.Tensor:
+            chunk = images[items].permute(0, 2, 3, 1).cpu().numpy()
             x = torch.stack([self.preprocess(Image.fromarray(im)) for im in chunk]).to(self.device)
-            emb = self.model.encode_image(x).float()
-            out.append(torch.nn.functional.normalize(emb, dim=-1).cpu())
-        return torch.cat(out) if out else torch.empty(0, 0)
+            return self.model.encode_image(x)
+
+        return _embed_in_batches(images.shape[0], self.batch_size, embed)
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         texts = list(texts)
         lengths = [len(self.tokenizer.encode(t)) + 2 for t in texts]  # + start/end tokens
         _warn_truncated(texts, lengths, CONTEXT_LENGTH)
-        out = []
-        for s in range(0, len(texts), self.batch_size):
-            tokens = self.tokenizer(texts[s:s + self.batch_size]).to(self.device)  # truncates, keeps EOT
-            emb = self.model.encode_text(tokens).float()
-            out.append(torch.nn.functional.normalize(emb, dim=-1).cpu())
-        return torch.cat(out) if out else torch.empty(0, 0)
+
+        def embed(items: slice) -> torch.Tensor:
+            tokens = self.tokenizer(texts[items]).to(self.device)  # truncates, keeps the end-of-text token
+            return self.model.encode_text(tokens)
+
+        return _embed_in_batches(len(texts), self.batch_size, embed)
 
 
 def _as_tensor(features: Any) -> torch.Tensor:
@@ -130,8 +137,6 @@ class HFClipBackbone:
             model = CLIPModel.from_pretrained(repo_or_dir, local_files_only=True)
             processor = CLIPProcessor.from_pretrained(repo_or_dir, local_files_only=True)
         except OSError as exc:
-            from .weights import WeightsError
-
             raise WeightsError(
                 f"Hugging Face CLIP model {repo_or_dir!r} not found locally ({exc}). To fix: download it once with "
                 f"`huggingface-cli download {repo_or_dir}` (goes to the Hugging Face cache, $HF_HOME) or pass a "
@@ -140,28 +145,27 @@ class HFClipBackbone:
 
     @torch.inference_mode()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        _check_images(images)
-        out = []
-        for s in range(0, images.shape[0], self.batch_size):
-            chunk = [im for im in images[s:s + self.batch_size].cpu()]
+        check_uint8_images(images)
+
+        def embed(items: slice) -> torch.Tensor:
+            chunk = [im for im in images[items].cpu()]
             pixels = self.processor(images=chunk, return_tensors="pt")["pixel_values"].to(self.device)
-            emb = _as_tensor(self.model.get_image_features(pixel_values=pixels)).float()
-            out.append(torch.nn.functional.normalize(emb, dim=-1).cpu())
-        return torch.cat(out) if out else torch.empty(0, 0)
+            return _as_tensor(self.model.get_image_features(pixel_values=pixels))
+
+        return _embed_in_batches(images.shape[0], self.batch_size, embed)
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         texts = list(texts)
         tok = self.processor.tokenizer
         _warn_truncated(texts, [len(tok(t)["input_ids"]) for t in texts], self.context_length)
-        out = []
-        for s in range(0, len(texts), self.batch_size):
-            enc = tok(texts[s:s + self.batch_size], padding=True, truncation=True, max_length=self.context_length,
-                      return_tensors="pt")
-            emb = _as_tensor(self.model.get_text_features(input_ids=enc["input_ids"].to(self.device),
-                                                          attention_mask=enc["attention_mask"].to(self.device)))
-            out.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu())
-        return torch.cat(out) if out else torch.empty(0, 0)
+
+        def embed(items: slice) -> torch.Tensor:
+            enc = tok(texts[items], padding=True, truncation=True, max_length=self.context_length, return_tensors="pt")
+            return _as_tensor(self.model.get_text_features(input_ids=enc["input_ids"].to(self.device),
+                                                           attention_mask=enc["attention_mask"].to(self.device)))
+
+        return _embed_in_batches(len(texts), self.batch_size, embed)
 
 
 def hf_clip_factory(repo_or_dir: str):

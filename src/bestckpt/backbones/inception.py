@@ -19,7 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .weights import INCEPTION_FID, WeightSpec, resolve_weights
+from .images import check_uint8_images
+from .weights import (
+    INCEPTION_FID,
+    WeightsError,
+    WeightSpec,
+    read_state_dict,
+    resolve_weights,
+    verify_weights,
+)
 
 __all__ = ["FIDInceptionV3", "InceptionBackbone", "resize_bilinear_tf1", "standard_factory", "INPUT_SIZE"]
 
@@ -192,16 +200,6 @@ class FIDInceptionV3(nn.Module):
         return pool, logits_unbiased
 
 
-def _load_state(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unreadable pickle / zip: the file is corrupted
-        from .weights import WeightsError
-
-        raise WeightsError(f"cannot read weight file {path}: {exc}; delete it and fetch it again") from exc
-    return state.get("state_dict", state) if isinstance(state, dict) else state
-
-
 class InceptionBackbone:
     """``features(uint8 [N, 3, H, W]) -> {"pool": float32 [N, 2048], "logits": float32 [N, 1008]}``."""
 
@@ -223,15 +221,10 @@ class InceptionBackbone:
         """Load from a weight file (verified against ``spec`` when given)."""
         path = Path(path)
         if spec is not None:
-            from .weights import verify_weights
-
             verify_weights(path, spec)
         net = FIDInceptionV3()
-        state = _load_state(path)
-        missing, unexpected = net.load_state_dict(state, strict=False)
+        missing, unexpected = net.load_state_dict(read_state_dict(path), strict=False)
         if missing or unexpected:
-            from .weights import WeightsError
-
             raise WeightsError(f"{path} is not an FID Inception state dict (missing {list(missing)[:3]}..., "
                                f"unexpected {list(unexpected)[:3]}...); use {INCEPTION_FID.filename}")
         return cls(net, name, torch.device(device), spec.sha256 if spec and spec.sha256 else path.name)
@@ -239,11 +232,7 @@ class InceptionBackbone:
     @torch.inference_mode()
     def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Pool features and logits_unbiased of uint8 images [N, 3, H, W], batched by ``batch_size``."""
-        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4 \
-                or images.shape[1] != 3:
-            raise ValueError(f"expected uint8 images [N, 3, H, W], got "
-                             f"{getattr(images, 'dtype', type(images))} {tuple(getattr(images, 'shape', ()))}; "
-                             f"quantise with (x * 255).round().clamp(0, 255).to(torch.uint8)")
+        check_uint8_images(images)
         pools, logits = [], []
         for start in range(0, images.shape[0], self.batch_size):
             x = images[start:start + self.batch_size].to(self.device, torch.float32)

@@ -26,11 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..metrics.lpips import lpips_from_features
+from .images import check_uint8_images
 from .weights import (
     ALEXNET,
     VGG16,
     WeightsError,
     WeightSpec,
+    read_state_dict,
     resolve_weights,
     search_dirs,
 )
@@ -79,8 +81,8 @@ def find_lin_weights(net: str, weights_dir: Path | None = None) -> Path:
 
 
 def _read_lin(path: Path, channels: tuple[int, ...]) -> list[torch.Tensor]:
+    state = read_state_dict(path, fix="replace the file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
         lins = [state[f"lin{i}.model.1.weight"].reshape(-1).float() for i in range(len(channels))]
     except Exception as exc:
         raise WeightsError(f"cannot read LPIPS linear weights from {path}: {exc}; replace the file") from exc
@@ -108,10 +110,7 @@ class LpipsBackbone:
                    device: Any = "cpu") -> "LpipsBackbone":
         """Load torchvision backbone weights (``features.*`` keys) and the lpips lin file."""
         feats = build_features(net)
-        try:
-            state = torch.load(backbone_path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise WeightsError(f"cannot read weight file {backbone_path}: {exc}; delete it and fetch it again") from exc
+        state = read_state_dict(backbone_path)
         sub = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
         missing, _ = feats.load_state_dict(sub, strict=False)
         if missing:
@@ -131,9 +130,8 @@ class LpipsBackbone:
 
     @torch.inference_mode()
     def distance(self, images_a: torch.Tensor, images_b: torch.Tensor) -> torch.Tensor:
-        for name, t in (("images_a", images_a), ("images_b", images_b)):
-            if t.dtype != torch.uint8 or t.dim() != 4 or t.shape[1] != 3:
-                raise ValueError(f"{name} must be uint8 [N, 3, H, W], got {t.dtype} {tuple(t.shape)}")
+        check_uint8_images(images_a, "images_a")
+        check_uint8_images(images_b, "images_b")
         if images_a.shape[0] != images_b.shape[0]:
             raise ValueError(f"LPIPS pairs image i with reference i: got {images_a.shape[0]} images and "
                              f"{images_b.shape[0]} references; drop unpaired images before calling")

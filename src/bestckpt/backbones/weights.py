@@ -23,12 +23,14 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bestckpt.errors import WeightsError
 from bestckpt.fsio import sha256_file
 
 __all__ = [
-    "WeightSpec", "WeightsError", "resolve_weights", "verify_weights", "search_dirs", "torch_hub_checkpoints_dir",
+    "WeightSpec", "WeightsError", "resolve_weights", "verify_weights", "read_state_dict", "search_dirs",
+    "torch_hub_checkpoints_dir",
     "INCEPTION_FID", "ALEXNET", "VGG16", "CLIP_VIT_B_32", "CLIP_VIT_L_14", "KNOWN_WEIGHTS",
 ]
 
@@ -170,3 +172,18 @@ def resolve_weights(
         f"{'...' if spec.sha256 and len(spec.sha256) < 64 else ''}) not found in "
         f"{', '.join(str(d) for d in dirs)}. To fix: {_where_to_get(spec)}."
     )
+
+
+def read_state_dict(path: str | os.PathLike[str], fix: str = "delete it and fetch it again") -> Any:
+    """The state dict saved in a weight file (unwrapped from ``{"state_dict": ...}``), loaded on the CPU.
+
+    Read with ``weights_only=True``, so a file never runs code. A file torch cannot read (truncated, not a torch
+    file) raises :class:`WeightsError` naming the file and ``fix``.
+    """
+    import torch  # lazy: finding and verifying weights needs no torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unreadable pickle / zip: the file is corrupted
+        raise WeightsError(f"cannot read weight file {path}: {exc}; {fix}") from exc
+    return state.get("state_dict", state) if isinstance(state, dict) else state

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bestckpt.backbones.images import check_uint8_images
 from bestckpt.demo.data import ATTRIBUTE_NAMES, ATTRIBUTES, IMAGE_SIZE, Tokenizer
 from bestckpt.errors import DemoWeightsError
 from bestckpt.fsio import atomic_write_text, sha256_file
@@ -81,12 +82,8 @@ def preprocess(images: torch.Tensor) -> torch.Tensor:
     Outputs of all demo backbones are float32 on the CPU, like the standard backbones'; N = 0 (an empty
     distributed shard) gives empty outputs.
     """
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
-        got = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
-        raise TypeError(f"demo evaluators take uint8 images 0..255, got {got}; convert [-1, 1] floats with "
-                        "((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)")
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected images of shape [N, 3, H, W], got {tuple(images.shape)}")
+    check_uint8_images(images, "demo evaluator images", error=TypeError, shape_error=ValueError,
+                       hint="; convert [-1, 1] floats with ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)")
     x = images.float() / 127.5 - 1.0
     if x.shape[0] and x.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
         x = F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True, align_corners=False)

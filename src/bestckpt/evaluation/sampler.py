@@ -25,6 +25,7 @@ from typing import Protocol as TypingProtocol
 
 import torch
 
+from bestckpt.backbones.images import QUANTISE_HINT, check_uint8_images
 from bestckpt.errors import SamplerError, SamplerOutputError
 
 __all__ = [
@@ -207,15 +208,8 @@ def validate_sample_batch(output: Any, *, expected_n: int, image_size: int | Non
         raise SamplerOutputError(f"SampleBatch.images is a {type(images).__name__}; expected a torch.Tensor")
     if batch.weights not in WEIGHT_KINDS:
         raise SamplerOutputError(f"SampleBatch.weights is {batch.weights!r}; expected one of {WEIGHT_KINDS}")
-    if images.dtype != torch.uint8:
-        hint = ""
-        if images.is_floating_point():
-            hint = " (quantise with images.clamp(0, 1).mul(255).round().to(torch.uint8))"
-        raise SamplerOutputError(f"sampler images have dtype {images.dtype}; expected torch.uint8 in 0..255{hint}")
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise SamplerOutputError(
-            f"sampler images have shape {tuple(images.shape)}; expected [N, 3, H, W] (channels first, RGB)"
-        )
+    check_uint8_images(images, "sampler images", error=SamplerOutputError,
+                       hint=QUANTISE_HINT if images.is_floating_point() else "")
     if images.shape[0] != expected_n:
         raise SamplerOutputError(
             f"sampler returned {images.shape[0]} images for {expected_n} prompts/seeds; expected one per pair"

@@ -9,17 +9,20 @@ Layout under ``<experiment>/evaluation_samples/``::
 
 Per-step folders keep earlier evaluations (the guide overwrote them). These JPEGs are for people;
 metrics are always computed on the in-memory uint8 tensors, never on JPEG round-trips (JPEG alone
-shifts FID). Writes go through a temporary file and ``os.replace`` so a reader never sees half a file.
+shifts FID). Every file is written atomically (:mod:`bestckpt.fsio`) so a reader never sees half a file.
 """
 from __future__ import annotations
 
+import io
 import logging
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from bestckpt.backbones.images import check_uint8_images
+from bestckpt.fsio import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "GRID_NAME",
@@ -71,15 +74,9 @@ def _save_jpeg(image: torch.Tensor, path: Path, quality: int = 95) -> None:
     from PIL import Image
 
     arr = image.detach().cpu().permute(1, 2, 0).contiguous().numpy()
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(arr).save(tmp, format="JPEG", quality=quality)
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
+    atomic_write_bytes(path, buf.getvalue(), durable=False)
 
 
 def write_evaluation_samples(
@@ -96,8 +93,7 @@ def write_evaluation_samples(
     images: uint8 ``Tensor[K, 3, H, W]``; prompts: K strings; references: K uint8 ``Tensor[3, h, w]``
     or None (no comparison image for that index). Returns the step folder.
     """
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be uint8 [K,3,H,W], got {images.dtype} {tuple(images.shape)}")
+    check_uint8_images(images)
     if len(prompts) != images.shape[0]:
         raise ValueError(f"{len(prompts)} prompts for {images.shape[0]} images")
     if references is not None and len(references) != images.shape[0]:
@@ -107,7 +103,7 @@ def write_evaluation_samples(
     h, w = images.shape[2], images.shape[3]
     for i in range(images.shape[0]):
         _save_jpeg(images[i], out / f"eval_generated_{i:03d}.jpg")
-        _write_text(out / f"eval_prompt_{i:03d}.txt", prompts[i])
+        atomic_write_text(out / f"eval_prompt_{i:03d}.txt", prompts[i] + "\n", durable=False)
         ref = None if references is None else references[i]
         if ref is not None:
             ref = resize_uint8(ref, (h, w))

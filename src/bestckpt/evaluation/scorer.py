@@ -15,7 +15,7 @@ never shift out of alignment). Distributed ranks featurise their shards and conc
 ``reference_statistics`` returns a :class:`ReferenceSet` (``inception_pool`` features for KID and
 :class:`~bestckpt.metrics.ReferenceStatistics` with its cached covariance factor for FID). On disk it is cached as
 ``refstats-<backbone cache id>-<sha256 of the uint8 reference tensor>.npz`` — the name encodes backbone, weights,
-layer, preprocessing and data — written atomically (temp file + ``os.replace``).
+layer, preprocessing and data — written atomically (:func:`bestckpt.fsio.atomic_write_bytes`).
 
 Failure contract: ``score`` never invents a number. A metric that cannot be computed (missing feature, no reference
 set, degenerate input, numerical failure) appears in the result as ``None`` and its reason in
@@ -30,11 +30,11 @@ follows the CLIP convention in use.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +44,8 @@ import numpy as np
 import torch
 
 from bestckpt.backbones import DEFAULT_BACKBONES, get_backbone
+from bestckpt.backbones.images import check_uint8_images
+from bestckpt.fsio import atomic_write_bytes
 from bestckpt.metrics import (
     DEFAULT_METRICS,
     FEATURE_CLIP_IMAGE,
@@ -58,6 +60,7 @@ from bestckpt.metrics import (
     MetricError,
     ReferenceStatistics,
     ScoreMap,
+    check_composite_weights,
     composite_defaults,
     composite_score,
     default_mappings,
@@ -85,23 +88,10 @@ class CompositeConfig:
             weights = {k: w for k, w in reg_weights.items() if k in metrics}
         else:
             weights = {k: float(w) for k, w in self.weights.items() if float(w) != 0.0}
-        for name, w in weights.items():
-            if not (w > 0 and math.isfinite(w)):
-                raise ValueError(f"composite weight for {name!r} must be positive, got {w}; the direction of a "
-                                 f"metric is handled by its mapping")
-            if name not in metrics:
-                raise ValueError(f"composite weight given for {name!r}, which this scorer does not compute "
-                                 f"(metrics={list(metrics)}); add it to metrics or drop its weight")
-            if name not in mappings:
-                raise ValueError(f"no composite mapping for {name!r}; pass CompositeConfig(mappings={{...}})")
-            spec = METRICS.get(name)
-            if spec is not None and mappings[name].increasing != spec.higher_is_better:
-                raise ValueError(f"mapping for {name!r} points the wrong way (higher_is_better="
-                                 f"{spec.higher_is_better}); a better value must raise the composite")
-        if not weights:
-            raise ValueError(f"the composite has no weighted component among metrics={list(metrics)}; give "
-                             f"CompositeConfig(weights=...) or drop 'composite_score'")
-        return weights, {k: mappings[k] for k in weights}
+        chosen = {k: mappings[k] for k in weights if k in mappings}
+        check_composite_weights(weights, chosen, computed=metrics,
+                                higher_is_better={k: spec.higher_is_better for k, spec in METRICS.items()})
+        return weights, chosen
 
 
 @dataclass(frozen=True)
@@ -151,15 +141,6 @@ def _hash_images(images: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def _check_uint8(images: Any, what: str) -> torch.Tensor:
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4 \
-            or images.shape[1] != 3:
-        raise ValueError(f"{what} must be a uint8 tensor [N, 3, H, W] (0..255), got "
-                         f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}; "
-                         f"quantise with (x * 255).round().clamp(0, 255).to(torch.uint8)")
-    return images
-
-
 class Scorer:
     """Computes the requested metrics of generated images (see the module docstring for the contract)."""
 
@@ -207,7 +188,7 @@ class Scorer:
                  paired_references: torch.Tensor | Sequence[torch.Tensor | None] | None = None
                  ) -> dict[str, torch.Tensor]:
         """Per-sample features of uint8 images [N, 3, H, W]; each needed backbone runs once per image."""
-        images = _check_uint8(images, "images")
+        images = check_uint8_images(images, "images")
         n = images.shape[0]
         out: dict[str, torch.Tensor] = {}
         if self.needed_features & _INCEPTION_FEATURES:
@@ -231,7 +212,7 @@ class Scorer:
             return dist  # no pairs: LPIPS fails at score time with a clear reason
         lp = self.backbone("lpips")
         if isinstance(refs, torch.Tensor):
-            refs = _check_uint8(refs, "paired_references")
+            refs = check_uint8_images(refs, "paired_references")
             if refs.shape[0] != n:
                 raise ValueError(f"paired_references has {refs.shape[0]} images for {n} generated images; pass one "
                                  f"per image (None in a list for images without a reference)")
@@ -240,7 +221,7 @@ class Scorer:
             raise ValueError(f"paired_references has {len(refs)} entries for {n} images; use None for missing ones")
         for i, r in enumerate(refs):
             if r is not None:
-                r = _check_uint8(r.unsqueeze(0) if r.dim() == 3 else r, f"paired_references[{i}]")
+                r = check_uint8_images(r.unsqueeze(0) if r.dim() == 3 else r, f"paired_references[{i}]")
                 dist[i] = lp.distance(images[i:i + 1], r)[0]
         return dist
 
@@ -248,7 +229,7 @@ class Scorer:
     def reference_statistics(self, reference_images: torch.Tensor,
                              cache_dir: str | os.PathLike[str] | None = None) -> ReferenceSet:
         """FID/KID reference data of uint8 images [M, 3, H, W]; cached in memory and (with a cache dir) on disk."""
-        images = _check_uint8(reference_images, "reference_images")
+        images = check_uint8_images(reference_images, "reference_images")
         if images.shape[0] < 2:
             raise ValueError(f"a reference set needs at least 2 images, got {images.shape[0]}")
         inception = self.backbone("inception")
@@ -296,18 +277,10 @@ class Scorer:
     @staticmethod
     def _save_cached(path: Path, ref: ReferenceSet) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, features=ref.features.numpy(), content_hash=np.asarray(ref.content_hash),
-                         backbone=np.asarray(ref.backbone), **ref.statistics.to_arrays())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        buf = io.BytesIO()
+        np.savez(buf, features=ref.features.numpy(), content_hash=np.asarray(ref.content_hash),
+                 backbone=np.asarray(ref.backbone), **ref.statistics.to_arrays())
+        atomic_write_bytes(path, buf.getbuffer())  # type: ignore[arg-type]  # a buffer: no copy of the features
         logger.info("cached reference statistics at %s", path)
 
     # ------------------------------------------------------------------ scores

@@ -17,6 +17,7 @@ from .composite import (
     RatioMap,
     ReciprocalComplementMap,
     ScoreMap,
+    check_composite_weights,
     composite_score,
     default_mappings,
 )
@@ -43,7 +44,7 @@ from .registry import (
 __all__ = [
     "CLIP_CONVENTIONS", "DEFAULT_METRICS", "clip_cosines", "clip_score",
     "DEFAULT_WEIGHTS", "InverseMap", "LinearMap", "LogisticMap", "RatioMap", "ReciprocalComplementMap", "ScoreMap",
-    "composite_score", "default_mappings",
+    "check_composite_weights", "composite_score", "default_mappings",
     "CompositeUnavailableError", "MetricError", "NumericalError",
     "ReferenceStatistics", "fid_from_features", "fid_from_statistics",
     "inception_score_from_logits", "kid_from_features", "lpips_from_features",

@@ -20,14 +20,14 @@ Contract: if any weighted component is absent, ``None``, NaN or infinite, :class
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from bestckpt.errors import CompositeUnavailableError
 
 __all__ = [
     "ScoreMap", "LinearMap", "InverseMap", "RatioMap", "ReciprocalComplementMap", "LogisticMap",
-    "composite_score", "default_mappings", "DEFAULT_WEIGHTS",
+    "check_composite_weights", "composite_score", "default_mappings", "DEFAULT_WEIGHTS",
 ]
 
 #: The guide's weights (all positive: the direction is handled by the mappings).
@@ -129,27 +129,63 @@ def default_mappings(clip_convention: str = "cosine") -> dict[str, ScoreMap]:
     }
 
 
+def check_composite_weights(
+    weights: Mapping[str, float],
+    mappings: Mapping[str, ScoreMap] | None = None,
+    *,
+    higher_is_better: Mapping[str, bool] | None = None,
+    computed: Collection[str] | None = None,
+    allow_empty: bool = False,
+    error: type[Exception] = ValueError,
+) -> None:
+    """Raise ``error`` unless the composite's weights (and mappings) are usable; the one place they are checked.
+
+    - ``weights`` non-empty (unless ``allow_empty``), each positive and finite: a metric's direction is carried by
+      its mapping, never by a negative weight;
+    - with ``computed`` (the metrics an evaluation computes): every weighted metric is among them;
+    - with ``mappings``: every weighted metric has a mapping;
+    - with ``higher_is_better`` (metric -> direction): every given mapping of a metric listed there points the
+      metric's way, so a better value always raises the composite.
+
+    Callers that treat a zero weight as "not in the composite" drop zeros before calling.
+    """
+    if not weights and not allow_empty:
+        among = "" if computed is None else f" among metrics={list(computed)}"
+        raise error(f"the composite has no weighted component{among}; give at least one metric a positive weight "
+                    f"(CompositeConfig(weights=...) in a Scorer) or drop 'composite_score'")
+    for name in dict.fromkeys([*weights, *(mappings or {})]):
+        if name in weights:
+            w = weights[name]
+            if not (w > 0 and math.isfinite(w)):
+                raise error(f"composite weight for {name!r} must be positive and finite, got {w}; the direction of a "
+                            f"metric is handled by its mapping (higher_is_better), not by a negative weight")
+            if computed is not None and name not in computed:
+                raise error(f"composite weight given for {name!r}, which this evaluation does not compute "
+                            f"(metrics={list(computed)}); add it to metrics or drop its weight")
+            if mappings is not None and name not in mappings:
+                raise error(f"no composite mapping for {name!r}; pass mappings={{{name!r}: InverseMap(...)}} "
+                            f"(CompositeConfig(mappings=...) in a Scorer) or register the metric with a mapping")
+        if mappings is not None and higher_is_better is not None and name in mappings and name in higher_is_better:
+            mapping, better_up = mappings[name], bool(higher_is_better[name])
+            if mapping.increasing != better_up:
+                raise error(f"mapping {mapping!r} for {name!r} is "
+                            f"{'increasing' if mapping.increasing else 'decreasing'} but higher_is_better="
+                            f"{better_up}: it points the wrong way; a better value must raise the composite")
+
+
 def composite_score(
     metrics: Mapping[str, float | None],
-    weights: Mapping[str, float] | None = None,
-    mappings: Mapping[str, ScoreMap] | None = None,
+    weights: Mapping[str, float],
+    mappings: Mapping[str, ScoreMap],
 ) -> float:
     """Weighted mean in [0, 1] of the mapped components named in ``weights``.
 
-    ``weights``/``mappings`` default to the registry's (the guide's four plus any custom metric registered with a
-    ``composite_weight``). Raises :class:`CompositeUnavailableError` if a weighted component is missing or failed,
-    and ValueError for a non-positive weight or a mapping whose direction contradicts the metric's.
+    The registry's defaults (the guide's four plus any custom metric registered with a ``composite_weight``) are
+    ``bestckpt.metrics.composite_defaults()``: ``composite_score(values, *composite_defaults())``. Raises
+    :class:`CompositeUnavailableError` if a weighted component is missing or failed, and ValueError (from
+    :func:`check_composite_weights`) for empty weights, a weight that is not positive and finite, or a weighted
+    component without a mapping.
     """
-    if weights is None or mappings is None:
-        from .registry import (
-            composite_defaults,  # registry imports this module: import lazily
-        )
-
-        default_w, default_m = composite_defaults()
-        weights = default_w if weights is None else weights
-        mappings = {**default_m, **(mappings or {})}
-    if not weights:
-        raise ValueError("composite weights are empty; give at least one metric a positive weight")
     missing = tuple(
         k for k in weights
         if metrics.get(k) is None or not math.isfinite(float(metrics[k]))  # type: ignore[arg-type]
@@ -160,15 +196,10 @@ def composite_score(
             f"(got {{{', '.join(f'{k}: {metrics.get(k)!r}' for k in missing)}}}); no partial composite is computed",
             missing,
         )
+    check_composite_weights(weights, mappings)
     total_w = 0.0
     acc = 0.0
     for name, w in weights.items():
-        if not (w > 0 and math.isfinite(w)):
-            raise ValueError(f"composite weight for {name!r} must be positive and finite, got {w}; the direction of "
-                             f"a metric is handled by its mapping, not by a negative weight")
-        if name not in mappings:
-            raise ValueError(f"no composite mapping for {name!r}; pass mappings={{{name!r}: InverseMap(...)}} or "
-                             f"register the metric with a mapping")
         acc += w * mappings[name](float(metrics[name]))  # type: ignore[arg-type]
         total_w += w
     return acc / total_w

@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .clip_score import clip_score
-from .composite import DEFAULT_WEIGHTS, LogisticMap, ScoreMap, default_mappings
+from .composite import (
+    DEFAULT_WEIGHTS,
+    LogisticMap,
+    ScoreMap,
+    check_composite_weights,
+    default_mappings,
+)
 from .fid import ReferenceStatistics
 from .inception_score import inception_score_from_logits
 from .kid import kid_from_features
@@ -138,14 +144,11 @@ def register_metric(
         raise ValueError(f"metric {name!r} is already registered; pass replace=True or choose another name")
     if not callable(fn):
         raise TypeError(f"fn for metric {name!r} must be callable, got {type(fn).__name__}")
-    if composite_weight is not None and not composite_weight > 0:
-        raise ValueError(f"composite_weight for {name!r} must be positive, got {composite_weight}; direction comes "
-                         f"from higher_is_better")
     if composite_weight is not None and mapping is None:
         mapping = LogisticMap(higher_is_better=higher_is_better)
-    if mapping is not None and mapping.increasing != higher_is_better:
-        raise ValueError(f"mapping {mapping!r} for {name!r} is {'increasing' if mapping.increasing else 'decreasing'}"
-                         f" but higher_is_better={higher_is_better}; a better value must raise the composite")
+    check_composite_weights({} if composite_weight is None else {name: composite_weight},
+                            {} if mapping is None else {name: mapping},
+                            higher_is_better={name: higher_is_better}, allow_empty=True)
     spec = MetricSpec(name, bool(higher_is_better), tuple(needs), fn, tuple(needs_reference), composite_weight,
                       mapping, description)
     METRICS[name] = spec
@@ -160,7 +163,10 @@ def unregister_metric(name: str) -> None:
 
 
 def composite_defaults() -> tuple[dict[str, float], dict[str, ScoreMap]]:
-    """(weights, mappings) of every registered metric with a composite weight."""
+    """(weights, mappings) of the default composite: every registered metric with a composite weight.
+
+    The defaults ``composite_score`` is called with: ``composite_score(values, *composite_defaults())``.
+    """
     weights = {k: s.composite_weight for k, s in METRICS.items() if s.composite_weight is not None}
     mappings = {k: s.mapping for k, s in METRICS.items() if s.mapping is not None}
     return weights, mappings  # type: ignore[return-value]
