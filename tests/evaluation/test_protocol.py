@@ -114,6 +114,12 @@ def test_defaults_follow_available_data_and_bad_values_are_named(tmp_path: Path)
     with pytest.raises(ProtocolError, match="unknown key"):
         (tmp_path / "x.json").write_text(json.dumps({"prompts": ["a"], "nums": 3}))
         Protocol.from_file(tmp_path / "x.json")
+    # composite weights obey the metrics' one rule (positive, finite; 0 drops a component), refused up front
+    with pytest.raises(ProtocolError, match="positive"):
+        _quiet(prompts=["a"], composite_weights={"clip_score": -0.4})
+    with pytest.raises(ProtocolError, match="positive"):
+        _quiet(prompts=["a"], composite_weights={"clip_score": float("nan")})
+    assert _quiet(prompts=["a"], composite_weights={"clip_score": 1.0, "fid": 0}).composite_weights["fid"] == 0.0
 
 
 def test_small_sample_counts_warn(tmp_path: Path) -> None:

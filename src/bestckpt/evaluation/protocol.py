@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import types
 import warnings
 from collections.abc import Mapping, Sequence
@@ -34,6 +33,7 @@ from bestckpt.errors import ProtocolError, SmallSampleWarning
 from bestckpt.evaluation.prompts import load_prompt_file
 from bestckpt.evaluation.sampler import SamplerSettings
 from bestckpt.fsio import atomic_write_text, sha256_file
+from bestckpt.metrics.composite import check_composite_weights
 from bestckpt.metrics.registry import DEFAULT_METRICS
 
 __all__ = [
@@ -341,10 +341,12 @@ def _checked_metrics(metrics: Any, reference_images: tuple[Path | None, ...] | N
 
 
 def _checked_composite_weights(weights: Mapping[str, Any]) -> Mapping[str, float]:
-    clean = {str(k): float(v) for k, v in dict(weights).items()}
-    bad = {k: v for k, v in clean.items() if not math.isfinite(v)}
-    if bad:
-        raise ProtocolError(f"composite_weights must be finite numbers, got {bad}")
+    try:
+        clean = {str(k): float(v) for k, v in dict(weights).items()}
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"composite_weights must map metric names to numbers, got {weights!r}") from exc
+    # zero drops a component; the rest obey the one rule of bestckpt.metrics (positive, finite)
+    check_composite_weights({k: w for k, w in clean.items() if w != 0.0}, allow_empty=True, error=ProtocolError)
     return types.MappingProxyType(dict(sorted(clean.items())))
 
 
