@@ -16,3 +16,5 @@ Who does what (each module imports only those listed after it, and nothing here 
     layout      our file names, step checkpoints and their completeness, paths relative to the directory
     entries     confinement to the directory, the only deletion, leftovers of interrupted writes
 """
+
+__all__: list[str] = []  # import the submodules; the package itself exports nothing
