@@ -222,3 +222,4 @@ def test_public_api_is_declared_and_pinned() -> None:
 
 def test_the_package_exports_the_tracker_api() -> None:
     assert {"BestCheckpointTracker", "TrackerConfig", "Record", "BestckptError"} <= set(bestckpt.__all__)
+    assert set(bestckpt.__all__) == set(bestckpt._EXPORTS) | {"__version__"}  # each lazy name is resolvable
