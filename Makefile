@@ -32,6 +32,8 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/bestckpt demo --run-dir runs/demo
 
 test: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed-test

@@ -6,7 +6,13 @@ below are resolved lazily, so a training script that only tracks checkpoints sta
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the lazily resolved names are, for type checkers
+    from bestckpt.errors import BestckptError, BestckptWarning
+    from bestckpt.tracking.config import TrackerConfig
+    from bestckpt.tracking.state import Record
+    from bestckpt.tracking.tracker import BestCheckpointTracker
 
 __version__ = "0.1.0"
 
@@ -19,7 +25,7 @@ _EXPORTS = {
     "BestckptWarning": "bestckpt.errors",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = ["BestCheckpointTracker", "BestckptError", "BestckptWarning", "Record", "TrackerConfig", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

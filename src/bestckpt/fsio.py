@@ -18,8 +18,9 @@ import json
 import math
 import os
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = [
     "TEMP_PREFIX",
@@ -167,7 +168,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, durable: bool 
     atomic_write_bytes(path, text.encode("utf-8"), durable=durable)
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = None, durable: bool = True) -> None:
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = None,
+                      durable: bool = True) -> None:
     """:func:`atomic_write_text` of :func:`to_strict_json` (``obj``)."""
     atomic_write_text(path, to_strict_json(obj, indent=indent) + "\n", durable=durable)
 

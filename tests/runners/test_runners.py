@@ -54,13 +54,15 @@ def test_inline_runner_records_scores_files_and_log_line(tmp_path: Path, caplog:
     ckpt_dir = tmp_path / "run" / "checkpoints"
     ckpt_dir.mkdir(parents=True)
     tracker = BestCheckpointTracker(ckpt_dir, is_writer=True, save_top_k=2)
-    evaluator = Evaluator(protocol, TinySampler(), scorer=KitScorer(), samples_dir=tmp_path / "run" / "evaluation_samples",
-                          tensorboard_dir=tmp_path / "run" / "tb", dist=None)
+    evaluator = Evaluator(protocol, TinySampler(), scorer=KitScorer(),
+                          samples_dir=tmp_path / "run" / "evaluation_samples", tensorboard_dir=tmp_path / "run" / "tb",
+                          dist=None)
     runner = InlineRunner(tracker, evaluator)
     caplog.set_level(logging.INFO)
     results = []
     for step in (100, 200, 300, 400):
-        results.append(runner.checkpoint_saved(step, save_checkpoint(ckpt_dir / f"{step:07d}.pt", step), epoch=step // 100))
+        path = save_checkpoint(ckpt_dir / f"{step:07d}.pt", step)
+        results.append(runner.checkpoint_saved(step, path, epoch=step // 100))
     runner.close()
     assert results[0] is None and results[2] is None  # every 2nd checkpoint
     assert results[1].ok and results[3].ok
@@ -119,7 +121,8 @@ def test_background_runner_does_not_block_training(tmp_path: Path, monkeypatch: 
     ckpt_dir = tmp_path / "checkpoints"
     ckpt_dir.mkdir()
     tracker = BestCheckpointTracker(ckpt_dir, is_writer=True, save_top_k=2, keep_every_n_steps=0)
-    runner = BackgroundRunner(tracker, protocol, "pipeline_kit:make_slow_sampler", scorer_spec="pipeline_kit:make_kit_scorer",
+    runner = BackgroundRunner(tracker, protocol, "pipeline_kit:make_slow_sampler",
+                              scorer_spec="pipeline_kit:make_kit_scorer",
                               schedule=EvalSchedule(every_n_checkpoints=1), samples_dir=tmp_path / "samples",
                               batch_size=4, log_file=tmp_path / "worker.log")
     t0 = time.perf_counter()
@@ -236,7 +239,8 @@ def test_background_worker_killed_mid_evaluation_loses_nothing(tmp_path: Path, m
     ckpt_dir = tmp_path / "checkpoints"
     ckpt_dir.mkdir()
     tracker = BestCheckpointTracker(ckpt_dir, is_writer=True, save_top_k=1, keep_every_n_steps=0)
-    runner = BackgroundRunner(tracker, protocol, "pipeline_kit:make_slow_sampler", scorer_spec="pipeline_kit:make_kit_scorer",
+    runner = BackgroundRunner(tracker, protocol, "pipeline_kit:make_slow_sampler",
+                              scorer_spec="pipeline_kit:make_kit_scorer",
                               schedule=EvalSchedule(every_n_checkpoints=1), batch_size=8)
     runner.checkpoint_saved(100, save_checkpoint(ckpt_dir / "0000100.pt", 100))
     deadline = time.monotonic() + 120

@@ -15,7 +15,8 @@ and the demo evaluators of :mod:`bestckpt.demo` (``demo-classifier``, ``demo-cli
 A fresh process (the background worker, the sidecar, the CLI) therefore resolves every name without
 importing anything first, and this package never names a higher layer. A third-party package adds
 names by declaring entry points in the same groups. A factory is ``factory(weights_dir: Path | None,
-device: torch.device) -> backbone``.
+device: torch.device) -> backbone``; the kinds' interfaces are the protocols of :mod:`bestckpt.backbones.protocols`
+(:class:`InceptionLike`, :class:`ClipLike`, :class:`LpipsLike`), which ``get_backbone`` returns per kind.
 """
 from __future__ import annotations
 
@@ -23,15 +24,21 @@ import logging
 import os
 import threading
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Literal, overload
 
+from bestckpt.backbones.protocols import Backbone, BackboneFactory, ClipLike, InceptionLike, LpipsLike
 from bestckpt.errors import BackboneError
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
+    import torch
 
 __all__ = [
     "KINDS", "DEFAULT_BACKBONES", "register_backbone", "get_backbone", "available_backbones", "clear_backbone_cache",
-    "BackboneError",
+    "BackboneError", "Backbone", "BackboneFactory", "InceptionLike", "ClipLike", "LpipsLike",
 ]
 
 logger = logging.getLogger(__name__)
@@ -41,13 +48,12 @@ KINDS = ("inception", "clip", "lpips")
 DEFAULT_BACKBONES: Mapping[str, str] = types.MappingProxyType(
     {"inception": "inception-2015-12-05", "clip": "clip-vit-b-32", "lpips": "lpips-alex"})
 
-Factory = Callable[[Path | None, Any], Any]
-_FACTORIES: dict[tuple[str, str], Factory] = {}
-_CACHE: dict[tuple[str, str, str | None, str], Any] = {}
+_FACTORIES: dict[tuple[str, str], BackboneFactory] = {}
+_CACHE: dict[tuple[str, str, str | None, str], Backbone] = {}
 _LOCK = threading.RLock()
 
 
-def register_backbone(kind: str, name: str, factory: Factory, *, replace: bool = False) -> None:
+def register_backbone(kind: str, name: str, factory: BackboneFactory, *, replace: bool = False) -> None:
     """Register ``factory(weights_dir, device)`` under (kind, name)."""
     if kind not in KINDS:
         raise ValueError(f"unknown backbone kind {kind!r}; use one of {KINDS}")
@@ -78,14 +84,39 @@ def clear_backbone_cache() -> None:
         _CACHE.clear()
 
 
-def _device_key(device: Any) -> str:
+def _device_key(device: str | torch.device) -> str:
     import torch
 
     return str(torch.device(device))
 
 
-def get_backbone(kind: str, name: str | None = None, *, weights_dir: str | os.PathLike[str] | None = None,
-                 device: Any = "cpu") -> Any:
+@overload
+def get_backbone(kind: Literal["inception"], name: str | None = None, *,
+                 weights_dir: str | os.PathLike[str] | None = None,
+                 device: str | torch.device = "cpu") -> InceptionLike: ...
+
+
+@overload
+def get_backbone(kind: Literal["clip"], name: str | None = None, *,
+                 weights_dir: str | os.PathLike[str] | None = None,
+                 device: str | torch.device = "cpu") -> ClipLike: ...
+
+
+@overload
+def get_backbone(kind: Literal["lpips"], name: str | None = None, *,
+                 weights_dir: str | os.PathLike[str] | None = None,
+                 device: str | torch.device = "cpu") -> LpipsLike: ...
+
+
+@overload
+def get_backbone(kind: str, name: str | None = None, *,
+                 weights_dir: str | os.PathLike[str] | None = None,
+                 device: str | torch.device = "cpu") -> Backbone: ...
+
+
+def get_backbone(kind: str, name: str | None = None, *,
+                 weights_dir: str | os.PathLike[str] | None = None,
+                 device: str | torch.device = "cpu") -> Backbone:
     """The backbone (kind, name) on ``device``, built on first use and cached per (kind, name, weights_dir, device)."""
     import torch
 
@@ -107,14 +138,14 @@ def get_backbone(kind: str, name: str | None = None, *, weights_dir: str | os.Pa
 ENTRY_POINT_GROUP = "bestckpt.backbones."  # + kind
 
 
-def _entry_points(kind: str) -> dict[str, Any]:
+def _entry_points(kind: str) -> dict[str, EntryPoint]:
     """The installed entry points of kind ``kind``, by name."""
     from importlib.metadata import entry_points
 
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP + kind)}
 
 
-def _lookup(kind: str, name: str) -> Factory:
+def _lookup(kind: str, name: str) -> BackboneFactory:
     with _LOCK:
         if (kind, name) in _FACTORIES:
             return _FACTORIES[(kind, name)]

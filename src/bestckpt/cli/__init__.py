@@ -10,10 +10,13 @@ import importlib
 import logging
 import sys
 
+__all__ = ["COMMANDS", "build_parser", "main", "setup_logging"]
+
 COMMANDS = ("status", "prune", "evaluate", "watch", "demo", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``bestckpt`` parser with every available subcommand."""
     parser = argparse.ArgumentParser(
         prog="bestckpt",
         description="Keep the best checkpoints of a text-to-image training run while it trains.",
@@ -33,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(level: str) -> None:
+    """Log through rich to the terminal at ``level`` (the CLI owns the terminal)."""
     from rich.logging import RichHandler
 
     logging.basicConfig(
@@ -44,6 +48,7 @@ def setup_logging(level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level)

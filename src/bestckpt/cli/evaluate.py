@@ -9,9 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from bestckpt.cli.prune import add_config_options, config_overrides
+
+if TYPE_CHECKING:
+    from bestckpt.evaluation.protocol import Protocol
+    from bestckpt.runners import Evaluator
+    from bestckpt.tracking.tracker import BestCheckpointTracker
 
 __all__ = ["add_evaluation_options", "add_parser", "build_evaluator", "open_tracker", "prepare", "run"]
 
@@ -24,7 +29,8 @@ def add_evaluation_options(p: argparse.ArgumentParser) -> None:
                    help="sampler factory, e.g. my_project.sampling:make_sampler (factory() returns the sampler)")
     p.add_argument("--scorer", metavar="MODULE:FACTORY",
                    help="custom scorer factory (default: the protocol's backbones and metrics)")
-    p.add_argument("--device", help="device for sampling and metrics, e.g. cuda:1 (default: cuda:0 if available, else cpu)")
+    p.add_argument("--device",
+                   help="device for sampling and metrics, e.g. cuda:1 (default: cuda:0 if available, else cpu)")
     p.add_argument("--samples-dir", type=Path,
                    help="where evaluation_samples go (default: CKPT_DIR/../evaluation_samples)")
     p.add_argument("--tensorboard-dir", type=Path, help="write Evaluation/* scalars to this TensorBoard log dir")
@@ -34,13 +40,13 @@ def add_evaluation_options(p: argparse.ArgumentParser) -> None:
     add_config_options(p)
 
 
-def open_tracker(args: argparse.Namespace) -> Any:
+def open_tracker(args: argparse.Namespace) -> BestCheckpointTracker:
     from bestckpt.tracking.tracker import BestCheckpointTracker
 
     return BestCheckpointTracker.open(args.checkpoint_dir, is_writer=True, **config_overrides(args))
 
 
-def build_evaluator(args: argparse.Namespace) -> tuple[Any, Any]:
+def build_evaluator(args: argparse.Namespace) -> tuple[Protocol, Evaluator]:
     """``(protocol, Evaluator)`` from the command line; raises ValueError with a clear message."""
     from bestckpt.evaluation.protocol import Protocol
     from bestckpt.evaluation.sampler import load_factory, load_sampler
@@ -56,7 +62,7 @@ def build_evaluator(args: argparse.Namespace) -> tuple[Any, Any]:
     return protocol, evaluator
 
 
-def prepare(args: argparse.Namespace) -> tuple[Any, Any, Any] | None:
+def prepare(args: argparse.Namespace) -> tuple[Protocol, Evaluator, BestCheckpointTracker] | None:
     """(protocol, evaluator, tracker) for `evaluate` and `watch`; None after printing why not."""
     if not args.checkpoint_dir.is_dir():
         print(f"error: {args.checkpoint_dir} is not a directory; pass the checkpoint directory of a run",

@@ -6,3 +6,5 @@ classifier, a small CLIP-style encoder pair and an LPIPS-style distance) live in
 `bestckpt.demo.evaluators`; their weights ship in `bestckpt/demo/weights/` and were trained by
 `scripts/train_demo_evaluators.py` on this data only -- they mean nothing on real images.
 """
+
+__all__: list[str] = []  # import the submodules; the package itself exports nothing

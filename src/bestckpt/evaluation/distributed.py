@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import torch
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = [
     "DistContext",
@@ -26,6 +29,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -34,14 +39,14 @@ class DistContext:
     rank: int
     world_size: int
     comm_device: torch.device
-    group: Any = None
+    group: ProcessGroup | None = None
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
 
-def current_context(group: Any = None) -> DistContext | None:
+def current_context(group: ProcessGroup | None = None) -> DistContext | None:
     """The initialised default process group as a :class:`DistContext`, or None when not distributed."""
     import torch.distributed as tdist
 
@@ -108,28 +113,28 @@ def agree_on_errors(error: str | None, ctx: DistContext | None) -> list[str]:
         return [] if error is None else [error]
     import torch.distributed as tdist
 
-    statuses: list[Any] = [None] * ctx.world_size
+    statuses: list[str | None] = [None] * ctx.world_size
     tdist.all_gather_object(statuses, error, group=ctx.group)
     return [f"rank {r}: {e}" for r, e in enumerate(statuses) if e is not None]
 
 
-def broadcast_object(obj: Any, ctx: DistContext | None, src: int = 0) -> Any:
+def broadcast_object(obj: _T, ctx: DistContext | None, src: int = 0) -> _T:
     """Rank ``src``'s ``obj`` on every rank (pickled; small objects only: scores, messages)."""
     if ctx is None or ctx.world_size == 1:
         return obj
     import torch.distributed as tdist
 
-    box: list[Any] = [obj if ctx.rank == src else None]
+    box: list[_T | None] = [obj if ctx.rank == src else None]
     tdist.broadcast_object_list(box, src=src, group=ctx.group, device=ctx.comm_device)
-    return box[0]
+    return cast(_T, box[0])  # rank src's object, received on every rank
 
 
-def gather_objects(obj: Any, ctx: DistContext | None) -> Sequence[Any]:
+def gather_objects(obj: _T, ctx: DistContext | None) -> Sequence[_T]:
     """Every rank's ``obj`` on every rank, in rank order."""
     if ctx is None or ctx.world_size == 1:
         return [obj]
     import torch.distributed as tdist
 
-    out: list[Any] = [None] * ctx.world_size
+    out: list[_T | None] = [None] * ctx.world_size
     tdist.all_gather_object(out, obj, group=ctx.group)
-    return out
+    return cast("list[_T]", out)  # every slot now holds a rank's object

@@ -12,9 +12,10 @@ checkpoint and record through the tracker, so their scores are interchangeable:
 Training never fails because evaluation failed: the failure is logged and recorded with
 ``tracker.record_failure`` (a failed record can never become best).
 
-Modules, one role each: ``schedule`` (which checkpoints), ``evaluator`` (evaluate + record one checkpoint), ``protocol_change`` (a resumed run under a
-changed protocol), ``records`` (tracker look-ups), ``inline``, ``background`` + ``worker`` (the
-spawned process), ``sidecar``. Importing this package stays light (no torch).
+Modules, one role each: ``schedule`` (which checkpoints), ``evaluator`` (evaluate + record one
+checkpoint), ``protocol_change`` (a resumed run under a changed protocol), ``records`` (tracker
+look-ups), ``inline``, ``background`` + ``worker`` (the spawned process), ``sidecar``. Importing
+this package stays light (no torch).
 """
 from __future__ import annotations
 

@@ -8,8 +8,21 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # torch-heavy modules: imported for annotations only
+    import torch
+
+    from bestckpt.evaluation.contracts import ScorerLike
+    from bestckpt.evaluation.distributed import DistContext
+    from bestckpt.evaluation.evaluate import EvaluationResult
+    from bestckpt.evaluation.protocol import Protocol
+    from bestckpt.evaluation.sampler import Sampler
+    from bestckpt.evaluation.scorer import Scorer
+    from bestckpt.sinks.tensorboard import TensorBoardSink
+    from bestckpt.tracking.tracker import BestCheckpointTracker
 
 __all__ = ["Evaluator", "build_scorer", "default_device"]
 
@@ -25,17 +38,19 @@ def default_device() -> str:
     return "cpu"
 
 
-def build_scorer(protocol: Any, *, device: Any = "cpu", weights_dir: str | Path | None = None,
-                 cache_dir: str | Path | None = None) -> Any:
+def build_scorer(protocol: Protocol, *, device: str | torch.device = "cpu", weights_dir: str | Path | None = None,
+                 cache_dir: str | Path | None = None) -> Scorer:
     """The metrics engineer's :class:`~bestckpt.evaluation.scorer.Scorer` configured by the protocol."""
     from bestckpt.evaluation import scorer as scorer_mod
 
+    options = protocol.metric_options
     kwargs: dict[str, Any] = dict(
-        metrics=tuple(protocol.metrics), backbones=dict(protocol.backbones), weights_dir=weights_dir,
+        # Protocol.__post_init__ resolves metrics to a non-empty tuple; `or ()` only informs the type checker
+        metrics=tuple(protocol.metrics or ()), backbones=dict(protocol.backbones), weights_dir=weights_dir,
         device=str(device), cache_dir=cache_dir,
     )
-    if getattr(protocol, "metric_options", None):
-        kwargs["metric_options"] = {k: dict(v) for k, v in protocol.metric_options.items()}
+    if options:
+        kwargs["metric_options"] = {k: dict(v) for k, v in options.items()}
     if protocol.composite_weights is not None:
         kwargs["composite"] = scorer_mod.CompositeConfig(weights=dict(protocol.composite_weights))
     return scorer_mod.Scorer(**kwargs)
@@ -46,27 +61,27 @@ class Evaluator:
 
     The scorer and the reference statistics are built on the first evaluation and reused (the
     original reloaded every backbone at every evaluation). ``device`` defaults to the training
-    device (:func:`default_device`); pass e.g. ``"cuda:1"`` to evaluate on another GPU. Under ``torch.distributed`` every rank
-    must call :meth:`evaluate` for the same checkpoint.
+    device (:func:`default_device`); pass e.g. ``"cuda:1"`` to evaluate on another GPU. Under
+    ``torch.distributed`` every rank must call :meth:`evaluate` for the same checkpoint.
     """
 
     def __init__(
         self,
-        protocol: Any,
-        sampler: Any,
+        protocol: Protocol,
+        sampler: Sampler,
         *,
-        scorer: Any = None,
-        device: Any = None,
+        scorer: ScorerLike | None = None,
+        device: str | torch.device | None = None,
         samples_dir: str | Path | None = None,
         tensorboard_dir: str | Path | None = None,
         weights_dir: str | Path | None = None,
         cache_dir: str | Path | None = None,
-        dist: Any = "auto",
+        dist: DistContext | Literal["auto"] | None = "auto",
         batch_size: int = 16,
     ) -> None:
         self.protocol = protocol
         self.sampler = sampler
-        self.scorer = scorer
+        self.scorer: ScorerLike | None = scorer
         self.device = default_device() if device is None else str(device)
         self.samples_dir = None if samples_dir is None else Path(samples_dir)
         self.tensorboard_dir = None if tensorboard_dir is None else Path(tensorboard_dir)
@@ -74,14 +89,16 @@ class Evaluator:
         self.cache_dir = cache_dir
         self.dist = dist
         self.batch_size = batch_size
-        self._reference_stats: Any = None
+        self._reference_stats: Mapping[str, Any] | None = None
         self._ready = False
-        self._sink: Any = None
+        self._sink: TensorBoardSink | None = None
 
-    def _ctx(self) -> Any:
+    def _ctx(self) -> DistContext | None:
         from bestckpt.evaluation.distributed import current_context
 
-        return current_context() if self.dist == "auto" else self.dist
+        if self.dist == "auto":
+            return current_context()
+        return self.dist
 
     def _setup(self) -> None:
         from bestckpt.evaluation.evaluate import prepare_reference_statistics
@@ -92,15 +109,16 @@ class Evaluator:
         self._reference_stats = prepare_reference_statistics(self.protocol, self.scorer, cache_dir=self.cache_dir)
         self._ready = True
 
-    def _failed(self, step: int, error: str, duration: float, num_samples: int = 0) -> Any:
+    def _failed(self, step: int, error: str, duration: float, num_samples: int = 0) -> EvaluationResult:
         """An :class:`~bestckpt.evaluation.evaluate.EvaluationResult` with no scores, for a failure before scoring."""
         from bestckpt.evaluation.evaluate import EvaluationResult
 
         return EvaluationResult(step=step, scores={}, protocol_hash=self.protocol.hash, weights="unknown",
                                 duration=duration, error=error, num_samples=num_samples)
 
-    def evaluate(self, step: int, path: str | Path) -> Any:
-        """:class:`~bestckpt.evaluation.evaluate.EvaluationResult` for ``path``; never raises for a failed evaluation."""
+    def evaluate(self, step: int, path: str | Path) -> EvaluationResult:
+        """The :class:`~bestckpt.evaluation.evaluate.EvaluationResult` of ``path``; never raises for a failed
+        evaluation."""
         from bestckpt.evaluation.distributed import agree_on_errors
         from bestckpt.evaluation.evaluate import evaluate_checkpoint
 
@@ -123,14 +141,15 @@ class Evaluator:
             samples_dir=self.samples_dir, dist=ctx, batch_size=self.batch_size,
         )
 
-    def record(self, tracker: Any, result: Any, *, path: str | Path, epoch: int | None = None) -> bool:
+    def record(self, tracker: BestCheckpointTracker, result: EvaluationResult, *, path: str | Path,
+               epoch: int | None = None) -> bool:
         """Store ``result`` in the tracker (score or failure) and the sinks; True if it is the new best.
 
         Only the tracker's writer (global rank 0) records; other ranks return False.
         """
         if not getattr(tracker, "is_writer", True):
             return False
-        if result.ok:
+        if result.error is None:  # result.ok
             is_best = bool(tracker.update_checkpoint(result.step, epoch, str(path), dict(result.scores),
                                                      protocol_hash=result.protocol_hash, info=result.info()))
         else:
@@ -149,7 +168,8 @@ class Evaluator:
                 logger.exception("could not write TensorBoard scalars for step %d", result.step)
         return is_best
 
-    def evaluate_and_record(self, tracker: Any, step: int, path: str | Path, epoch: int | None = None) -> Any:
+    def evaluate_and_record(self, tracker: BestCheckpointTracker, step: int, path: str | Path,
+                            epoch: int | None = None) -> EvaluationResult:
         """The runners' unit of work: log, evaluate, record. Never raises for evaluation failures."""
         logger.info("[Step %d] Evaluating model performance at step %d", step, step)
         try:
@@ -169,6 +189,7 @@ class Evaluator:
         return result
 
     def close(self) -> None:
+        """Close the TensorBoard sink, if one was opened."""
         if self._sink is not None:
             self._sink.close()
             self._sink = None

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from bestckpt.runners.evaluator import Evaluator
 from bestckpt.runners.protocol_change import reconcile_protocol
 from bestckpt.runners.records import record_of
 from bestckpt.runners.schedule import EvalSchedule
+
+if TYPE_CHECKING:
+    from bestckpt.evaluation.evaluate import EvaluationResult
+    from bestckpt.tracking.tracker import BestCheckpointTracker
 
 __all__ = ["InlineRunner"]
 
@@ -15,7 +19,7 @@ __all__ = ["InlineRunner"]
 class InlineRunner:
     """Evaluate inside the training processes; call :meth:`checkpoint_saved` on *every* rank."""
 
-    def __init__(self, tracker: Any, evaluator: Evaluator, schedule: EvalSchedule | None = None, *,
+    def __init__(self, tracker: BestCheckpointTracker, evaluator: Evaluator, schedule: EvalSchedule | None = None, *,
                  on_protocol_change: str = "refuse") -> None:
         self.tracker = tracker
         self.evaluator = evaluator
@@ -29,11 +33,12 @@ class InlineRunner:
         steps, self._rescore = self._rescore, []
         for step in steps:
             rec = record_of(self.tracker, step)
-            path = Path(self.tracker.config.checkpoint_dir) / (rec.path if rec else self.tracker.config.step_filename(step))
+            name = rec.path if rec else self.tracker.config.step_filename(step)
+            path = Path(self.tracker.config.checkpoint_dir) / name
             self.evaluator.evaluate_and_record(self.tracker, step, path, None if rec is None else rec.epoch)
 
-    def checkpoint_saved(self, step: int, path: str | Path, epoch: int | None = None) -> Any:
-        """Register the committed checkpoint; evaluate it now if the schedule says so."""
+    def checkpoint_saved(self, step: int, path: str | Path, epoch: int | None = None) -> EvaluationResult | None:
+        """Register the committed checkpoint; evaluate it now if the schedule says so (then return the result)."""
         if self._rescore:
             self._rescore_stale()
         self._count += 1
@@ -44,4 +49,5 @@ class InlineRunner:
         return self.evaluator.evaluate_and_record(self.tracker, step, path, epoch)
 
     def close(self, wait: bool = True) -> None:
+        """Release the evaluator's sinks (``wait`` exists for symmetry with the background runner)."""
         self.evaluator.close()

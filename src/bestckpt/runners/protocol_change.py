@@ -6,10 +6,14 @@ when it starts.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 from bestckpt.errors import ProtocolChangedError
 from bestckpt.runners.records import record_path
+
+if TYPE_CHECKING:
+    from bestckpt.evaluation.protocol import Protocol
+    from bestckpt.tracking.tracker import BestCheckpointTracker
 
 __all__ = ["ON_PROTOCOL_CHANGE", "ProtocolChangedError", "reconcile_protocol"]
 
@@ -19,7 +23,7 @@ logger = logging.getLogger(__name__)
 ON_PROTOCOL_CHANGE = ("refuse", "rescore")
 
 
-def reconcile_protocol(tracker: Any, protocol: Any, on_change: str = "refuse") -> list[int]:
+def reconcile_protocol(tracker: BestCheckpointTracker, protocol: Protocol, on_change: str = "refuse") -> list[int]:
     """Check that every scored checkpoint still on disk was scored under ``protocol``.
 
     Scores from different protocols are never compared. ``"refuse"`` raises

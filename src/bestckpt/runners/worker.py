@@ -9,17 +9,26 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import queue
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bestckpt.runners.evaluator import Evaluator
 from bestckpt.runners.records import status_of
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+
+    from bestckpt.tracking.config import TrackerConfig
+    from bestckpt.tracking.tracker import BestCheckpointTracker
+
+    #: ``(step, checkpoint path, epoch)``, or None to stop the worker
+    Job = tuple[int, str, int | None] | None
 
 __all__ = ["background_main"]
 
 logger = logging.getLogger(__name__)
 
 
-def _tracker_from_config(config: Any) -> Any:
+def _tracker_from_config(config: TrackerConfig) -> BestCheckpointTracker:
     from bestckpt.tracking.tracker import BestCheckpointTracker
 
     return BestCheckpointTracker(config.checkpoint_dir, config=config)
@@ -41,7 +50,7 @@ def _configure_worker_logging(log_file: str | None, level: int, *, only_if_uncon
     root.setLevel(level)
 
 
-def background_main(jobs: Any, results: Any, spec: dict[str, Any]) -> None:
+def background_main(jobs: Queue[Job], results: Queue[dict[str, Any]], spec: dict[str, Any]) -> None:
     """Worker process: evaluate queued checkpoints and record them under the tracker's lock.
 
     ``jobs`` yields ``(step, path, epoch)`` tuples (``None`` means stop); one result dict per job

@@ -11,7 +11,6 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -49,12 +48,15 @@ class TensorBoardSink:
     def write(
         self,
         step: int,
-        scores: Mapping[str, Any],
+        scores: Mapping[str, object],
         *,
         is_best: bool | None = None,
         images: torch.Tensor | None = None,
     ) -> list[str]:
-        """Write scalars for ``step`` (and an image grid of uint8 ``images[K,3,H,W]``); returns tags written."""
+        """Write scalars for ``step`` (and an image grid of uint8 ``images[K,3,H,W]``); returns tags written.
+
+        Values that are not finite numbers (None for a failed metric, NaN, anything else) are skipped.
+        """
         written: list[str] = []
         for name, value in scores.items():
             tag = TAGS.get(name, f"Evaluation/{name}")
@@ -79,6 +81,7 @@ class TensorBoardSink:
         return written
 
     def close(self) -> None:
+        """Flush and close the event file."""
         self._writer.close()
 
     def __enter__(self) -> TensorBoardSink:

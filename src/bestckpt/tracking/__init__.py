@@ -19,3 +19,5 @@ Who does what (each module imports only those listed after it, and nothing here 
     layout      our file names, the one scan for step checkpoints and their completeness, relative paths
     entries     confinement to the directory, the only deletion, leftovers of interrupted writes
 """
+
+__all__: list[str] = []  # import the submodules; the package itself exports nothing

@@ -1,0 +1,225 @@
+"""The public API, pinned: every public module's ``__all__``, name by name.
+
+A public module is any module of ``bestckpt`` with no path segment starting with ``_``. Each must
+declare ``__all__``, every name in it must exist, and the set must equal the table below. Changing
+the public API therefore means changing this table on purpose, in the same commit, where a reviewer
+sees it. The table is generated from the source: ``PYTHONPATH=src python scripts/public_api.py --write``
+rewrites it in place (without ``--write`` it prints it).
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from types import ModuleType
+
+import bestckpt
+
+# BEGIN GENERATED TABLE (scripts/public_api.py --write)
+EXPECTED: dict[str, list[str]] = {
+    "bestckpt": ["BestCheckpointTracker", "BestckptError", "BestckptWarning", "Record", "TrackerConfig", "__version__"],
+    "bestckpt.backbones": [
+        "Backbone", "BackboneError", "BackboneFactory", "ClipLike", "DEFAULT_BACKBONES", "InceptionLike",
+        "KINDS", "LpipsLike", "available_backbones", "clear_backbone_cache", "get_backbone", "register_backbone",
+    ],
+    "bestckpt.backbones.clip": [
+        "CONTEXT_LENGTH", "HFClipBackbone", "OpenClipBackbone", "clip_vit_b_32", "clip_vit_l_14",
+        "hf_clip_factory",
+    ],
+    "bestckpt.backbones.inception": [
+        "FIDInceptionV3", "INPUT_SIZE", "InceptionBackbone", "resize_bilinear_tf1", "standard_factory",
+    ],
+    "bestckpt.backbones.lpips": [
+        "LPIPS_NETS", "LpipsBackbone", "build_features", "find_lin_weights", "lpips_alex", "lpips_vgg",
+    ],
+    "bestckpt.backbones.protocols": ["Backbone", "BackboneFactory", "ClipLike", "InceptionLike", "LpipsLike"],
+    "bestckpt.backbones.weights": [
+        "ALEXNET", "CLIP_VIT_B_32", "CLIP_VIT_L_14", "INCEPTION_FID", "KNOWN_WEIGHTS", "VGG16", "WeightSpec",
+        "WeightsError", "resolve_weights", "search_dirs", "torch_hub_checkpoints_dir", "verify_weights",
+    ],
+    "bestckpt.cli": ["COMMANDS", "build_parser", "main", "setup_logging"],
+    "bestckpt.cli.demo": ["add_parser", "run"],
+    "bestckpt.cli.evaluate": [
+        "add_evaluation_options", "add_parser", "build_evaluator", "open_tracker", "prepare", "run",
+    ],
+    "bestckpt.cli.prune": ["add_config_options", "add_parser", "config_overrides", "run"],
+    "bestckpt.cli.report": ["add_parser", "run"],
+    "bestckpt.cli.status": ["add_parser", "collect", "run"],
+    "bestckpt.cli.watch": ["add_parser", "run"],
+    "bestckpt.demo": [],
+    "bestckpt.demo.data": [
+        "ATTRIBUTES", "ATTRIBUTE_NAMES", "BACKGROUND_RGB", "COLOR_RGB", "HELDOUT_FRACTION", "IMAGE_SIZE",
+        "Jitter", "Sample", "ShapesDataset", "Tokenizer", "attrs_to_indices", "caption", "combinations",
+        "eval_prompts", "indices_to_attrs", "is_heldout", "parse_caption", "random_attributes", "random_jitter",
+        "reference_images", "render",
+    ],
+    "bestckpt.demo.evaluators": [
+        "DEFAULT_WEIGHTS_DIR", "DEMO_BACKBONES", "DemoClassifier", "DemoClassifierNet", "DemoClip",
+        "DemoClipNet", "DemoLpips", "DemoWeightsError", "ImageTrunk", "WEIGHT_FILES", "build_demo_backbone",
+        "demo_classifier", "demo_clip", "demo_lpips", "load_weights_file", "preprocess", "verify_weights",
+        "write_manifest",
+    ],
+    "bestckpt.demo.model": ["DiTConfig", "TextEncoder", "TinyDiT", "timestep_embedding"],
+    "bestckpt.demo.recipe": ["add_arguments", "available_cores", "default_threads", "resolve_defaults"],
+    "bestckpt.demo.sampler": ["DemoSampler", "euler_sample", "initial_noise", "load_model", "make_sampler", "to_uint8"],
+    "bestckpt.demo.train": [
+        "DEMO_BACKBONES", "SAMPLER_SPEC", "TrainObserver", "TrainResult", "add_arguments", "build_protocol",
+        "default_threads", "find_resume_checkpoint", "flow_matching_loss", "main", "resolve_defaults",
+        "save_checkpoint", "update_ema",
+    ],
+    "bestckpt.errors": [
+        "BackboneError", "BestckptError", "BestckptWarning", "CompositeUnavailableError", "ConfigError",
+        "DemoWeightsError", "MetricError", "NumericalError", "ProtocolChangedError", "ProtocolError",
+        "ReportError", "SamplerError", "SamplerOutputError", "SmallSampleWarning", "StateError",
+        "StateLockTimeout", "UnsafePathError", "WeightsError",
+    ],
+    "bestckpt.evaluation": [],
+    "bestckpt.evaluation.contracts": ["ScorerLike"],
+    "bestckpt.evaluation.distributed": [
+        "DistContext", "agree_on_errors", "all_gather_padded", "broadcast_object", "current_context",
+        "gather_objects", "shard_range",
+    ],
+    "bestckpt.evaluation.evaluate": [
+        "EvaluationResult", "evaluate_checkpoint", "load_reference_set", "paired_references",
+        "prepare_reference_statistics",
+    ],
+    "bestckpt.evaluation.protocol": [
+        "DEFAULT_BACKBONES", "DEFAULT_METRICS", "DEFAULT_NUM_SAMPLES", "IMAGE_SUFFIXES", "Protocol",
+        "ProtocolError", "SmallSampleWarning", "derive_seed", "load_prompt_file",
+    ],
+    "bestckpt.evaluation.sampler": [
+        "SampleBatch", "Sampler", "SamplerError", "SamplerOutputError", "SamplerSettings", "WEIGHT_KINDS",
+        "load_factory", "load_sampler", "validate_sample_batch",
+    ],
+    "bestckpt.evaluation.samples": [
+        "GRID_NAME", "load_image_uint8", "resize_uint8", "step_dir", "write_evaluation_samples",
+        "write_progress_grid",
+    ],
+    "bestckpt.evaluation.scorer": [
+        "CompositeConfig", "DEFAULT_METRICS", "MetricFailure", "ReferenceSet", "Scorer", "Scores",
+    ],
+    "bestckpt.fsio": [
+        "TEMP_FILE_PREFIX", "TEMP_PREFIX", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
+        "float_from_json", "fsync_dir", "indented_array", "indented_object", "sha256_bytes", "sha256_file",
+        "temp_name", "to_strict_json", "unlink_quiet",
+    ],
+    "bestckpt.integrations": [],
+    "bestckpt.integrations.deepspeed": [
+        "MODEL_STATES", "is_tag_complete", "load_model_states", "mark_complete", "read_latest_tag",
+        "save_checkpoint", "tag_name",
+    ],
+    "bestckpt.integrations.loop": ["MODES", "TrainingEvaluation"],
+    "bestckpt.metrics": [
+        "CLIP_CONVENTIONS", "CompositeUnavailableError", "DEFAULT_METRICS", "DEFAULT_WEIGHTS",
+        "FEATURE_CLIP_IMAGE", "FEATURE_CLIP_TEXT", "FEATURE_INCEPTION_LOGITS", "FEATURE_INCEPTION_POOL",
+        "FEATURE_LPIPS", "InverseMap", "LinearMap", "LogisticMap", "METRICS", "MetricError", "MetricSpec",
+        "NumericalError", "REFERENCE_FID_STATISTICS", "REFERENCE_INCEPTION_POOL", "RatioMap",
+        "ReciprocalComplementMap", "ReferenceStatistics", "ScoreMap", "clip_cosines", "clip_score",
+        "composite_defaults", "composite_score", "default_mappings", "fid_from_features", "fid_from_statistics",
+        "inception_score_from_logits", "kid_from_features", "lpips_from_features", "register_metric",
+        "unregister_metric",
+    ],
+    "bestckpt.metrics.clip_score": ["CLIP_CONVENTIONS", "clip_cosines", "clip_score"],
+    "bestckpt.metrics.composite": [
+        "DEFAULT_WEIGHTS", "InverseMap", "LinearMap", "LogisticMap", "RatioMap", "ReciprocalComplementMap",
+        "ScoreMap", "composite_score", "default_mappings",
+    ],
+    "bestckpt.metrics.fid": ["ReferenceStatistics", "fid_from_features", "fid_from_statistics", "warn_if_small_sample"],
+    "bestckpt.metrics.inception_score": ["MIN_SAMPLES_PER_SPLIT", "inception_score_from_logits"],
+    "bestckpt.metrics.kid": ["kid_from_features", "mmd2_unbiased", "polynomial_kernel"],
+    "bestckpt.metrics.lpips": ["lpips_from_features", "normalize_channels"],
+    "bestckpt.metrics.registry": [
+        "DEFAULT_METRICS", "FEATURE_CLIP_IMAGE", "FEATURE_CLIP_TEXT", "FEATURE_INCEPTION_LOGITS",
+        "FEATURE_INCEPTION_POOL", "FEATURE_LPIPS", "METRICS", "MetricSpec", "REFERENCE_FID_STATISTICS",
+        "REFERENCE_INCEPTION_POOL", "composite_defaults", "register_metric", "unregister_metric",
+    ],
+    "bestckpt.runners": [
+        "BackgroundRunner", "EvalSchedule", "Evaluator", "InlineRunner", "ON_PROTOCOL_CHANGE",
+        "ProtocolChangedError", "SidecarWatcher", "build_scorer", "default_device", "reconcile_protocol",
+    ],
+    "bestckpt.runners.background": ["BackgroundRunner"],
+    "bestckpt.runners.evaluator": ["Evaluator", "build_scorer", "default_device"],
+    "bestckpt.runners.inline": ["InlineRunner"],
+    "bestckpt.runners.protocol_change": ["ON_PROTOCOL_CHANGE", "ProtocolChangedError", "reconcile_protocol"],
+    "bestckpt.runners.records": ["record_of", "record_path", "status_of"],
+    "bestckpt.runners.schedule": ["EvalSchedule"],
+    "bestckpt.runners.sidecar": ["SidecarWatcher"],
+    "bestckpt.runners.worker": ["background_main"],
+    "bestckpt.sinks": [],
+    "bestckpt.sinks.report": ["ReportError", "find_checkpoint_dir", "render_report", "write_report"],
+    "bestckpt.sinks.tensorboard": ["TAGS", "TensorBoardSink"],
+    "bestckpt.testing": [],
+    "bestckpt.testing.networks": [
+        "TensorFeatureCLIP", "clip_tiny_random_test", "clip_vit_b_32_random_test", "inception_random_test",
+        "init_random_", "lpips_alex_random_test", "lpips_vgg_random_test", "random_fid_inception",
+        "random_lpips_parts", "random_open_clip", "spec_for_file", "write_random_hf_clip",
+        "write_random_inception_weights", "write_random_lpips_weights", "write_tiny_hf_clip",
+    ],
+    "bestckpt.tracking": [],
+    "bestckpt.tracking.bestlink": ["atomic_symlink", "read_pointer"],
+    "bestckpt.tracking.config": ["DEFAULT_FILENAME_TEMPLATE", "TrackerConfig", "default_of"],
+    "bestckpt.tracking.console": ["SUMMARY_RULE", "SUMMARY_TITLE", "format_metrics", "format_score", "format_summary"],
+    "bestckpt.tracking.entries": [
+        "UnsafePathError", "cleanup_temporaries", "confine", "delete_entry", "entry_stat", "list_names",
+        "move_aside",
+    ],
+    "bestckpt.tracking.journal": ["StateFile", "read_state"],
+    "bestckpt.tracking.layout": [
+        "BEST_LINK", "COMPLETE_MARKER", "JOURNAL_FILE", "LOCK_FILE", "POINTER_SUFFIX", "RESULTS_FILE",
+        "STATE_FILE", "checkpoint_relpath", "find_checkpoints", "is_checkpoint_complete", "legacy_relpath",
+        "mark_complete", "read_latest_tag",
+    ],
+    "bestckpt.tracking.locking": ["StateLockTimeout", "lock"],
+    "bestckpt.tracking.policies": [
+        "AnyOf", "Candidate", "Decision", "EveryNSteps", "LatestN", "PendingEvaluation", "Pinned", "Policy",
+        "TopK", "rank", "retention_policy", "select_best",
+    ],
+    "bestckpt.tracking.ranking": ["Ranking"],
+    "bestckpt.tracking.reconcile": [
+        "check_metric_change", "drop_missing", "finish_intents", "load", "rebuild_from_disk", "reconcile",
+        "scan", "unknown_entries",
+    ],
+    "bestckpt.tracking.results": ["RESULTS_SCHEMA", "results_document"],
+    "bestckpt.tracking.state": [
+        "HEADER_TOP", "Record", "STATE_SCHEMA", "STATUSES", "StateError", "TrackerState", "check_step",
+        "clean_metrics",
+    ],
+    "bestckpt.tracking.tracker": ["BestCheckpointTracker", "Record", "STATE_SCHEMA", "StateError"],
+}
+# END GENERATED TABLE
+
+
+def public_modules() -> dict[str, ModuleType]:
+    """Every public module of bestckpt, imported, by dotted name."""
+    names = ["bestckpt"] + [m.name for m in pkgutil.walk_packages(bestckpt.__path__, "bestckpt.")]
+    public = [n for n in names if not any(part.startswith("_") for part in n.split("."))]
+    return {n: importlib.import_module(n) for n in sorted(public)}
+
+
+def current_api() -> dict[str, list[str]]:
+    """Module -> sorted ``__all__`` (modules without ``__all__`` are left out; the test names them)."""
+    return {name: sorted(mod.__all__) for name, mod in public_modules().items() if hasattr(mod, "__all__")}
+
+
+def test_public_api_is_declared_and_pinned() -> None:
+    modules = public_modules()
+    undeclared = sorted(name for name, mod in modules.items() if not hasattr(mod, "__all__"))
+    assert undeclared == [], f"declare __all__ in: {undeclared}"
+    dangling = {name: [n for n in mod.__all__ if not hasattr(mod, n)] for name, mod in modules.items()}
+    assert {k: v for k, v in dangling.items() if v} == {}, "names in __all__ that the module does not define"
+    duplicated = sorted(name for name, mod in modules.items() if len(set(mod.__all__)) != len(mod.__all__))
+    assert duplicated == [], f"__all__ lists a name twice in: {duplicated}"
+    current = current_api()
+    changes = {
+        module: {"added": sorted(set(current.get(module, ())) - set(EXPECTED.get(module, ()))),
+                 "removed": sorted(set(EXPECTED.get(module, ())) - set(current.get(module, ()))),
+                 "module": "new" if module not in EXPECTED else ("gone" if module not in current else "kept")}
+        for module in sorted(current.keys() | EXPECTED.keys()) if current.get(module) != EXPECTED.get(module)
+    }
+    assert changes == {}, (
+        "the public API changed; if on purpose, run `PYTHONPATH=src python scripts/public_api.py --write`"
+    )
+
+
+def test_the_package_exports_the_tracker_api() -> None:
+    assert {"BestCheckpointTracker", "TrackerConfig", "Record", "BestckptError"} <= set(bestckpt.__all__)
+    assert set(bestckpt.__all__) == set(bestckpt._EXPORTS) | {"__version__"}  # each lazy name is resolvable
