@@ -153,7 +153,7 @@ def fit_lpips(trunk, n, seed, log) -> list[torch.Tensor]:
     widths = list(trunk.widths)
     raw = torch.zeros(sum(widths), requires_grad=True)
     opt = torch.optim.Adam([raw], lr=0.05)
-    for step in range(300):
+    for _ in range(300):
         w = F.softplus(raw)
         s0, s1 = d0 @ w, d1 @ w
         # LPIPS-style ranking: judge x0 closer, on a scale-free margin

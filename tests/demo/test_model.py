@@ -110,7 +110,7 @@ def test_loss_decreases_and_ema_follows() -> None:
 
     before = held_out_loss(model)
     g = torch.Generator().manual_seed(0)
-    for step in range(40):
+    for _ in range(40):
         loss = flow_matching_loss(model, x, tokens, torch.rand(16, generator=g) < 0.1, g)
         opt.zero_grad()
         loss.backward()

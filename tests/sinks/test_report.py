@@ -39,8 +39,7 @@ def make_run(root: Path) -> Path:
         Image.fromarray(r.permute(1, 2, 0).numpy()).save(p)
         ref_paths.append(str(p))
     (run / "protocol" / "protocol.json").write_text(
-        '{"prompts": %s, "reference_images": %s}' % (
-            str([c for c, _ in prompts]).replace("'", '"'), str(ref_paths).replace("'", '"')), encoding="utf-8")
+        json.dumps({"prompts": [c for c, _ in prompts], "reference_images": ref_paths}), encoding="utf-8")
     tracker = BestCheckpointTracker(ckpt, save_top_k=2, keep_every_n_steps=40)
     g = torch.Generator().manual_seed(0)
     composite = {10: 0.40, 20: 0.55, 30: 0.52, 40: 0.61, 50: None, 60: 0.58}

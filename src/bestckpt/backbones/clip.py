@@ -60,7 +60,7 @@ class OpenClipBackbone:
                  batch_size: int = 64) -> None:
         import open_clip
 
-        self.model = model.to(device).eval().requires_grad_(False)
+        self.model: Any = model.to(device).eval().requires_grad_(False)  # open_clip model: methods looked up at run time
         size = getattr(model.visual, "image_size", 224)
         size = size[0] if isinstance(size, (tuple, list)) else size
         self.preprocess = open_clip.image_transform(size, is_train=False, mean=open_clip.OPENAI_DATASET_MEAN,
@@ -73,7 +73,7 @@ class OpenClipBackbone:
 
     @classmethod
     def from_openai_file(cls, path: str | Path, name: str, device: Any = "cpu",
-                         spec: WeightSpec | None = None) -> "OpenClipBackbone":
+                         spec: WeightSpec | None = None) -> OpenClipBackbone:
         from open_clip.openai import load_openai_model
 
         if spec is not None:
@@ -130,7 +130,7 @@ class HFClipBackbone:
         self.cache_id = name
 
     @classmethod
-    def from_pretrained(cls, repo_or_dir: str, device: Any = "cpu", name: str | None = None) -> "HFClipBackbone":
+    def from_pretrained(cls, repo_or_dir: str, device: Any = "cpu", name: str | None = None) -> HFClipBackbone:
         from transformers import CLIPModel, CLIPProcessor
 
         try:

@@ -217,7 +217,7 @@ class InceptionBackbone:
 
     @classmethod
     def from_file(cls, path: str | Path, name: str = "inception-2015-12-05", device: Any = "cpu",
-                  spec: WeightSpec | None = None) -> "InceptionBackbone":
+                  spec: WeightSpec | None = None) -> InceptionBackbone:
         """Load from a weight file (verified against ``spec`` when given)."""
         path = Path(path)
         if spec is not None:
@@ -238,9 +238,9 @@ class InceptionBackbone:
             x = images[start:start + self.batch_size].to(self.device, torch.float32)
             x = resize_bilinear_tf1(x, INPUT_SIZE)
             x = (x - 128.0) / 128.0
-            p, l = self.net(x)
-            pools.append(p.float().cpu())
-            logits.append(l.float().cpu())
+            pool, logit = self.net(x)
+            pools.append(pool.float().cpu())
+            logits.append(logit.float().cpu())
         if not pools:
             return {"pool": torch.empty(0, self.feature_dim), "logits": torch.empty(0, self.num_classes)}
         return {"pool": torch.cat(pools), "logits": torch.cat(logits)}

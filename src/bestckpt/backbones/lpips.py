@@ -107,7 +107,7 @@ class LpipsBackbone:
 
     @classmethod
     def from_files(cls, net: str, backbone_path: Path, lin_path: Path, name: str | None = None,
-                   device: Any = "cpu") -> "LpipsBackbone":
+                   device: Any = "cpu") -> LpipsBackbone:
         """Load torchvision backbone weights (``features.*`` keys) and the lpips lin file."""
         feats = build_features(net)
         state = read_state_dict(backbone_path)
@@ -148,7 +148,7 @@ class LpipsBackbone:
         return torch.cat(out) if out else torch.empty(0)
 
 
-def _standard(net: str) -> Callable[[Path | None, torch.device], "LpipsBackbone"]:
+def _standard(net: str) -> Callable[[Path | None, torch.device], LpipsBackbone]:
     def factory(weights_dir: Path | None, device: torch.device) -> LpipsBackbone:
         backbone = resolve_weights(LPIPS_NETS[net][0], weights_dir)
         return LpipsBackbone.from_files(net, backbone, find_lin_weights(net, weights_dir), f"lpips-{net}", device)

@@ -154,9 +154,10 @@ class DiTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         inner = int(hidden * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(hidden, inner), nn.GELU(approximate="tanh"), nn.Linear(inner, hidden))
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 7 * hidden))
-        nn.init.zeros_(self.ada[1].weight)
-        nn.init.zeros_(self.ada[1].bias)
+        ada_linear = nn.Linear(hidden, 7 * hidden)
+        nn.init.zeros_(ada_linear.weight)  # adaLN-Zero: every block starts as the identity
+        nn.init.zeros_(ada_linear.bias)
+        self.ada = nn.Sequential(nn.SiLU(), ada_linear)
 
     def _heads(self, x: Tensor) -> Tensor:  # [N, T, D] -> [N, H, T, D/H]
         n, t, d = x.shape
@@ -195,9 +196,10 @@ class TinyDiT(nn.Module):
         self.null_pooled = nn.Parameter(torch.zeros(1, cfg.text_hidden))
         self.blocks = nn.ModuleList(DiTBlock(d, cfg.heads, cfg.mlp_ratio, cfg.text_hidden) for _ in range(cfg.depth))
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
-        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
+        final_ada_linear = nn.Linear(d, 2 * d)
+        self.final_ada = nn.Sequential(nn.SiLU(), final_ada_linear)
         self.final = nn.Linear(d, p * p * cfg.in_channels)
-        for m in (self.final_ada[1], self.final):  # zero-init output: the model starts predicting 0
+        for m in (final_ada_linear, self.final):  # zero-init output: the model starts predicting 0
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 

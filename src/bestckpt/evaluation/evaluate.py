@@ -262,7 +262,7 @@ def _sample_batch(run: _Run, sampler: Sampler, scorer: Any, idx: range) -> None:
         raise RuntimeError(f"sampler failed on checkpoint {str(run.path)!r}: {_describe(exc)}") from exc
     batch = validate_sample_batch(raw, expected_n=len(idx), image_size=run.size)
     run.weights_seen.add(batch.weights)
-    refs = paired_references(run.protocol, idx, (run.size, run.size)) if "lpips" in run.protocol.metrics else None
+    refs = paired_references(run.protocol, idx, (run.size, run.size)) if "lpips" in (run.protocol.metrics or ()) else None
     with torch.no_grad():
         feats = scorer.features(batch.images, prompts, refs)
     for key, value in feats.items():
@@ -355,9 +355,8 @@ def _write_samples(run: _Run, samples_dir: str | Path, preview: torch.Tensor) ->
     try:
         refs = None
         if protocol.reference_images is not None:
-            refs = [
-                None if protocol.sample_reference(i) is None else load_image_uint8(protocol.sample_reference(i))
-                for i in range(preview.shape[0])
+            paths = [protocol.sample_reference(i) for i in range(preview.shape[0])]
+            refs = [None if p is None else load_image_uint8(p) for p in paths
             ]
         return write_evaluation_samples(samples_dir, run.step, preview, list(run.prompts[: preview.shape[0]]), refs)
     except Exception:  # sample files are for people; never lose a score over them

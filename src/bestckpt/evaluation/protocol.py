@@ -107,7 +107,8 @@ class Protocol:
             set_("reference_images", _checked_reference_images(self.reference_images, len(self.prompts)))
         if self.reference_dir is not None:
             set_("reference_dir", _checked_reference_dir(self.reference_dir))
-        set_("metrics", _checked_metrics(self.metrics, self.reference_images, self.reference_dir))
+        metrics = _checked_metrics(self.metrics, self.reference_images, self.reference_dir)
+        set_("metrics", metrics)
         if not isinstance(self.backbones, Mapping):
             raise ProtocolError(f"backbones must map kind -> name, got {type(self.backbones).__name__}")
         set_("backbones", types.MappingProxyType(dict(sorted(self.backbones.items()))))
@@ -115,8 +116,8 @@ class Protocol:
             set_("composite_weights", _checked_composite_weights(self.composite_weights))
         if self.metric_options is not None:
             set_("metric_options", _checked_metric_options(self.metric_options))
-        _check_metric_data(self.metrics, self.reference_images, self.reference_dir, len(self.prompts))
-        _warn_small_samples(self.metrics, self.num_samples)
+        _check_metric_data(metrics, self.reference_images, self.reference_dir, len(self.prompts))
+        _warn_small_samples(metrics, self.num_samples)
 
     # ----------------------------------------------------------------- sample layout
     @property
@@ -155,7 +156,7 @@ class Protocol:
             "seed": self.seed,
             "sampler": self.sampler.to_dict(),
             "backbones": dict(self.backbones),
-            "metrics": list(self.metrics),
+            "metrics": list(self.metrics or ()),  # always set after __post_init__
             "composite_weights": None if self.composite_weights is None else dict(self.composite_weights),
             "metric_options": None if self.metric_options is None else {k: dict(v) for k, v in self.metric_options.items()},
         }

@@ -278,8 +278,9 @@ class Scorer:
     def _save_cached(path: Path, ref: ReferenceSet) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
-        np.savez(buf, features=ref.features.numpy(), content_hash=np.asarray(ref.content_hash),
-                 backbone=np.asarray(ref.backbone), **ref.statistics.to_arrays())
+        arrays = {"features": ref.features.numpy(), "content_hash": np.asarray(ref.content_hash),
+                  "backbone": np.asarray(ref.backbone), **ref.statistics.to_arrays()}
+        np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds like its allow_pickle flag
         atomic_write_bytes(path, buf.getbuffer())  # type: ignore[arg-type]  # a buffer: no copy of the features
         logger.info("cached reference statistics at %s", path)
 

@@ -100,7 +100,7 @@ class ReferenceStatistics:
         self._factor = None if factor is None else as_float64(factor, "factor")
 
     @classmethod
-    def from_features(cls, features: Any) -> "ReferenceStatistics":
+    def from_features(cls, features: Any) -> ReferenceStatistics:
         """Statistics of features [N, D] (torch or numpy), with N >= 2."""
         x = as_float64_2d(features, "reference features")
         if x.shape[0] < 2:
@@ -126,7 +126,7 @@ class ReferenceStatistics:
                 "num_samples": np.asarray(self.num_samples)}
 
     @classmethod
-    def from_arrays(cls, arrays: Any) -> "ReferenceStatistics":
+    def from_arrays(cls, arrays: Any) -> ReferenceStatistics:
         factor = arrays["factor"] if "factor" in arrays else None
         return cls(arrays["mu"], arrays["sigma"], int(arrays["num_samples"]), factor)
 

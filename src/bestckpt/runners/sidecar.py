@@ -107,8 +107,8 @@ class SidecarWatcher:
                     break
                 self._stop.wait(self.poll_interval)
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             self.evaluator.close()
         return total
 

@@ -16,12 +16,16 @@ import gzip
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from bestckpt.backbones.weights import INCEPTION_FID, WeightSpec
 from bestckpt.fsio import sha256_file
+
+if TYPE_CHECKING:
+    from bestckpt.backbones.inception import FIDInceptionV3
 
 __all__ = [
     "init_random_", "random_fid_inception", "random_lpips_parts", "random_open_clip",
@@ -45,23 +49,28 @@ def init_random_(module: nn.Module, seed: int) -> nn.Module:
             elif isinstance(m, nn.BatchNorm2d):
                 m.weight.fill_(1.0)
                 m.bias.normal_(0.0, 0.1, generator=gen)
+                assert m.running_mean is not None and m.running_var is not None  # track_running_stats=True
                 m.running_mean.zero_()
                 m.running_var.fill_(1.0)
     return module
 
 
-def random_fid_inception(seed: int = 0) -> nn.Module:
+def random_fid_inception(seed: int = 0) -> FIDInceptionV3:
     """FIDInceptionV3 with seeded random weights (meaningless; tests only)."""
     from bestckpt.backbones.inception import FIDInceptionV3
 
-    return init_random_(FIDInceptionV3(), seed).eval()
+    net = FIDInceptionV3()
+    init_random_(net, seed)
+    return net.eval()
 
 
 def random_lpips_parts(net: str = "alex", seed: int = 0) -> tuple[nn.Sequential, list[torch.Tensor]]:
     """(torchvision ``.features`` with random weights, random non-negative lin weights) for LPIPS ``net``."""
     from bestckpt.backbones.lpips import LPIPS_NETS, build_features
 
-    feats = init_random_(build_features(net), seed).eval()
+    feats = build_features(net)
+    init_random_(feats, seed)
+    feats.eval()
     gen = torch.Generator().manual_seed(seed + 1)
     lins = [torch.rand(c, generator=gen) * 0.2 for c in LPIPS_NETS[net][2]]
     return feats, lins
@@ -188,7 +197,7 @@ class TensorFeatureCLIP(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model  # a Hugging Face CLIP model: methods looked up at run time
         self.config = model.config
 
     def get_image_features(self, *args: object, **kwargs: object) -> torch.Tensor:

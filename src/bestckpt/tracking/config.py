@@ -11,9 +11,10 @@ import dataclasses
 import math
 import re
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["TrackerConfig", "DEFAULT_FILENAME_TEMPLATE", "default_of"]
 
@@ -132,7 +133,7 @@ class TrackerConfig:
         return out
 
     @classmethod
-    def from_dict(cls, checkpoint_dir: str | Path, data: Mapping[str, Any], **overrides: Any) -> "TrackerConfig":
+    def from_dict(cls, checkpoint_dir: str | Path, data: Mapping[str, Any], **overrides: Any) -> TrackerConfig:
         """Config from a stored ``tracker_config`` mapping; unknown keys are ignored, ``overrides`` win."""
         names = {f.name for f in dataclasses.fields(cls)} - {"checkpoint_dir"}
         kwargs = {k: v for k, v in data.items() if k in names}
@@ -141,7 +142,7 @@ class TrackerConfig:
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         return cls(checkpoint_dir=checkpoint_dir, **kwargs)
 
-    def replace(self, **changes: Any) -> "TrackerConfig":
+    def replace(self, **changes: Any) -> TrackerConfig:
         """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
 

@@ -6,7 +6,8 @@ prints (the tracker logs the block, the CLI prints its own table).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = ["format_score", "format_metrics", "format_summary", "SUMMARY_TITLE", "SUMMARY_RULE"]
 

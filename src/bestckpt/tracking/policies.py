@@ -16,8 +16,9 @@ Conventions (documented for users, pinned by tests):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Protocol, Sequence
+from typing import Protocol
 
 __all__ = [
     "Candidate",

@@ -18,8 +18,9 @@ this file at its first commit.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from bestckpt import fsio
 from bestckpt.tracking.layout import RESULTS_FILE

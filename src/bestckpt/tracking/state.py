@@ -15,9 +15,10 @@ import json
 import logging
 import math
 import operator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from bestckpt import errors, fsio
 from bestckpt.errors import StateError
@@ -78,7 +79,7 @@ class Record:
         return out
 
     @classmethod
-    def from_json(cls, data: Any) -> "Record":
+    def from_json(cls, data: Any) -> Record:
         """Parse one stored record; ``ValueError`` says what is wrong with it."""
         if not isinstance(data, dict):
             raise ValueError(f"record must be an object, got {type(data).__name__}")

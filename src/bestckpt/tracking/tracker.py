@@ -42,8 +42,9 @@ import errno
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import filelock
 
@@ -135,7 +136,7 @@ class BestCheckpointTracker:
             reconcile.check_metric_change(self._st, self.config)
 
     @classmethod
-    def open(cls, checkpoint_dir: str | Path, *, is_writer: bool = False, **overrides: Any) -> "BestCheckpointTracker":
+    def open(cls, checkpoint_dir: str | Path, *, is_writer: bool = False, **overrides: Any) -> BestCheckpointTracker:
         """A tracker configured as the directory's state says (``overrides`` win; defaults where the
         state is missing or unreadable). Read-only unless ``is_writer``: what ``bestckpt status`` uses."""
         stored: dict[str, Any] = {}

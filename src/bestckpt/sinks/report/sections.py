@@ -70,7 +70,7 @@ def header(data: RunData) -> str:
                f"Written {e(time.strftime('%Y-%m-%d %H:%M:%S'))}.</p>")
     if data.protocol is not None:
         out.append(f"<p class='note'>{e(_protocol_line(data))}</p>")
-    hashes = sorted({r.get("protocol_hash") for r in data.records if r.get("protocol_hash")} - {None})
+    hashes = sorted({str(r["protocol_hash"]) for r in data.records if r.get("protocol_hash")})
     if len(hashes) > 1:
         out.append(f"<p class='note'>Warning: scores come from {len(hashes)} different evaluation protocols and "
                    "are not comparable across them.</p>")
