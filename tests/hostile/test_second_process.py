@@ -48,6 +48,8 @@ def outside(tmp_path: Path, directory: Path) -> dict[str, tuple[int, int]]:
         if Path(root) == directory or directory in Path(root).parents:
             continue
         for name in files + dirs:
+            if Path(root) / name == directory:
+                continue
             st = os.lstat(Path(root) / name)
             out[str(Path(root) / name)] = (st.st_size, st.st_mtime_ns)
     return out
