@@ -106,7 +106,7 @@ class BestCheckpointTracker:
         pinned_steps: tuple[int, ...] | list[int] = NOT_PASSED,
         min_improvement: float = NOT_PASSED,
         filename_template: str = NOT_PASSED,
-        dry_run: bool = NOT_PASSED,
+        dry_run: bool = False,
         reconfigure: bool = False,
         is_writer: bool | None = None,
         config: TrackerConfig | None = None,
