@@ -90,11 +90,11 @@ def prepare(args: argparse.Namespace) -> tuple[Any, Any, Any] | None:
     if not args.checkpoint_dir.is_dir():
         fail(f"{args.checkpoint_dir} is not a directory; pass the checkpoint directory of a run")
         return None
+    check_settings(args)
     missing = missing_metrics_extra()
     if missing is not None:
         fail(f"bestckpt {args.command} needs the metrics extra: {missing}; install it with {_EXTRA_HINT}")
         return None
-    check_settings(args)
     try:
         protocol, evaluator = build_evaluator(args)
         tracker = open_tracker(args)
