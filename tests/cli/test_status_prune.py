@@ -72,7 +72,10 @@ def test_prune_dry_run_then_apply(run_dir: Path):
     assert "would delete" in dry.stdout
     assert (run_dir / "0000500.pt").exists()  # dry run deleted nothing
 
-    applied = cli("prune", str(run_dir), "--save-top-k", "1")
+    refused = cli("prune", str(run_dir), "--save-top-k", "1")  # changes the run's stored top-3: on purpose only
+    assert refused.returncode == 2 and "--reconfigure" in refused.stderr
+    assert (run_dir / "0000500.pt").exists()
+    applied = cli("prune", str(run_dir), "--save-top-k", "1", "--reconfigure", "--yes")
     assert applied.returncode == 0, applied.stderr
     assert sorted(n for n in os.listdir(run_dir) if n[:7].isdigit()) == ["0000200.pt", "0000600.pt"]
     assert os.readlink(run_dir / "best.pt") == "0000200.pt"

@@ -220,11 +220,11 @@ def test_rescore_replaces_and_metric_change_reranks(tmp_path: Path, caplog):
     assert tracker.update_checkpoint(2, 0, None, {"composite_score": 0.1, "fid": 30.0}) is False
     assert any("step 2 re-scored" in m for m in caplog.messages)
     assert tracker.best.step == 3
-    by_fid = BestCheckpointTracker(tmp_path, metric_name="fid", higher_is_better=False, save_top_k=5)
+    by_fid = BestCheckpointTracker(tmp_path, metric_name="fid", higher_is_better=False, save_top_k=5, reconfigure=True)
     assert by_fid.best.step == 1 and os.readlink(tmp_path / "best.pt") == "0000001.pt"
     assert strict_json(tmp_path / "best_checkpoints.json")["metric_name"] == "fid"
     with pytest.raises(StateError, match="clip_score"):
-        BestCheckpointTracker(tmp_path, metric_name="clip_score", save_top_k=5)
+        BestCheckpointTracker(tmp_path, metric_name="clip_score", save_top_k=5, reconfigure=True)
     assert os.readlink(tmp_path / "best.pt") == "0000001.pt"  # the refused change touched nothing
 
 

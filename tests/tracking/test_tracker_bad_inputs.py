@@ -201,7 +201,7 @@ def test_state_entries_pointing_outside_are_refused(tmp_path: Path, caplog):
     ]
     state.write_text(json.dumps(data))
     caplog.set_level(logging.ERROR, logger="bestckpt")
-    tracker = BestCheckpointTracker(ckdir, save_top_k=1, keep_every_n_steps=None)
+    tracker = BestCheckpointTracker(ckdir, save_top_k=1, keep_every_n_steps=None, reconfigure=True)
     refused = [m for m in caplog.messages if "refused" in m]
     assert any("step 50" in m and "../outside/victim.pt" in m for m in refused)
     assert any("step 60" in m and "absolute" in m for m in refused)
@@ -236,7 +236,7 @@ def test_unknown_entries_are_reported_not_deleted(tmp_path: Path, caplog):
     (tmp_path / "latest.pt").mkdir()
     (tmp_path / "e0001.pt").mkdir()
     caplog.set_level(logging.WARNING, logger="bestckpt")
-    tracker = BestCheckpointTracker(tmp_path, save_top_k=1, keep_every_n_steps=None)
+    tracker = BestCheckpointTracker(tmp_path, save_top_k=1, keep_every_n_steps=None, reconfigure=True)
     assert any("not in the state and will not be touched: 0000009.pt" in m for m in caplog.messages)
     save(tmp_path, 10)
     tracker.update_checkpoint(10, 0, None, {"composite_score": 0.0})
@@ -296,8 +296,8 @@ def test_read_only_directory(tmp_path: Path):
         pytest.skip("running as root without chattr/CAP_LINUX_IMMUTABLE: cannot make a directory unwritable")
     try:
         with pytest.raises(PermissionError, match="not usable for writing.*is_writer=False"):
-            BestCheckpointTracker(ckdir, save_top_k=1)
-        reader = BestCheckpointTracker(ckdir, save_top_k=1, is_writer=False)
+            BestCheckpointTracker(ckdir, save_top_k=1, reconfigure=True)
+        reader = BestCheckpointTracker(ckdir, save_top_k=1, is_writer=False, reconfigure=True)
         assert reader.best.step == 2 and [r.step for r in reader.records] == [1, 2, 3, 4]
     finally:
         _make_writable(ckdir)

@@ -6,13 +6,40 @@ the subcommand and sets `func`) so that commands stay small and independent.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
 
-__all__ = ["COMMANDS", "build_parser", "main", "setup_logging"]
+from bestckpt.errors import BestckptError
+
+__all__ = ["COMMANDS", "build_parser", "fail", "main", "setup_logging"]
 
 COMMANDS = ("status", "prune", "evaluate", "watch", "demo", "report")
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def fail(message: str) -> int:
+    """Print ``bestckpt: error: <message>`` as one line on stderr and return the exit code 2."""
+    print("bestckpt: error: " + " ".join(str(message).splitlines()), file=sys.stderr)
+    return 2
+
+
+def _describe_os_error(exc: OSError) -> str:
+    """An OSError as a message with the fix (the bare OS text names neither)."""
+    if exc.errno == errno.ELOOP and exc.filename:
+        return (f"{exc.filename} is a symlink where bestckpt keeps its own file, and bestckpt does not follow it; "
+                "remove it (bestckpt creates it again)")
+    if exc.filename and str(exc).startswith("[Errno"):
+        where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else str(exc.filename)
+        return f"{exc.strerror}: {where}; check the path, its permissions and the free space"
+    return str(exc)
+
+
+def _log_level(value: str) -> str:
+    if value.upper() not in _LEVELS:
+        raise argparse.ArgumentTypeError(f"unknown level {value!r}; use one of {', '.join(_LEVELS)}")
+    return value.upper()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bestckpt",
         description="Keep the best checkpoints of a text-to-image training run while it trains.",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    parser.add_argument("--log-level", default="INFO", type=_log_level,
+                        help=f"logging level: {', '.join(_LEVELS)} (default: INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
@@ -48,15 +76,20 @@ def setup_logging(level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    """Run one command. Ordinary failures (bestckpt's own errors, OSError) are one line on stderr with
+    exit code 2, never a traceback; Ctrl-C is exit code 130."""
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        setup_logging(args.log_level)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("bestckpt: interrupted", file=sys.stderr)
         return 130
+    except BestckptError as exc:
+        return fail(str(exc))
+    except OSError as exc:
+        return fail(_describe_os_error(exc))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ scored under another protocol are re-scored, so the ranking only ever compares l
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +19,8 @@ if TYPE_CHECKING:
     from bestckpt.runners import Evaluator
     from bestckpt.tracking.tracker import BestCheckpointTracker
 
-__all__ = ["add_evaluation_options", "add_parser", "build_evaluator", "open_tracker", "prepare", "run"]
+__all__ = ["add_evaluation_options", "add_parser", "build_evaluator", "check_settings", "missing_metrics_extra",
+           "open_tracker", "prepare", "run"]
 
 
 def add_evaluation_options(p: argparse.ArgumentParser) -> None:
@@ -62,17 +64,52 @@ def build_evaluator(args: argparse.Namespace) -> tuple[Protocol, Evaluator]:
     return protocol, evaluator
 
 
+#: what evaluating needs from the ``metrics`` extra before anything else is loaded
+_EXTRA_MODULES = ("numpy", "torch", "PIL")
+_EXTRA_HINT = "pip install 'bestckpt[metrics]'"
+
+
+def missing_metrics_extra() -> str | None:
+    """Why the metrics extra is unusable (a module fails to import), or ``None`` if it is installed."""
+    for name in _EXTRA_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            return f"{name} cannot be imported ({exc})"
+    return None
+
+
+def check_settings(args: argparse.Namespace) -> None:
+    """Refuse, before loading anything heavy, options that contradict the run's stored settings
+    (:class:`~bestckpt.errors.ConfigError`; the run is changed on purpose with ``bestckpt prune --reconfigure``)."""
+    overrides = config_overrides(args)
+    if overrides:
+        from bestckpt.tracking.tracker import BestCheckpointTracker
+
+        BestCheckpointTracker.open(args.checkpoint_dir, is_writer=False, **overrides)
+
+
 def prepare(args: argparse.Namespace) -> tuple[Protocol, Evaluator, BestCheckpointTracker] | None:
     """(protocol, evaluator, tracker) for `evaluate` and `watch`; None after printing why not."""
+    from bestckpt.cli import fail
+
     if not args.checkpoint_dir.is_dir():
-        print(f"error: {args.checkpoint_dir} is not a directory; pass the checkpoint directory of a run",
-              file=sys.stderr)
+        fail(f"{args.checkpoint_dir} is not a directory; pass the checkpoint directory of a run")
+        return None
+    check_settings(args)
+    missing = missing_metrics_extra()
+    if missing is not None:
+        fail(f"bestckpt {args.command} needs the metrics extra: {missing}; install it with {_EXTRA_HINT}")
         return None
     try:
         protocol, evaluator = build_evaluator(args)
         tracker = open_tracker(args)
+    except ImportError as exc:
+        fail(f"bestckpt {args.command} could not import what it needs ({exc}); install the metrics extra "
+             f"with {_EXTRA_HINT}")
+        return None
     except (ValueError, TypeError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        fail(str(exc))
         return None
     return protocol, evaluator, tracker
 
@@ -120,8 +157,10 @@ def run(args: argparse.Namespace) -> int:
     if wanted is not None:
         missing = sorted(wanted - {s for s, _, _ in found})
         if missing:
-            print(f"error: no checkpoint for step(s) {missing} in {args.checkpoint_dir}", file=sys.stderr)
-            return 2
+            from bestckpt.cli import fail
+
+            return fail(f"no checkpoint for step(s) {missing} in {args.checkpoint_dir}; pick steps from "
+                        f"bestckpt status {args.checkpoint_dir}")
     failed = 0
     with Progress(TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.description}")) as progress:

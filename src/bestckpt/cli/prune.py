@@ -1,11 +1,14 @@
 """`bestckpt prune DIR [--dry-run]`: apply retention now, printing every checkpoint with keep/delete
 and the reason. Settings default to the ones stored in the directory's state, then to
 :class:`bestckpt.tracking.config.TrackerConfig`'s defaults (one source of defaults for API and CLI).
+
+Options that differ from the run's stored settings (direction, metric, top-k, pins...) change what
+every process sharing the directory keeps: they need --reconfigure, print the plan, and delete only
+with --yes (without it: exit code 2, nothing deleted). With --dry-run they are a read-only preview.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,30 +50,56 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("checkpoint_dir", type=Path, help="the checkpoint directory (holds best_checkpoints.json)")
     p.add_argument("--dry-run", action="store_true", help="only print what would be kept and deleted, and why")
     add_config_options(p)
+    p.add_argument("--reconfigure", action="store_true",
+                   help="change the run's stored settings to the options given (every process sharing the "
+                        "directory then uses them); prints the plan, deletes only with --yes")
+    p.add_argument("--yes", action="store_true", help="with --reconfigure: store the new settings and delete")
     p.set_defaults(func=run)
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    from bestckpt.tracking.tracker import BestCheckpointTracker, StateError
-
-    directory: Path = args.checkpoint_dir
-    if not directory.is_dir():
-        print(f"error: {directory} is not a directory; pass the checkpoint directory of a run", file=sys.stderr)
-        return 2
-    try:
-        overrides = config_overrides(args)
-        # A dry run opens read-only: it writes nothing at all (not even the state).
-        tracker = BestCheckpointTracker.open(directory, is_writer=not args.dry_run, dry_run=False, **overrides)
-        decisions = tracker.plan() if args.dry_run else tracker.prune(dry_run=False)
-    except (ValueError, TypeError, StateError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    verb_keep, verb_delete = ("KEEP", "DELETE") if args.dry_run else ("kept", "deleted")
+def _print_plan(decisions: list[Any], *, applied: bool) -> int:
+    """Print every decision; returns how many checkpoints are (or would be) deleted."""
+    verb_keep, verb_delete = ("kept", "deleted") if applied else ("KEEP", "DELETE")
     width = max((len(d.path) for d in decisions), default=0)
     for d in decisions:
         print(f"{(verb_keep if d.keep else verb_delete):<7} {d.path:<{width}}  step {d.step:>9}  {'; '.join(d.reasons)}")
     n_del = sum(1 for d in decisions if not d.keep)
-    what = "would delete" if args.dry_run else "deleted"
-    print(f"{len(decisions)} checkpoints: {len(decisions) - n_del} kept, {n_del} {what}")
+    print(f"{len(decisions)} checkpoints: {len(decisions) - n_del} kept, {n_del} {'deleted' if applied else 'would delete'}")
+    return n_del
+
+
+def run(args: argparse.Namespace) -> int:
+    from bestckpt.cli import fail
+    from bestckpt.errors import BestckptError
+    from bestckpt.tracking import settings
+    from bestckpt.tracking.tracker import BestCheckpointTracker
+
+    directory: Path = args.checkpoint_dir
+    if not directory.is_dir():
+        return fail(f"{directory} is not a directory; pass the checkpoint directory of a run")
+    try:
+        overrides = config_overrides(args)
+        # A read-only preview under the options given: it writes nothing at all (not even the state).
+        preview = BestCheckpointTracker.open(directory, is_writer=False, reconfigure=True, **overrides)
+        changes = settings.differences(preview.stored_config, {n: getattr(preview.config, n) for n in overrides})
+        listed = "; ".join(str(c) for c in changes)
+        if args.dry_run or (changes and not (args.reconfigure and args.yes)):
+            n_del = _print_plan(preview.plan(), applied=False)
+            if args.dry_run:
+                if changes:
+                    print(f"preview with {listed}; to apply: the same options with --reconfigure --yes")
+                return 0
+            if not args.reconfigure:
+                return fail(f"{directory} is tracked with other settings ({listed}); every process sharing the "
+                            "directory uses them and the plan above shows what changing them would delete. Pass "
+                            "--reconfigure to change them (with --yes to delete), or omit these options")
+            return fail(f"nothing deleted: --reconfigure changes {listed} and would delete {n_del} checkpoint(s) "
+                        "(the plan above); rerun with --yes to store the new settings and delete them")
+        tracker = BestCheckpointTracker.open(directory, is_writer=True, dry_run=False, reconfigure=bool(changes),
+                                             **overrides)
+        decisions = tracker.prune(dry_run=False)
+    except (BestckptError, ValueError, TypeError) as exc:
+        return fail(str(exc))
+    _print_plan(decisions, applied=True)
     return 0

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 __all__ = ["add_parser", "run"]
@@ -34,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
         path = write_report(args.run_dir, args.output, checkpoint_dir=args.checkpoint_dir,
                             samples_dir=args.samples_dir, protocol_file=args.protocol)
     except ReportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        from bestckpt.cli import fail
+
+        return fail(str(exc))
     print(path)
     return 0

@@ -7,7 +7,6 @@ Columns: step, epoch, status, the tracked score, the other metrics, ``★`` on t
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +59,9 @@ def collect(checkpoint_dir: Path) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     directory: Path = args.checkpoint_dir
     if not directory.is_dir():
-        print(f"error: {directory} is not a directory; pass the checkpoint directory of a run", file=sys.stderr)
-        return 2
+        from bestckpt.cli import fail
+
+        return fail(f"{directory} is not a directory; pass the checkpoint directory of a run")
     data = collect(directory)
     if args.json:
         print(fsio.to_strict_json(data, indent=2))

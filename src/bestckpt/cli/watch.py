@@ -46,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
         watcher = SidecarWatcher(tracker, evaluator, poll_interval=args.poll, adopt_after=adopt,
                                  on_protocol_change=args.on_protocol_change)
     except ProtocolChangedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        from bestckpt.cli import fail
+
+        return fail(str(exc))
     print(f"watching {args.checkpoint_dir} (protocol {protocol.short_hash}); Ctrl-C to stop", file=sys.stderr)
     n = watcher.run(once=args.once, idle_timeout=args.idle_timeout)
     tracker.export_results()

@@ -29,9 +29,12 @@ logger = logging.getLogger(__name__)
 
 
 def _tracker_from_config(config: TrackerConfig) -> BestCheckpointTracker:
+    """The worker's tracker: the directory's stored settings win (another process may have reconfigured
+    it since the trainer pickled ``config``); the trainer's fill in what the directory does not store."""
+    from bestckpt.tracking.settings import not_stored
     from bestckpt.tracking.tracker import BestCheckpointTracker
 
-    return BestCheckpointTracker(config.checkpoint_dir, config=config)
+    return BestCheckpointTracker(config.checkpoint_dir, dry_run=config.dry_run, **not_stored(config))
 
 
 def _configure_worker_logging(log_file: str | None, level: int, *, only_if_unconfigured: bool) -> None:

@@ -1,9 +1,10 @@
 """`TrackerConfig`: the one source of defaults for the tracker, its Python API and its CLI.
 
 A frozen, validated dataclass (in the spirit of nanoGPT's ``GPTConfig`` and Orbax's options):
-every value is checked in ``__post_init__`` and a bad value raises ``ValueError``/``TypeError``
-whose message names the value received and how to fix it. The CLI reads its defaults from
-:func:`default_of` so the two can never drift apart.
+every value is checked in ``__post_init__`` and a bad value raises :class:`~bestckpt.errors.ConfigError`
+(a ``ValueError``) or ``TypeError`` whose message names the value received and how to fix it. The CLI
+reads its defaults from :func:`default_of` so the two can never drift apart. Which values a tracker
+uses on a directory that already stores a config is :mod:`bestckpt.tracking.settings`'s job.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bestckpt.errors import ConfigError
 
 __all__ = ["TrackerConfig", "DEFAULT_FILENAME_TEMPLATE", "default_of"]
 
@@ -67,7 +70,7 @@ class TrackerConfig:
             )
         set_("checkpoint_dir", Path(self.checkpoint_dir).expanduser())
         if not isinstance(self.metric_name, str) or not self.metric_name.strip():
-            raise ValueError(
+            raise ConfigError(
                 f"metric_name must be a non-empty string, got {self.metric_name!r}; "
                 "use e.g. 'composite_score', 'clip_score', 'fid'"
             )
@@ -77,18 +80,18 @@ class TrackerConfig:
                 "use False for lpips/fid/kid"
             )
         if not _is_int(self.save_top_k) or (self.save_top_k < 1 and self.save_top_k != -1):
-            raise ValueError(
+            raise ConfigError(
                 f"save_top_k must be an int >= 1, or -1 to keep every evaluated checkpoint; "
                 f"got {self.save_top_k!r}"
             )
         if not _is_int(self.keep_latest) or self.keep_latest < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"keep_latest must be an int >= 1 (the newest checkpoint is the resume point and is never "
                 f"deleted), got {self.keep_latest!r}"
             )
         every = self.keep_every_n_steps
         if every is not None and (not _is_int(every) or every < 0):
-            raise ValueError(
+            raise ConfigError(
                 f"keep_every_n_steps must be an int >= 1, or 0/None to disable it; got {every!r}"
             )
         set_("keep_every_n_steps", every or None)
@@ -100,11 +103,11 @@ class TrackerConfig:
             ) from None
         for step in pinned:
             if not _is_int(step) or step < 0:
-                raise ValueError(f"pinned_steps must hold non-negative int steps, got {step!r} in {self.pinned_steps!r}")
+                raise ConfigError(f"pinned_steps must hold non-negative int steps, got {step!r} in {self.pinned_steps!r}")
         set_("pinned_steps", pinned)
         imp = self.min_improvement
         if isinstance(imp, bool) or not isinstance(imp, (int, float)) or not math.isfinite(imp) or imp < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"min_improvement must be a finite number >= 0 (in the metric's units), got {imp!r}"
             )
         set_("min_improvement", float(imp))
@@ -170,17 +173,17 @@ def _compile_template(template: str) -> re.Pattern[str]:
     try:
         parts = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise ValueError(f"filename_template {template!r} is not a valid format string ({exc}); "
+        raise ConfigError(f"filename_template {template!r} is not a valid format string ({exc}); "
                          f"use e.g. '{DEFAULT_FILENAME_TEMPLATE}'") from None
     fields = [p[1] for p in parts if p[1] is not None]
     if fields != ["step"]:
-        raise ValueError(
+        raise ConfigError(
             f"filename_template must contain exactly one '{{step}}' field (e.g. '{DEFAULT_FILENAME_TEMPLATE}'), "
             f"got {template!r}"
         )
     sample = template.format(step=1234)
     if "/" in sample or "\\" in sample or sample in (".", "..") or sample.startswith("."):
-        raise ValueError(
+        raise ConfigError(
             f"filename_template {template!r} must name a plain entry inside checkpoint_dir "
             "(no path separators, not hidden)"
         )

@@ -49,13 +49,22 @@ from typing import Any, TypeVar
 import filelock
 
 from bestckpt import errors
-from bestckpt.tracking import commit, journal, layout, locking, reconcile, startup
+from bestckpt.tracking import (
+    commit,
+    journal,
+    layout,
+    locking,
+    reconcile,
+    settings,
+    startup,
+)
 from bestckpt.tracking.config import TrackerConfig
 from bestckpt.tracking.console import format_score, format_summary
 from bestckpt.tracking.policies import Decision
 from bestckpt.tracking.ranking import Ranking
 from bestckpt.tracking.results import ResultsFile
 from bestckpt.tracking.roles import default_is_writer
+from bestckpt.tracking.settings import NOT_PASSED
 from bestckpt.tracking.state import (
     HEADER_TOP,
     STATE_SCHEMA,
@@ -79,24 +88,27 @@ _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUO
 class BestCheckpointTracker:
     """Rank evaluated checkpoints, keep the right ones, point ``best.pt`` at the best.
 
-    ``BestCheckpointTracker(checkpoint_dir, metric_name="composite_score", higher_is_better=True,
-    save_top_k=3, *, keep_latest=1, keep_every_n_steps=10_000, pinned_steps=(), min_improvement=0.0,
-    dry_run=False, is_writer=None, config=None)``; see :class:`~bestckpt.tracking.config.TrackerConfig`.
-    Pass ``config`` instead of the keyword settings to share one config object.
+    ``BestCheckpointTracker(checkpoint_dir, metric_name, higher_is_better, save_top_k, *, keep_latest,
+    keep_every_n_steps, pinned_steps, min_improvement, filename_template, dry_run, reconfigure=False,
+    is_writer=None, config=None)``: settings as in :class:`~bestckpt.tracking.config.TrackerConfig`;
+    one configuration per directory (:mod:`~bestckpt.tracking.settings`: a setting not passed comes
+    from the stored config). ``config`` shares one config object (all its settings count as passed).
     """
 
     def __init__(
         self,
         checkpoint_dir: str | Path | None = None,
-        metric_name: str = "composite_score",
-        higher_is_better: bool = True,
-        save_top_k: int = 3,
+        metric_name: str = NOT_PASSED,
+        higher_is_better: bool = NOT_PASSED,
+        save_top_k: int = NOT_PASSED,
         *,
-        keep_latest: int = 1,
-        keep_every_n_steps: int | None = 10_000,
-        pinned_steps: tuple[int, ...] | list[int] = (),
-        min_improvement: float = 0.0,
+        keep_latest: int = NOT_PASSED,
+        keep_every_n_steps: int | None = NOT_PASSED,
+        pinned_steps: tuple[int, ...] | list[int] = NOT_PASSED,
+        min_improvement: float = NOT_PASSED,
+        filename_template: str = NOT_PASSED,
         dry_run: bool = False,
+        reconfigure: bool = False,
         is_writer: bool | None = None,
         config: TrackerConfig | None = None,
         lock_timeout: float = 600.0,
@@ -105,18 +117,21 @@ class BestCheckpointTracker:
         if config is None:
             if checkpoint_dir is None:
                 raise TypeError("BestCheckpointTracker needs checkpoint_dir (or config=TrackerConfig(...))")
-            config = TrackerConfig(
-                checkpoint_dir=checkpoint_dir, metric_name=metric_name, higher_is_better=higher_is_better,
-                save_top_k=save_top_k, keep_latest=keep_latest, keep_every_n_steps=keep_every_n_steps,
-                pinned_steps=tuple(pinned_steps), min_improvement=min_improvement, dry_run=dry_run,
-            )
+            passed = dict(metric_name=metric_name, higher_is_better=higher_is_better, save_top_k=save_top_k,
+                          keep_latest=keep_latest, keep_every_n_steps=keep_every_n_steps, pinned_steps=pinned_steps,
+                          min_improvement=min_improvement, filename_template=filename_template, dry_run=dry_run)
+            given = {k: v for k, v in passed.items() if v is not NOT_PASSED}
+            config = TrackerConfig(checkpoint_dir=checkpoint_dir, **given)  # validates what was passed
         elif not isinstance(config, TrackerConfig):
             raise TypeError(f"config must be a TrackerConfig, got {type(config).__name__}")
+        else:
+            given = config.to_dict()  # a whole config: every setting is explicit
         self.config = config
         self.is_writer = default_is_writer() if is_writer is None else bool(is_writer)
         self.dir = config.checkpoint_dir
         self._st = TrackerState(self.dir, journal.StateFile(self.dir, compact_bytes=state_compact_bytes))
         self._rank = Ranking(self._st, config)  # incremental: a call re-ranks only what it changed
+        self._seen_stored: dict[str, Any] = {}  # the stored config as last compared with ours
         self._results = ResultsFile(self.dir, cache_limit=4 * HEADER_TOP)
         self._lock = None
         self._tlock = threading.RLock()
@@ -125,32 +140,41 @@ class BestCheckpointTracker:
             self._lock = locking.lock(self.dir, timeout=lock_timeout)
             try:
                 with self._locked():
+                    reconcile.load(self._st, self.config, True)
+                    changes = self._settle(given, reconfigure)
                     startup.start(self._st, self._rank, self.config)
+                if changes:
+                    logger.warning("reconfigured %s on purpose (reconfigure=True): %s", self.dir,
+                                   "; ".join(str(c) for c in changes))
             except OSError as exc:
                 if exc.errno not in _UNWRITABLE:
                     raise
                 raise type(exc)(exc.errno, f"checkpoint_dir {self.dir} is not usable for writing ({exc}); "
                                 "fix its permissions/free space, or pass is_writer=False to only read") from exc
         else:
-            self._load()
+            reconcile.load(self._st, self.config, False)
+            self._settle(given, reconfigure)
             reconcile.check_metric_change(self._st, self.config)
 
     @classmethod
     def open(cls, checkpoint_dir: str | Path, *, is_writer: bool = False, **overrides: Any) -> BestCheckpointTracker:
-        """A tracker configured as the directory's state says (``overrides`` win; defaults where the
-        state is missing or unreadable). Read-only unless ``is_writer``: what ``bestckpt status`` uses."""
-        stored: dict[str, Any] = {}
-        try:
-            data = journal.read_state(Path(checkpoint_dir))
-            if isinstance(data, dict):
-                cfg = data.get("tracker_config")
-                stored = dict(cfg) if isinstance(cfg, dict) else {
-                    k: data[k] for k in ("metric_name", "higher_is_better", "save_top_k") if k in data}
-        except (OSError, ValueError):
-            pass
-        extra = {k: overrides.pop(k) for k in ("lock_timeout", "state_compact_bytes") if k in overrides}
-        config = TrackerConfig.from_dict(checkpoint_dir, stored, **overrides)
-        return cls(config=config, is_writer=is_writer, **extra)
+        """A tracker configured as the directory's state says (defaults where it says nothing); read-only
+        unless ``is_writer``: what ``bestckpt status`` uses. ``overrides`` are settings passed explicitly
+        (``None``: not passed), refused when they differ from the stored ones unless ``reconfigure=True``."""
+        return cls(checkpoint_dir, is_writer=is_writer, **{k: v for k, v in overrides.items() if v is not None})
+
+    def _settle(self, given: dict[str, Any], reconfigure: bool) -> list[settings.Change]:
+        """Use the stored settings where none was given (:func:`~bestckpt.tracking.settings.resolve`)."""
+        config, changes = settings.resolve(self.dir, self._st.path, self._st.stored_config, given,
+                                           reconfigure=bool(reconfigure))
+        self._use(config)
+        return changes
+
+    def _use(self, config: TrackerConfig) -> None:
+        self._seen_stored = dict(self._st.stored_config)
+        if config != self.config:
+            self.config = config
+            self._rank = Ranking(self._st, config)
 
     # ------------------------------------------------------------------ public API
     @property
@@ -164,6 +188,11 @@ class BestCheckpointTracker:
     @property
     def save_top_k(self) -> int:
         return self.config.save_top_k
+
+    @property
+    def stored_config(self) -> dict[str, Any]:
+        """The ``tracker_config`` in the directory's state as last read or written (a copy; empty if none)."""
+        return dict(self._st.stored_config)
 
     def checkpoint_saved(self, step: int, path: str | Path | None = None, epoch: int | None = None,
                          evaluate: bool = True) -> None:
@@ -373,8 +402,11 @@ class BestCheckpointTracker:
 
     # ------------------------------------------------------------------ state I/O
     def _load(self) -> None:
-        """Reload the state if another process changed it since we last read or wrote it."""
+        """Reload the state if another process changed it since we last read or wrote it, and adopt
+        the settings another process stored (``reconfigure=True`` / ``bestckpt prune --reconfigure``)."""
         reconcile.load(self._st, self.config, self.is_writer)
+        if self._st.stored_config != self._seen_stored:
+            self._use(settings.adopt(self.config, self._st.stored_config))
 
     def _write_results(self, force: bool = False) -> None:
         """Refresh ``best_checkpoint_results.json`` (the ranking's first ``HEADER_TOP`` records)."""
