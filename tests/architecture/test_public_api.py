@@ -38,10 +38,11 @@ EXPECTED: dict[str, list[str]] = {
         "WeightsError", "read_state_dict", "resolve_weights", "search_dirs", "torch_hub_checkpoints_dir",
         "verify_weights",
     ],
-    "bestckpt.cli": ["COMMANDS", "build_parser", "main", "setup_logging"],
+    "bestckpt.cli": ["COMMANDS", "build_parser", "fail", "main", "setup_logging"],
     "bestckpt.cli.demo": ["add_parser", "run"],
     "bestckpt.cli.evaluate": [
-        "add_evaluation_options", "add_parser", "build_evaluator", "open_tracker", "prepare", "run",
+        "add_evaluation_options", "add_parser", "build_evaluator", "check_settings", "missing_metrics_extra",
+        "open_tracker", "prepare", "run",
     ],
     "bestckpt.cli.prune": ["add_config_options", "add_parser", "config_overrides", "run"],
     "bestckpt.cli.report": ["add_parser", "run"],
@@ -188,6 +189,10 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "bestckpt.tracking.results": ["RESULTS_SCHEMA", "ResultsFile", "results_document"],
     "bestckpt.tracking.roles": ["default_is_writer"],
+    "bestckpt.tracking.settings": [
+        "Change", "DELETION_SETTINGS", "NOT_PASSED", "adopt", "cli_option", "differences", "not_stored",
+        "resolve", "stored_settings",
+    ],
     "bestckpt.tracking.startup": ["prepare_directory", "repair_best_link", "start"],
     "bestckpt.tracking.state": [
         "HEADER_TOP", "Record", "STATE_SCHEMA", "STATUSES", "StateError", "TrackerState", "check_step",

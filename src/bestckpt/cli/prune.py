@@ -25,10 +25,13 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
                            help=f"the metric grows with quality (default: stored, else {default_of('higher_is_better')})")
     direction.add_argument("--lower-is-better", dest="higher_is_better", action="store_const", const=False,
                            help="the metric shrinks with quality (lpips, fid, kid)")
-    p.add_argument("--save-top-k", type=int, help=f"keep the k best; -1 keeps all (default: stored, else {default_of('save_top_k')})")
-    p.add_argument("--keep-latest", type=int, help=f"keep the n newest, n >= 1 (default: stored, else {default_of('keep_latest')})")
+    p.add_argument("--save-top-k", type=int,
+                   help=f"keep the k best; -1 keeps all (default: stored, else {default_of('save_top_k')})")
+    p.add_argument("--keep-latest", type=int,
+                   help=f"keep the n newest, n >= 1 (default: stored, else {default_of('keep_latest')})")
     p.add_argument("--keep-every-n-steps", type=int,
-                   help=f"keep steps that are multiples of n; 0 disables (default: stored, else {default_of('keep_every_n_steps')})")
+                   help="keep steps that are multiples of n; 0 disables "
+                        f"(default: stored, else {default_of('keep_every_n_steps')})")
     p.add_argument("--pin", dest="pinned_steps", type=int, action="append", metavar="STEP",
                    help="never delete this step (repeatable; replaces the stored pins)")
     p.add_argument("--min-improvement", type=float,
