@@ -274,3 +274,22 @@ def test_save_order_through_the_journal(world: Path):
     save(world, 10)
     a.checkpoint_saved(10, None, evaluate=False)
     assert on_disk(world) == {10}
+
+
+def test_directory_copied_without_file_times_then_resumed(world: Path, caplog):
+    """``cp -r`` gives every file new times. Re-registering and scoring the copied checkpoints is not
+    a re-save: the latest save (50) stays the resume point, and no 'step went back' warning."""
+    caplog.set_level(logging.INFO, logger="bestckpt")
+    t = tracker(world)
+    for step in (20, 30, 40, 50):
+        save(world, step)
+        t.checkpoint_saved(step, None, evaluate=step in (20, 40))
+    t.update_checkpoint(20, None, None, {M: 0.5})
+    assert on_disk(world) == {20, 40, 50}
+    for i, name in enumerate(sorted(os.listdir(world))):  # the copy's times: its own copying order
+        os.utime(world / name, ns=(10**18 + i * 10**9, 10**18 + i * 10**9), follow_symlinks=False)
+    t2 = tracker(world)  # the resumed run, on the copy
+    t2.checkpoint_saved(40, None, evaluate=True)  # re-queues its pending step
+    t2.update_checkpoint(40, None, None, {M: 0.1})  # ... scored low
+    assert on_disk(world) == {20, 50}
+    assert went_back(caplog) == []

@@ -323,9 +323,10 @@ def test_large_state_journal_path(tmp_path: Path):
         save_file(tmp_path, step)
         writer = tracker if step % 2 else other  # two tracker objects take turns, as two processes would
         writer.update_checkpoint(step, 0, None, {"composite_score": score})
-    assert (tmp_path / JOURNAL_FILE).exists()
-    snapshot = strict_json(tmp_path / "best_checkpoints.json")
-    assert len(snapshot["checkpoints"]) < 6  # the snapshot lags; the journal holds the rest
+        if step == 4:  # checked here, well before the journal's 4 KiB compaction point (its size varies)
+            assert (tmp_path / JOURNAL_FILE).exists()
+            snapshot = strict_json(tmp_path / "best_checkpoints.json")
+            assert len(snapshot["checkpoints"]) < 4  # the snapshot lags; the journal holds the rest
     merged = read_state(tmp_path)
     assert sorted(r["step"] for r in merged["checkpoints"]) == [1, 2, 3, 4, 5, 6] and merged["best_step"] == 2
     assert entries(tmp_path) == {"0000002.pt", "0000005.pt", "0000006.pt"}

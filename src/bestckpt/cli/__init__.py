@@ -10,7 +10,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("status", "prune", "evaluate", "watch", "demo", "report")
+COMMANDS = ("status", "prune", "release", "evaluate", "watch", "demo", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
