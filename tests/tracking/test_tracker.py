@@ -309,6 +309,13 @@ def test_record_json_round_trip():
                  protocol_hash="abc", error="boom", info={"k": 1}, pruned=True)
     back = Record.from_json(json.loads(json.dumps(rec.to_json(), allow_nan=True)))
     assert back.step == 5 and back.error == "boom" and back.pruned and math.isnan(back.metrics["a"])
+    saved = Record(step=6, epoch=None, path="0000006.pt", metrics={}, status="saved", time=1.0, seq=7,
+                   file_id=(123456789, 42))
+    assert Record.from_json(json.loads(json.dumps(saved.to_json()))) == saved
+    legacy = {k: v for k, v in saved.to_json().items() if k not in ("seq", "file_id")}  # an older bestckpt's record
+    back = Record.from_json(legacy)
+    assert back.seq == 0 and back.file_id is None
+    assert Record.from_json(dict(legacy, seq=True, file_id=[1, "x"])).seq == 0  # malformed: fall back, never fail
 
 
 def test_large_state_journal_path(tmp_path: Path):
