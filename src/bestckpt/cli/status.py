@@ -2,16 +2,20 @@
 
 Columns: step, epoch, status, the tracked score, the other metrics, ``★`` on the best (what
 ``best.pt`` points at), and what retention does with it (kept + reasons, ``delete`` + reason, or
-``pruned`` for history). Pruned records are hidden unless ``--all``.
+``pruned`` for history). Pruned records are hidden unless ``--all``. A checkpoint pending evaluation
+for longer than the run's ``pending_stale_after`` shows as ``pending (stale, 3.2 d)``: it stays
+protected until it is scored or released (``bestckpt release DIR STEP``). ``--json`` gives every
+pending row its age (``pending_age_s``) and a ``stale`` flag.
 """
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
 from bestckpt import fsio
-from bestckpt.tracking import bestlink, layout
+from bestckpt.tracking import bestlink, layout, pending
 from bestckpt.tracking.console import format_metrics, format_score
 
 __all__ = ["add_parser", "run", "collect"]
@@ -35,11 +39,14 @@ def collect(checkpoint_dir: Path) -> dict[str, Any]:
     summary = tracker.summary()
     decisions = {d.step: d for d in tracker.plan()}
     best = summary["best_step"]
+    now, stale_after = time.time(), tracker.config.pending_stale_after
     rows = []
     for rec in tracker.records:
         row = rec.to_json()
         row["best"] = rec.step == best
         row["score"] = rec.score(tracker.metric_name)
+        row["pending_age_s"] = pending.pending_age(rec, now)
+        row["stale"] = pending.is_stale(rec, stale_after, now)
         d = decisions.get(rec.step)
         if rec.pruned:
             row["fate"], row["reasons"] = "pruned", [rec.info.get("removed", "deleted by retention")]
@@ -87,7 +94,7 @@ def _print_table(data: dict[str, Any], *, show_all: bool) -> None:
         fate_style = {"keep": "green", "delete": "red", "pruned": "dim", "ignored": "yellow"}[row["fate"]]
         table.add_row(
             "★" if row["best"] else "", str(row["step"]), "-" if row["epoch"] is None else str(row["epoch"]),
-            row["status"], format_score(tracked), format_metrics(others), f"[{fate_style}]{row['fate']}[/]",
+            _status_cell(row), format_score(tracked), format_metrics(others), f"[{fate_style}]{row['fate']}[/]",
             "; ".join(row["reasons"] + ([f"error: {row['error']}"] if row.get("error") else [])),
         )
     console = Console()
@@ -96,3 +103,14 @@ def _print_table(data: dict[str, Any], *, show_all: bool) -> None:
     console.print(f"best: {best or '-'} (score {format_score(summary['best_score'])}); best.pt -> "
                   f"{data['best_link'] or '-'}; on disk {summary['on_disk']}, pending {len(summary['pending'])}, "
                   f"failed {len(summary['failed'])}, records {summary['records_total']}", markup=False)
+    stale = [str(r["step"]) for r in data["records"] if r["stale"]]
+    if stale:
+        console.print(f"{len(stale)} stale pending: evaluate them, or stop protecting them with "
+                      f"`bestckpt release {data['checkpoint_dir']} {' '.join(stale)}`", markup=False)
+
+
+def _status_cell(row: dict[str, Any]) -> str:
+    """``pending (stale, 3.2 d)`` for a stale pending row, else the status."""
+    if row["stale"]:
+        return f"pending (stale, {pending.format_age(row['pending_age_s'])})"
+    return row["status"]

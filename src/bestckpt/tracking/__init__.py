@@ -6,8 +6,11 @@ Who does what (each module imports only those listed after it, and nothing here 
     roles       which process writes (global rank 0)
     startup     the writer's start: create the directory, clean leftovers, compact, repair best.pt
     commit      one transaction's commit: retention -> state -> best.pt -> deletions
-    reconcile   the state vs the directory: reloads, vanished checkpoints, interrupted deletions
+    pending     pending checkpoints whose evaluation never comes: age, staleness, explicit release
+    reconcile   the state vs the directory: reloads, vanished checkpoints, interrupted deletions,
+                adoption of checkpoints written but never registered
     ranking     incremental ranking of the live records (same order as the policies)
+    saveorder   the save order (Record.seq): "latest" is the most recent save, not the highest step
     state       Record, the schema, the in-memory state and its encoding
     policies    pure retention policies (TopK, LatestN, EveryNSteps, Pinned, PendingEvaluation)
     config      TrackerConfig: one typed, validated source of settings for the API and the CLI

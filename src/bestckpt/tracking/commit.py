@@ -59,11 +59,12 @@ def decide(st: TrackerState, rank: Ranking, config: TrackerConfig, best_step: in
 
 
 def check_present(st: TrackerState, rank: Ranking) -> None:
-    """Drop (with a warning) vanished checkpoints that best.pt could point at, and the newest.
+    """Drop (with a warning) vanished checkpoints that best.pt could point at, and the latest save.
 
     Cheap (a few ``lstat`` calls): the full check of every live record runs on full reloads.
     """
-    newest = max(st.live_steps, default=None)
+    records = st.records
+    newest = max(st.live_steps, key=lambda s: (records[s].seq, s), default=None)
     if newest is not None and entries.entry_stat(st.dir, st.records[newest].path) is None:
         reconcile.drop_missing(st, st.records[newest])
     while True:
@@ -87,6 +88,7 @@ def write_state(st: TrackerState, rank: Ranking, config: TrackerConfig, best_ste
         "top_k": [r.step for r in rank.head(HEADER_TOP)],
         "best_link": marker,
         "deleting": st.intents,
+        "next_seq": st.next_seq,
         "updated_at": time.time(),
     }
     st.write(header, config.to_dict())

@@ -48,6 +48,9 @@ class TrackerConfig:
         dry_run: plan deletions and log them, but never delete anything.
         filename_template: ``str.format`` template with one ``{step...}`` field naming a step's
             checkpoint inside ``checkpoint_dir``.
+        pending_stale_after: seconds after which a checkpoint still pending evaluation is shown as
+            stale (``bestckpt status``, a warning at start); ``None``: never. Display only: a pending
+            checkpoint stays protected until it is scored or released (``bestckpt release``).
     """
 
     checkpoint_dir: Path
@@ -60,6 +63,7 @@ class TrackerConfig:
     min_improvement: float = 0.0
     dry_run: bool = False
     filename_template: str = DEFAULT_FILENAME_TEMPLATE
+    pending_stale_after: float | None = 86400.0
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -114,6 +118,14 @@ class TrackerConfig:
         if not isinstance(self.dry_run, bool):
             raise TypeError(f"dry_run must be True or False, got {self.dry_run!r}")
         _compile_template(self.filename_template)  # validates
+        stale = self.pending_stale_after
+        if stale is not None:
+            if isinstance(stale, bool) or not isinstance(stale, (int, float)) or not math.isfinite(stale) or stale <= 0:
+                raise ConfigError(
+                    f"pending_stale_after must be a number of seconds > 0 (e.g. 86400 for a day), or None to never "
+                    f"mark pending checkpoints stale; got {stale!r}"
+                )
+            set_("pending_stale_after", float(stale))
 
     # -- file names ---------------------------------------------------------------------------
     def step_filename(self, step: int) -> str:

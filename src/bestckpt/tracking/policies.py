@@ -11,7 +11,9 @@ Conventions (documented for users, pinned by tests):
 - Direction is explicit (``higher_is_better``), never a sort with ``reverse=True``.
 - Ties: the earlier step stays ahead (it was there first; a later checkpoint has to be better).
 - Keep-latest is always part of :func:`retention_policy` (the resume point is never deleted,
-  the trap of Orbax #526).
+  the trap of Orbax #526). "Latest" is the most recently saved checkpoint (highest ``seq``, the
+  directory's save counter), not the highest step: a restarted or resumed run's newest checkpoint is
+  its resume point, and one bogus huge step protects only itself.
 """
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ class Candidate:
     """What a policy may look at: one checkpoint that is still on disk.
 
     ``score`` is the tracked metric of an evaluated checkpoint, or ``None`` when it has none
-    that can be ranked (pending, saved-only, failed, non-finite).
+    that can be ranked (pending, saved-only, failed, non-finite). ``seq`` is its place in the save
+    order (higher: saved later; 0 for records of older states, which then fall back to step order).
     """
 
     step: int
@@ -52,6 +55,7 @@ class Candidate:
     status: str
     score: float | None = None
     time: float = 0.0
+    seq: int = 0
 
     @property
     def rankable(self) -> bool:
@@ -123,13 +127,14 @@ class TopK:
 
 @dataclass(frozen=True)
 class LatestN:
-    """The n newest checkpoints by step, whatever their status (the resume point)."""
+    """The n most recently saved checkpoints (highest ``(seq, step)``), whatever their status:
+    the resume point."""
 
     n: int = 1
 
     def keep(self, candidates: Sequence[Candidate]) -> dict[int, str]:
-        newest = sorted((c.step for c in candidates), reverse=True)[: max(self.n, 0)]
-        return {step: "latest" if self.n == 1 else f"latest-{self.n}" for step in newest}
+        newest = sorted(((c.seq, c.step) for c in candidates), reverse=True)[: max(self.n, 0)]
+        return {step: "latest" if self.n == 1 else f"latest-{self.n}" for _, step in newest}
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ class Ranking:
         self._loose.discard(cand.step)
 
     def _candidate(self, r: Record) -> Candidate:
-        return Candidate(r.step, r.path, r.status, r.score(self._config.metric_name), r.time)
+        return Candidate(r.step, r.path, r.status, r.score(self._config.metric_name), r.time, r.seq)
 
     def _memoized(self, key: str, compute: Any) -> Any:
         self._sync()

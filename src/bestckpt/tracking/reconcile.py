@@ -6,8 +6,8 @@
   disk;
 - :func:`reconcile`: after a full reload, mark checkpoints deleted outside bestckpt as pruned and
   finish deletions a crash interrupted (:func:`finish_intents`, the writer only);
-- :func:`rebuild_from_disk`, :func:`unknown_entries`, :func:`check_metric_change`: what the
-  writer's start checks.
+- :func:`rebuild_from_disk`, :func:`adopt_unregistered`, :func:`unknown_entries`,
+  :func:`check_metric_change`: what the writer's start checks.
 
 Entries are inspected and deleted through :mod:`bestckpt.tracking.entries`; the directory is
 scanned by :func:`bestckpt.tracking.layout.step_entries`.
@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 
 from bestckpt import errors
-from bestckpt.tracking import entries, layout
+from bestckpt.tracking import entries, layout, saveorder
 from bestckpt.tracking.config import TrackerConfig
 from bestckpt.tracking.state import Record, StateError, TrackerState
 
-__all__ = ["load", "reconcile", "rebuild_from_disk", "drop_missing", "finish_intents", "scan",
-           "unknown_entries", "check_metric_change"]
+__all__ = ["load", "reconcile", "rebuild_from_disk", "adopt_unregistered", "drop_missing", "finish_intents",
+           "scan", "unknown_entries", "check_metric_change"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,33 @@ def rebuild_from_disk(st: TrackerState, config: TrackerConfig) -> None:
         adopted += 1
     if adopted:
         logger.warning("rebuilt %d checkpoint records from disk in %s", adopted, st.dir)
+
+
+def adopt_unregistered(st: TrackerState, config: TrackerConfig) -> list[Record]:
+    """Adopt, as ``pending``, the complete step checkpoints that the state does not know and whose
+    step is greater than every recorded step: a process killed between writing a checkpoint and
+    registering it. Newest first, one log line each; save order by step (the highest is the latest).
+
+    Older unknown entries, incomplete ones (a DeepSpeed tag without its marker, not named by
+    ``latest`` and with no later tag) and symlinks are left alone (:func:`unknown_entries` reports them).
+    """
+    top = max(st.records, default=-1)
+    known = {r.path for r in st.records.values() if not r.pruned}
+    try:
+        found = layout.find_checkpoints(st.dir, config.step_from_name)
+    except OSError:
+        return []
+    adopted = []
+    for step, path, complete in found:  # ascending by step
+        if not complete or step <= top or path.name in known or entries.entry_stat(st.dir, path.name) is None:
+            continue
+        adopted.append(Record(step=step, epoch=None, path=path.name, metrics={}, status="pending", time=time.time(),
+                              info={"adopted": True}, seq=st.take_seq(), file_id=saveorder.file_id(st.dir, path.name)))
+    for rec in reversed(adopted):
+        st.put(rec)
+        logger.warning("adopted %s: saved but never registered (the process stopped in between); pending evaluation",
+                       rec.path)
+    return adopted
 
 
 def unknown_entries(st: TrackerState, config: TrackerConfig) -> list[str]:

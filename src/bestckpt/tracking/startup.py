@@ -4,7 +4,9 @@
   with a message naming the fix when it cannot be;
 - :func:`start` (under the directory's lock): refuse a ``best.pt`` that is not ours, remove the
   leftovers of interrupted writes, load and reconcile the state (rebuilt from the checkpoints on
-  disk when there is none), report step-named entries the state does not know (never touched),
+  disk when there is none), adopt complete checkpoints newer than every recorded step as pending
+  (written, but the process stopped before registering them), warn about stale pending ones,
+  report the other step-named entries the state does not know (never touched),
   check a change of metric, then compact the state so that ``best_checkpoints.json`` alone is
   current again, and repair ``best.pt`` (a crash may have left it on the previous best).
 """
@@ -14,7 +16,15 @@ import logging
 import os
 from pathlib import Path
 
-from bestckpt.tracking import bestlink, commit, entries, layout, reconcile
+from bestckpt.tracking import (
+    bestlink,
+    commit,
+    entries,
+    layout,
+    pending,
+    reconcile,
+    saveorder,
+)
 from bestckpt.tracking.config import TrackerConfig
 from bestckpt.tracking.ranking import Ranking
 from bestckpt.tracking.state import TrackerState
@@ -51,6 +61,9 @@ def start(st: TrackerState, rank: Ranking, config: TrackerConfig) -> None:
     reconcile.load(st, config, True)
     if (st.stamp is None or st.stamp[0] is None) and not st.records:
         reconcile.rebuild_from_disk(st, config)
+    saveorder.restamp_if_copied(st)
+    reconcile.adopt_unregistered(st, config)
+    pending.warn_stale(st, config)
     unknown = reconcile.unknown_entries(st, config)
     if unknown:
         logger.warning("%d checkpoint entries in %s are not in the state and will not be touched: %s",

@@ -41,8 +41,12 @@ class Record:
     ``path`` is relative to the checkpoint directory; ``metrics`` maps metric names to floats
     (``None`` where a value was unusable); ``status`` is ``pending`` (saved, evaluation to come),
     ``saved`` (not to be evaluated), ``evaluated`` or ``failed``; ``pruned`` once retention deleted
-    it (or it vanished from disk). In JSON, ``path`` and ``time`` are stored under the original's
-    keys ``checkpoint_path`` and ``timestamp``.
+    it (or it vanished from disk). ``seq`` orders the directory's saves (the latest save has the
+    highest; records of older states have 0, i.e. step order) and ``file_id`` is the checkpoint
+    file's ``(mtime_ns, size)`` when it was registered (``None`` for directories): together they
+    tell a new save from the same checkpoint registered or scored again
+    (:mod:`bestckpt.tracking.saveorder`). In JSON, ``path`` and ``time`` are stored under the
+    original's keys ``checkpoint_path`` and ``timestamp``.
     """
 
     step: int
@@ -55,6 +59,8 @@ class Record:
     error: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
     pruned: bool = False
+    seq: int = 0
+    file_id: tuple[int, int] | None = None
 
     def score(self, metric_name: str) -> float | None:
         """The tracked value if this record can be ranked on it, else ``None``."""
@@ -76,6 +82,9 @@ class Record:
             out["info"] = self.info
         if self.pruned:
             out["pruned"] = True
+        out["seq"] = self.seq
+        if self.file_id is not None:
+            out["file_id"] = list(self.file_id)
         return out
 
     @classmethod
@@ -106,7 +115,20 @@ class Record:
             time=float(stamp) if isinstance(stamp, (int, float)) else 0.0,
             protocol_hash=data.get("protocol_hash"), error=data.get("error"),
             info=info if isinstance(info, dict) else {"value": info}, pruned=bool(data.get("pruned", False)),
+            seq=_count(data.get("seq")) or 0, file_id=_file_id(data.get("file_id")),
         )
+
+
+def _count(value: Any) -> int | None:
+    """``value`` if it is an int >= 0 (not a bool), else ``None``."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _file_id(value: Any) -> tuple[int, int] | None:
+    """A stored ``file_id`` (two ints), or ``None`` when absent or malformed (then only the path counts)."""
+    if isinstance(value, list) and len(value) == 2 and all(_count(v) is not None for v in value):
+        return (value[0], value[1])
+    return None
 
 
 def check_step(step: Any) -> int:
@@ -175,6 +197,8 @@ class TrackerState:
         self.refused: dict[int, str] = {}  # records whose path escapes the directory
         self.stored_config: dict[str, Any] = {}
         self.stamp: tuple[Any, Any] | None = None
+        self.next_seq = 1  # the save counter: the next save's seq (header field ``next_seq``)
+        self.newest: tuple[int, int] | None = None  # (seq, step) of the most recent save, pruned or not
         self._fragments: dict[int, tuple[Record, str]] = {}  # cached JSON of unchanged records
 
     # ------------------------------------------------------------------ records
@@ -188,14 +212,25 @@ class TrackerState:
             self.dirty.add(record.step)
         self.touched.add(record.step)
         self.version += 1
+        key = (record.seq, record.step)
+        if self.newest is None or key > self.newest:
+            self.newest = key
+        self.next_seq = max(self.next_seq, record.seq + 1)
 
     def set_records(self, records: dict[int, Record]) -> None:
         self.records = records
         self.live_steps = {s for s, r in records.items() if not r.pruned and s not in self.refused}
+        self.newest = max(((r.seq, s) for s, r in records.items()), default=None)
+        self.next_seq = 1 + (self.newest[0] if self.newest else 0)
         self.dirty = set()
         self.touched = set()
         self.generation += 1
         self.version += 1
+
+    def take_seq(self) -> int:
+        """The next value of the save counter (a new save)."""
+        seq, self.next_seq = self.next_seq, self.next_seq + 1
+        return seq
 
     def take_touched(self) -> set[int]:
         """Steps put since the last call (within one ``generation``), and forget them."""
@@ -271,6 +306,7 @@ class TrackerState:
     def apply_header(self, header: Mapping[str, Any]) -> None:
         intents = header.get("deleting") or []
         self.intents = [i for i in intents if isinstance(i, dict)] if isinstance(intents, list) else []
+        self.next_seq = max(self.next_seq, _count(header.get("next_seq")) or 1)
         cfg = header.get("tracker_config")
         if isinstance(cfg, dict):
             self.stored_config = dict(cfg)

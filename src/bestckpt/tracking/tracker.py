@@ -21,8 +21,8 @@ Documented choices:
 - Ties: the earlier step stays ahead. With ``min_improvement > 0`` the best is the incumbent, in
   step order, that no later checkpoint beat by more than ``min_improvement``.
 - Duplicate step: the new call replaces the record (re-scoring, or a re-saved checkpoint), logged.
-- Decreasing steps are allowed (out-of-order evaluation by another process); "latest" always
-  means the highest step, not the most recent call.
+- Decreasing steps are allowed (out-of-order evaluation, a resumed or restarted run); "latest"
+  means the most recently saved checkpoint, not the highest step (:mod:`~bestckpt.tracking.saveorder`).
 - Records of pruned checkpoints stay in the state (``pruned: true``) as the run's history; a
   checkpoint deleted by hand is marked pruned with a warning and never resurrected.
 - Only the writer writes (global rank 0 under ``torch.distributed``, :mod:`bestckpt.tracking.roles`);
@@ -54,7 +54,9 @@ from bestckpt.tracking import (
     journal,
     layout,
     locking,
+    pending,
     reconcile,
+    saveorder,
     settings,
     startup,
 )
@@ -206,7 +208,7 @@ class BestCheckpointTracker:
             if old is not None and not old.pruned and old.status in ("evaluated", "failed"):
                 logger.info("step %d saved again: its earlier %s record is replaced", step, old.status)
             self._st.put(Record(step=step, epoch=epoch, path=rel, metrics={}, status="pending" if evaluate else "saved",
-                             time=time.time()))
+                             time=time.time(), **saveorder.fields(self._st, step, rel, self.is_writer)))
 
         self._transaction(mutate)
 
@@ -238,7 +240,7 @@ class BestCheckpointTracker:
             self._st.put(Record(
                 step=step, epoch=epoch if epoch is not None else prev_epoch, path=rel, metrics=clean,
                 status="failed" if error else "evaluated", time=time.time(), protocol_hash=protocol_hash,
-                error=error, info=dict(info or {}),
+                error=error, info=dict(info or {}), **saveorder.fields(self._st, step, rel, self.is_writer),
             ))
             if error:
                 logger.warning("step %d: evaluation recorded as failed (%s); it will never be best", step, error)
@@ -263,7 +265,8 @@ class BestCheckpointTracker:
             rel = layout.checkpoint_relpath(self.dir, path, self.config.step_filename(step), step, must_exist=True)
             self._st.put(Record(step=step, epoch=epoch if epoch is not None else (old.epoch if old else None),
                              path=rel, metrics=dict(old.metrics) if old else {}, status="failed", time=time.time(),
-                             protocol_hash=protocol_hash, error=str(error)))
+                             protocol_hash=protocol_hash, error=str(error),
+                             **saveorder.fields(self._st, step, rel, self.is_writer)))
             logger.warning("step %d: evaluation failed (%s); it will never be best", step, error)
 
         self._transaction(mutate)
@@ -288,6 +291,17 @@ class BestCheckpointTracker:
         with self._tlock:
             self._refresh()
             return sorted(self._rank.with_status("pending"))
+
+    def release(self, *steps: int) -> list[int]:
+        """Stop protecting pending checkpoints whose evaluation will never come (all or none, logged):
+        they become ``saved``, prunable like any unevaluated checkpoint, and retention runs at once.
+        The command line's ``bestckpt release DIR STEP...``."""
+        if not self.is_writer:
+            raise errors.ConfigError(f"release changes the state of {self.dir}, but this tracker was opened with "
+                                     "is_writer=False; release from the run's writer, or with `bestckpt release`")
+        checked = [check_step(s) for s in steps]
+        self._transaction(lambda: pending.release(self._st, checked))
+        return checked
 
     def plan(self) -> list[Decision]:
         """Keep/delete decision for every checkpoint still on disk, with reasons (deletes nothing)."""
