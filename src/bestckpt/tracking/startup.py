@@ -2,7 +2,8 @@
 
 - :func:`prepare_directory`: the checkpoint directory exists (created if needed) and is a directory,
   with a message naming the fix when it cannot be;
-- :func:`start` (under the directory's lock): refuse a ``best.pt`` that is not ours, remove the
+- :func:`start` (under the directory's lock): refuse a ``best.pt`` that is not ours and a directory
+  where the results file goes (before anything is changed), remove the
   leftovers of interrupted writes, load and reconcile the state (rebuilt from the checkpoints on
   disk when there is none), report step-named entries the state does not know (never touched),
   check a change of metric, then compact the state so that ``best_checkpoints.json`` alone is
@@ -14,6 +15,7 @@ import logging
 import os
 from pathlib import Path
 
+from bestckpt.errors import UnsafeFileError
 from bestckpt.tracking import bestlink, commit, entries, layout, reconcile
 from bestckpt.tracking.config import TrackerConfig
 from bestckpt.tracking.ranking import Ranking
@@ -45,6 +47,10 @@ def start(st: TrackerState, rank: Ranking, config: TrackerConfig) -> None:
             f"{link} exists and is not a symlink; bestckpt will not overwrite it. "
             f"Move it away so that {link.name} can point at the best checkpoint."
         )
+    results = st.dir / layout.RESULTS_FILE
+    if results.is_dir() and not results.is_symlink():  # every call would fail after its commit
+        raise UnsafeFileError(f"{results} is a directory where bestckpt writes its results file; it is not "
+                              "bestckpt's: move it away and retry")
     removed = entries.cleanup_temporaries(st.dir)
     if removed:
         logger.info("removed %d leftover temporary entries in %s", len(removed), st.dir)
