@@ -160,6 +160,22 @@ def test_binary_pointer_file_never_wedges_updates(box: Sandbox):
     box.assert_outside_unchanged()
 
 
+def test_binary_pointer_file_is_replaced_where_symlinks_are_impossible(box: Sandbox):
+    os.unlink(box.run / "best.pt")
+    (box.run / POINTER).write_bytes(b"\xff\xd8\xff\xe0 a JPEG, not a path \x80")
+    out = run_tracker(box.run, """
+import errno
+def no_symlinks(*args, **kwargs):
+    raise OSError(errno.EPERM, "symlinks are not supported here")
+os.symlink = no_symlinks  # a filesystem without symlinks: bestckpt writes best.pt.txt instead
+""" + ADD)
+    assert out.ok and out.result == 400, out
+    assert _warned(out, POINTER), out
+    assert (box.run / POINTER).read_text() == "0000400.pt\n"  # ours: replaced
+    assert _checkpoints(box.run) == {"0000200.pt", "0000400.pt"}
+    box.assert_outside_unchanged()
+
+
 def test_directory_as_pointer_file_is_left_alone(box: Sandbox):
     os.unlink(box.run / "best.pt")
     (box.run / POINTER).mkdir()

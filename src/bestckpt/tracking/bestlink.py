@@ -7,8 +7,8 @@ so ``best.pt`` always resolves to the old or the new target. Where symlinks are 
 copied: checkpoints can be many GB. Every change of ``best.pt`` is made durable (directory fsync).
 
 ``best.pt.txt`` is read as an untrusted pointer (:func:`bestckpt.tracking.layout.read_pointer_file`):
-a binary file, FIFO, device or link there is ignored with a warning and replaced when bestckpt
-next writes the pointer, so it never wedges updates.
+a binary file, FIFO, device or link there is ignored with a warning (and replaced where bestckpt
+writes the pointer file), so it never wedges updates.
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def read_pointer(link: Path) -> str | None:
     if link.is_symlink():
         return os.readlink(link)
     return read_pointer_file(link.with_name(link.name + POINTER_SUFFIX),
-                             f"it is replaced when bestckpt next points {link.name} at the best checkpoint")
+                             f"bestckpt points {link.name} (or rewrites this file) at the next change of the best")
 
 
 def remove_link(link: Path) -> None:
