@@ -40,6 +40,7 @@ __all__ = [
     "read_regular",
     "read_regular_stat",
     "check_regular",
+    "describe_kind",
     "open_append",
     "fsync_dir",
     "temp_name",
@@ -207,13 +208,22 @@ _KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket", stat.S
           stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
 
 
+def describe_kind(mode: int) -> str:
+    """What an ``st_mode`` is, in words ("a FIFO (named pipe)", "a directory", ...)."""
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return _KINDS.get(stat.S_IFMT(mode), "a special file")
+
+
 def _kind(path: Path, mode: int) -> str:
     if stat.S_ISLNK(mode):
         try:
             return f"a symbolic link (to {os.readlink(path)})"
         except OSError:
-            return "a symbolic link"
-    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+            pass
+    return describe_kind(mode)
 
 
 def _not_regular(path: Path, mode: int, error: type[OSError]) -> OSError:

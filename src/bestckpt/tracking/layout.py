@@ -128,15 +128,10 @@ def checkpoint_relpath(root: Path, path: str | Path | None, default: str, step: 
             ) from None
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
             raise UnsafeFileError(
-                f"checkpoint {root / rel} of step {step} is {_special_kind(mode)}, not a checkpoint file or "
+                f"checkpoint {root / rel} of step {step} is {fsio.describe_kind(mode)}, not a checkpoint file or "
                 "directory (reading it could block); remove it and save the checkpoint under that name"
             )
     return rel
-
-
-def _special_kind(mode: int) -> str:
-    return {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
-            stat.S_IFBLK: "a block device"}.get(stat.S_IFMT(mode), "a special file")
 
 
 def legacy_relpath(root: Path, path: str) -> str:
@@ -212,7 +207,7 @@ def step_entries(checkpoint_dir: str | Path, step_from_name: Callable[[str], int
                 continue
             if not (entry.is_symlink() or entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False)):
                 try:
-                    kind = _special_kind(entry.stat(follow_symlinks=False).st_mode)
+                    kind = fsio.describe_kind(entry.stat(follow_symlinks=False).st_mode)
                 except OSError:
                     continue  # vanished
                 warn_once(f"ignoring {entry.path}: it is {kind}, not a checkpoint; remove it")
