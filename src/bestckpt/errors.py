@@ -11,6 +11,7 @@ value received and the fix.
     ├── ConfigError                    (ValueError)        a setting or argument is invalid
     ├── StateError                     (RuntimeError)      the tracker state cannot be used as is
     ├── UnsafePathError                (ValueError)        a path would leave the checkpoint directory
+    ├── UnsafeFileError                (OSError)           not a regular file (FIFO, device, link...) or too large
     ├── StateLockTimeout               (TimeoutError)      another process holds the directory's lock
     ├── MetricError                    (RuntimeError)      a metric cannot be computed honestly
     │   ├── NumericalError                                 non-finite or ill-conditioned statistics
@@ -46,6 +47,7 @@ __all__ = [
     "SmallSampleWarning",
     "StateError",
     "StateLockTimeout",
+    "UnsafeFileError",
     "UnsafePathError",
     "WeightsError",
 ]
@@ -69,6 +71,12 @@ class StateError(BestckptError, RuntimeError):
 
 class UnsafePathError(BestckptError, ValueError):
     """A path that would escape the checkpoint directory (``..``, absolute, through a symlink)."""
+
+
+class UnsafeFileError(BestckptError, OSError):
+    """A file bestckpt reads or replaces in the checkpoint directory is not a regular file (a FIFO,
+    socket, device, directory or symlink: reading it could block, never end, or lead outside the
+    directory) or is larger than bestckpt ever writes there."""
 
 
 class StateLockTimeout(BestckptError, TimeoutError):

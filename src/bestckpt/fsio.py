@@ -9,18 +9,27 @@
 - Strict JSON: non-finite floats are written as the strings ``"NaN"``, ``"Infinity"``,
   ``"-Infinity"`` (:func:`to_strict_json`, read back by :func:`float_from_json`), never as the bare
   tokens that strict parsers reject.
+- Reading files that someone else may have planted: :func:`read_regular` opens without following
+  a symlink and without blocking (``O_NOFOLLOW | O_NONBLOCK``), accepts only a regular file and
+  reads at most ``max_bytes``; a FIFO, socket, device, directory, symlink or oversized file is an
+  error naming the path and the fix, never a hang or an unbounded read. :func:`check_regular` is
+  the same check for a file that is about to be opened by someone else (the lock), and
+  :func:`open_append` opens a regular file for appending the same way.
 - Content hashing: :func:`sha256_file`, :func:`sha256_bytes`.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
+import stat
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 __all__ = [
     "TEMP_PREFIX",
@@ -28,6 +37,12 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
+    "atomic_writer",
+    "read_regular",
+    "read_regular_stat",
+    "check_regular",
+    "describe_kind",
+    "open_append",
     "fsync_dir",
     "temp_name",
     "unlink_quiet",
@@ -132,6 +147,40 @@ def unlink_quiet(path: str | os.PathLike[str]) -> None:
 
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike[str], *, durable: bool = True, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """A binary file to write ``path``'s new content into; published atomically when the block ends
+    (unique temp file created with ``O_EXCL | O_NOFOLLOW``, fsync, rename, dir fsync), discarded
+    if it raises. ``durable=False`` skips both fsyncs (still atomic for readers and crashes).
+
+    A directory at ``path`` is refused up front (``IsADirectoryError`` naming the fix): a rename
+    could never replace it.
+    """
+    path = Path(path)
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            raise IsADirectoryError(errno.EISDIR, f"{path} is a directory where bestckpt writes a file; "
+                                    "it is not bestckpt's: move it away and retry")
+    except FileNotFoundError:
+        pass
+    tmp = temp_name(path.parent, path.name)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            if durable:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        unlink_quiet(tmp)
+        raise
+    if durable:
+        fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, durable: bool = True, mode: int = 0o644) -> None:
@@ -140,27 +189,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, durable: bo
     ``durable=False`` skips both fsyncs: still atomic for readers and process crashes (the rename
     is), not guaranteed across a power loss. For derived files that are rewritten often.
     """
-    path = Path(path)
-    tmp = temp_name(path.parent, path.name)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if durable:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        unlink_quiet(tmp)
-        raise
-    os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        unlink_quiet(tmp)
-        raise
-    if durable:
-        fsync_dir(path.parent)
+    with atomic_writer(path, durable=durable, mode=mode) as fh:
+        fh.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, durable: bool = True) -> None:
@@ -172,6 +202,110 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | N
                       durable: bool = True) -> None:
     """:func:`atomic_write_text` of :func:`to_strict_json` (``obj``)."""
     atomic_write_text(path, to_strict_json(obj, indent=indent) + "\n", durable=durable)
+
+
+# --------------------------------------------------------------------------------------------
+# reading (and appending to) files someone else may have planted
+_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory",
+          stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+
+
+def describe_kind(mode: int) -> str:
+    """What an ``st_mode`` is, in words ("a FIFO (named pipe)", "a directory", ...)."""
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return _KINDS.get(stat.S_IFMT(mode), "a special file")
+
+
+def _kind(path: Path, mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        try:
+            return f"a symbolic link (to {os.readlink(path)})"
+        except OSError:
+            pass
+    return describe_kind(mode)
+
+
+def _not_regular(path: Path, mode: int, error: type[OSError]) -> OSError:
+    return error(f"{path} is {_kind(path, mode)}, not a regular file: bestckpt reads and writes only regular "
+                 "files there (a FIFO or device could block or never end, a link could lead outside the "
+                 "directory). It is not bestckpt's: move it away (or remove it) and retry")
+
+
+def check_regular(path: str | os.PathLike[str], *, error: type[OSError] = OSError) -> os.stat_result | None:
+    """``lstat`` of ``path`` if it is a regular file, ``None`` if nothing is there; ``error`` (naming
+    the path and the fix) for anything else, a symlink included."""
+    path = Path(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(path, st.st_mode, error)
+    return st
+
+
+def _open_regular(path: Path, flags: int, error: type[OSError], mode: int = 0o644) -> tuple[int, os.stat_result]:
+    """Open ``path`` without following a symlink or blocking; the descriptor and its ``fstat``,
+    ``error`` unless it is a regular file."""
+    check_regular(path, error=error)  # first, so that a device or FIFO is never even opened
+    try:
+        fd = os.open(path, flags | _O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ENOTDIR) and os.path.lexists(path):
+            raise _not_regular(path, os.lstat(path).st_mode, error) from None  # replaced since the check
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise _not_regular(path, st.st_mode, error)
+    return fd, st
+
+
+def read_regular_stat(path: str | os.PathLike[str], max_bytes: int, *, offset: int = 0,
+                      error: type[OSError] = OSError) -> tuple[bytes, os.stat_result]:
+    """The bytes of the regular file ``path`` from ``offset`` on, and its ``fstat``.
+
+    Opened with ``O_NOFOLLOW | O_NONBLOCK``: a symlink, FIFO, socket, device or directory raises
+    ``error`` (naming the path and the fix) instead of being followed, blocking or read forever;
+    so does a file larger than ``max_bytes`` (checked before reading, and the read itself stops
+    after ``max_bytes``). ``FileNotFoundError`` when nothing is there.
+    """
+    path = Path(path)
+    fd, st = _open_regular(path, os.O_RDONLY, error)
+    try:
+        if st.st_size > max_bytes:
+            raise error(f"{path} holds {st.st_size} bytes, more than the {max_bytes} bytes bestckpt ever "
+                        "writes there: it is not bestckpt's file; move it away (or remove it) and retry")
+        if offset:
+            os.lseek(fd, offset, os.SEEK_SET)
+        chunks, budget = [], max_bytes + 1 - offset
+        while budget > 0:
+            chunk = os.read(fd, min(budget, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            budget -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if data and offset + len(data) > max_bytes:  # grew while we read it
+        raise error(f"{path} grew beyond the {max_bytes} bytes bestckpt ever writes there while being read: "
+                    "it is not bestckpt's file; move it away (or remove it) and retry")
+    return data, st
+
+
+def read_regular(path: str | os.PathLike[str], max_bytes: int, *, error: type[OSError] = OSError) -> bytes:
+    """The bytes of the regular file ``path`` (at most ``max_bytes``): :func:`read_regular_stat`."""
+    return read_regular_stat(path, max_bytes, error=error)[0]
+
+
+def open_append(path: str | os.PathLike[str], *, error: type[OSError] = OSError, mode: int = 0o644) -> int:
+    """A descriptor appending to the regular file ``path`` (created if missing), opened without
+    following a symlink or blocking; ``error`` for anything but a regular file."""
+    return _open_regular(Path(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, error, mode)[0]
 
 
 # --------------------------------------------------------------------------------------------

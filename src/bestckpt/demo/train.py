@@ -135,9 +135,11 @@ def update_ema(ema: TinyDiT, model: TinyDiT, decay: float) -> None:
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write atomically: a temp file in the same directory, fsync, then ``os.replace``.
 
-    A reader (the background evaluator, a sidecar, a resume) never sees a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    A reader (the background evaluator, a sidecar, a resume) never sees a half-written file. The
+    temporary name is unique and created exclusively (``"xb"``), so a symlink planted there is
+    never followed."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    with open(tmp, "xb") as f:
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())

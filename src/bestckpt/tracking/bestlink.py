@@ -4,7 +4,11 @@ A temporary link is created next to ``best.pt`` and renamed over it (never unlin
 so ``best.pt`` always resolves to the old or the new target. Where symlinks are impossible
 (``os.symlink`` raises: some Windows setups, some network or FAT filesystems) a small pointer file
 ``best.pt.txt`` holding the relative path is written atomically instead. The checkpoint is never
-copied: checkpoints can be many GB.
+copied: checkpoints can be many GB. Every change of ``best.pt`` is made durable (directory fsync).
+
+``best.pt.txt`` is read as an untrusted pointer (:func:`bestckpt.tracking.layout.read_pointer_file`):
+a binary file, FIFO, device or link there is ignored with a warning (and replaced where bestckpt
+writes the pointer file), so it never wedges updates.
 """
 from __future__ import annotations
 
@@ -15,9 +19,9 @@ from pathlib import Path
 
 from bestckpt.errors import UnsafePathError
 from bestckpt.fsio import atomic_write_text, fsync_dir, temp_name, unlink_quiet
-from bestckpt.tracking.layout import POINTER_SUFFIX
+from bestckpt.tracking.layout import POINTER_SUFFIX, read_pointer_file
 
-__all__ = ["atomic_symlink", "read_pointer"]
+__all__ = ["atomic_symlink", "read_pointer", "remove_link"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +66,11 @@ def read_pointer(link: Path) -> str | None:
     link = Path(link)
     if link.is_symlink():
         return os.readlink(link)
-    pointer = link.with_name(link.name + POINTER_SUFFIX)
-    if pointer.is_file():
-        return pointer.read_text(encoding="utf-8").strip() or None
-    return None
+    return read_pointer_file(link.with_name(link.name + POINTER_SUFFIX),
+                             f"bestckpt points {link.name} (or rewrites this file) at the next change of the best")
+
+
+def remove_link(link: Path) -> None:
+    """Remove the symlink ``link`` durably (nothing left to point at)."""
+    os.unlink(link)
+    fsync_dir(Path(link).parent)

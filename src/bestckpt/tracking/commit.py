@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from typing import Any
 
@@ -122,6 +121,6 @@ def commit(st: TrackerState, rank: Ranking, config: TrackerConfig, dry_run: bool
         point_best_link(st, best_rel)
         logger.debug("best.pt -> %s", best_rel)
     elif best_rel is None and link.is_symlink():
-        os.unlink(link)  # nothing rankable any more: a stale pointer would lie
+        bestlink.remove_link(link)  # nothing rankable any more: a stale pointer would lie
         logger.warning("no checkpoint can be ranked any more; removed %s", link)
     reconcile.finish_intents(st)

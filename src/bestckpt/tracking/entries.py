@@ -4,7 +4,8 @@
   resolving its parent); escapes raise :class:`~bestckpt.errors.UnsafePathError`.
 - :func:`delete_entry`: deletes one checkpoint entry; symlinks are never followed (a symlinked
   checkpoint loses its link, never its target); a directory is renamed aside first, so a crash
-  mid-removal never leaves a half-deleted checkpoint under a real name.
+  mid-removal never leaves a half-deleted checkpoint under a real name; the directory is fsynced,
+  so a power loss cannot bring the entry back.
 - :func:`cleanup_temporaries`: removes what our own interrupted writes and deletions leave
   behind (names start with ``.bestckpt-``).
 - :func:`entry_stat`, :func:`move_aside`: what reconciling needs.
@@ -56,8 +57,8 @@ def delete_entry(root: Path, relpath: str) -> bool:
     A symlink is unlinked (its target is never touched). A directory is first renamed to a
     ``.bestckpt-deleting.*`` name (atomic), then removed, so a crash mid-removal leaves no
     half-deleted checkpoint under a real name; the leftover is removed by :func:`cleanup_temporaries`.
-    No directory fsync: the deletion was recorded (fsynced) in the state before, so it is redone
-    if a power loss undoes it, and the next fsync of the state commits it (ext4 orders metadata).
+    The directory is fsynced once the name is gone: the state already says the entry is deleted,
+    and a power loss must not bring it back behind the state's back.
     """
     full = confine(root, relpath)
     if full.is_symlink() or full.is_file():
@@ -65,10 +66,12 @@ def delete_entry(root: Path, relpath: str) -> bool:
             os.unlink(full)
         except FileNotFoundError:
             return False
+        fsync_dir(full.parent)
         return True
     if full.is_dir():
         doomed = full.parent / f"{_DELETING}{full.name}.{uuid.uuid4().hex[:8]}"
         os.replace(full, doomed)
+        fsync_dir(full.parent)
         shutil.rmtree(doomed)
         return True
     if os.path.lexists(full):  # sockets, fifos...: not a checkpoint we know how to handle

@@ -11,8 +11,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bestckpt.fsio import atomic_write_text, fsync_dir
-from bestckpt.tracking.layout import JOURNAL_FILE, STATE_FILE
+from bestckpt import fsio
+from bestckpt.errors import UnsafeFileError
+from bestckpt.tracking.layout import JOURNAL_FILE, STATE_FILE, STATE_MAX_BYTES
 
 __all__ = ["StateFile", "read_state"]
 
@@ -31,6 +32,12 @@ class StateFile:
     from before a compaction names another id and is ignored, then removed. A torn last line
     (a crash mid-append) is ignored: its transaction had no effect yet, because nothing is deleted
     or relinked before the line is fsynced; the writer truncates it before appending again.
+
+    Both files are read with :func:`bestckpt.fsio.read_regular_stat` (at most
+    :data:`~bestckpt.tracking.layout.STATE_MAX_BYTES`) and appended to with
+    :func:`bestckpt.fsio.open_append`: a FIFO, device, directory or symlink in their place raises
+    :class:`~bestckpt.errors.UnsafeFileError` naming the file and the fix, never blocks, is never
+    read without bound and never followed outside the directory.
     """
 
     def __init__(self, directory: Path, compact_bytes: int = 256 * 1024) -> None:
@@ -52,38 +59,25 @@ class StateFile:
     def read_snapshot(self) -> tuple[bytes, tuple[int, int, int]] | None:
         """Raw snapshot bytes and their stamp, or ``None`` if there is no snapshot."""
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            raw, st = fsio.read_regular_stat(self.path, STATE_MAX_BYTES, error=UnsafeFileError)
         except FileNotFoundError:
             return None
-        try:
-            st = os.fstat(fd)
-            with os.fdopen(fd, "rb", closefd=False) as fh:
-                raw = fh.read()
-        finally:
-            os.close(fd)
         self.snapshot_size = len(raw)
         return raw, (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def read_journal(self, journal_id: str | None, *, incremental: bool = False) -> list[dict[str, Any]] | None:
         """Transactions of the journal extending snapshot ``journal_id`` (from the last offset if
         ``incremental``). ``None`` when an incremental read is impossible (journal replaced)."""
+        start = self.journal_offset if incremental else 0
         try:
-            fd = os.open(self.journal_path, os.O_RDONLY)
+            raw, st = fsio.read_regular_stat(self.journal_path, STATE_MAX_BYTES, offset=start, error=UnsafeFileError)
         except FileNotFoundError:
             if incremental and self.journal_ino is not None:
                 return None
             self.journal_ino, self.journal_offset, self.torn = None, 0, False
             return []
-        try:
-            st = os.fstat(fd)
-            if incremental and (st.st_ino != self.journal_ino or st.st_size < self.journal_offset):
-                return None
-            start = self.journal_offset if incremental else 0
-            os.lseek(fd, start, os.SEEK_SET)
-            with os.fdopen(fd, "rb", closefd=False) as fh:
-                raw = fh.read()
-        finally:
-            os.close(fd)
+        if incremental and (st.st_ino != self.journal_ino or st.st_size < self.journal_offset):
+            return None
         self.journal_ino = st.st_ino
         lines = raw.split(b"\n")
         tail = lines.pop()  # bytes after the last newline: empty, or a torn line
@@ -119,7 +113,7 @@ class StateFile:
         closing brace) under a fresh journal id, then drop the old journal."""
         self.journal_id = uuid.uuid4().hex
         text = text_without_id + f',"journal_id":"{self.journal_id}"}}\n'
-        atomic_write_text(self.path, text)
+        fsio.atomic_write_text(self.path, text)
         self.snapshot_size = len(text.encode("utf-8"))
         if os.path.lexists(self.journal_path):
             os.unlink(self.journal_path)
@@ -129,7 +123,7 @@ class StateFile:
         """Append one transaction line and fsync it (creating the journal if needed)."""
         assert self.journal_id is not None and not self.torn and "\n" not in entry_json
         new = not os.path.lexists(self.journal_path)
-        fd = os.open(self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = fsio.open_append(self.journal_path, error=UnsafeFileError)
         try:
             data = entry_json.encode("utf-8") + b"\n"
             if new:
@@ -142,13 +136,13 @@ class StateFile:
         finally:
             os.close(fd)
         if new:
-            fsync_dir(self.directory)
+            fsio.fsync_dir(self.directory)
         self.journal_offset += len(data)
 
 
 def _stat_stamp(path: Path) -> tuple[int, int, int] | None:
     try:
-        st = os.stat(path)
+        st = os.lstat(path)  # what is at the name: a link planted there is a change
     except (FileNotFoundError, NotADirectoryError):
         return None
     return (st.st_mtime_ns, st.st_size, st.st_ino)

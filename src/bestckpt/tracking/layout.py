@@ -8,14 +8,21 @@
   :func:`read_latest_tag`; the completion marker, :func:`mark_complete`).
 - Paths handed to the tracker, expressed relative to the directory (:func:`checkpoint_relpath`,
   :func:`legacy_relpath`).
+- Size bounds of what bestckpt reads there (:data:`STATE_MAX_BYTES`, :data:`POINTER_MAX_BYTES`) and
+  the pointer files' reader (:func:`read_pointer_file`): anything else in the directory may have
+  been planted, so a FIFO, device, link or binary file where a pointer should be is ignored with a
+  warning (:func:`warn_once`), never followed, blocked on or read without bound.
 """
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from bestckpt.fsio import atomic_write_text
+from bestckpt import fsio
+from bestckpt.errors import UnsafeFileError, UnsafePathError
 from bestckpt.tracking.entries import confine
 
 __all__ = [
@@ -33,7 +40,13 @@ __all__ = [
     "step_entries",
     "find_checkpoints",
     "mark_complete",
+    "STATE_MAX_BYTES",
+    "POINTER_MAX_BYTES",
+    "read_pointer_file",
+    "warn_once",
 ]
+
+logger = logging.getLogger(__name__)
 
 STATE_FILE = "best_checkpoints.json"
 RESULTS_FILE = "best_checkpoint_results.json"
@@ -41,6 +54,42 @@ LOCK_FILE = STATE_FILE + ".lock"
 JOURNAL_FILE = "best_checkpoints.journal"
 BEST_LINK = "best.pt"
 POINTER_SUFFIX = ".txt"  # best.pt.txt: the fallback where symlinks are impossible
+STATE_MAX_BYTES = 1 << 30  # the state snapshot and its journal (a million records is ~300 MB)
+POINTER_MAX_BYTES = 4096  # DeepSpeed's `latest`, best.pt.txt: one relative path
+
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """Log ``message`` as a warning the first time this process sees it (a planted file is seen
+    at every call; one line says it)."""
+    if message in _warned:
+        return
+    if len(_warned) >= 1024:
+        _warned.clear()
+    _warned.add(message)
+    logger.warning("%s", message)
+
+
+def read_pointer_file(path: Path, what_happens: str) -> str | None:
+    """The text of a small pointer file (one relative path), or ``None`` when it is absent, empty
+    or unusable: a FIFO, device, directory, symlink, more than :data:`POINTER_MAX_BYTES` bytes, not
+    UTF-8 text. Unusable ones are ignored with one warning naming the file and ``what_happens``."""
+    try:
+        raw = fsio.read_regular(path, POINTER_MAX_BYTES, error=UnsafeFileError)
+        text = raw.decode("utf-8").strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except UnicodeDecodeError:
+        warn_once(f"ignoring {path}: it is not UTF-8 text (a binary file?); {what_happens}")
+        return None
+    except OSError as exc:
+        warn_once(f"ignoring {path}: {exc}; {what_happens}")
+        return None
+    if "\x00" in text or "\n" in text:
+        warn_once(f"ignoring {path}: it does not hold one path; {what_happens}")
+        return None
+    return text or None
 
 
 def checkpoint_relpath(root: Path, path: str | Path | None, default: str, step: int, *, must_exist: bool) -> str:
@@ -69,11 +118,19 @@ def checkpoint_relpath(root: Path, path: str | Path | None, default: str, step: 
                 "that directory (or create the tracker on the directory they are saved in)"
             )
     confine(root, rel)
-    if must_exist and not os.path.lexists(root / rel):
-        raise FileNotFoundError(
-            f"checkpoint {root / rel} of step {step} does not exist; call the tracker after the checkpoint "
-            "is completely saved (and pass the path it was saved to)"
-        )
+    if must_exist:
+        try:
+            mode = os.lstat(root / rel).st_mode
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"checkpoint {root / rel} of step {step} does not exist; call the tracker after the checkpoint "
+                "is completely saved (and pass the path it was saved to)"
+            ) from None
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+            raise UnsafeFileError(
+                f"checkpoint {root / rel} of step {step} is {fsio.describe_kind(mode)}, not a checkpoint file or "
+                "directory (reading it could block); remove it and save the checkpoint under that name"
+            )
     return rel
 
 
@@ -100,14 +157,11 @@ COMPLETE_MARKER = ".bestckpt-complete"
 def read_latest_tag(checkpoint_dir: str | Path) -> str | None:
     """The tag named by DeepSpeed's ``checkpoint_dir/latest`` text file, or None.
 
-    None also when the file cannot be read or decoded: a broken pointer must not stop bookkeeping.
+    None also when the file cannot be used (:func:`read_pointer_file`: a warning says why): a broken
+    pointer must not stop bookkeeping.
     """
-    latest = Path(checkpoint_dir) / "latest"
-    try:
-        text = latest.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return text or None
+    return read_pointer_file(Path(checkpoint_dir) / "latest",
+                             "DeepSpeed's `latest` protects no checkpoint until DeepSpeed rewrites it")
 
 
 def is_checkpoint_complete(path: str | Path, *, later_exists: bool, latest_tag: str | None = None) -> bool:
@@ -127,8 +181,11 @@ def is_checkpoint_complete(path: str | Path, *, later_exists: bool, latest_tag: 
         return True
     if not path.is_dir():
         return False
-    if (path / COMPLETE_MARKER).exists():
-        return True
+    try:
+        if stat.S_ISREG(os.lstat(path / COMPLETE_MARKER).st_mode):  # a planted link vouches for nothing
+            return True
+    except OSError:
+        pass
     if latest_tag is not None and latest_tag == path.name:
         return True
     return later_exists
@@ -137,15 +194,26 @@ def is_checkpoint_complete(path: str | Path, *, later_exists: bool, latest_tag: 
 def step_entries(checkpoint_dir: str | Path, step_from_name: Callable[[str], int | None]) -> list[tuple[int, str]]:
     """``(step, name)`` of every entry of the directory named like a step checkpoint, sorted by name.
 
-    Every kind of entry counts (symlinks too: the state may track a symlinked checkpoint); callers
-    filter. Raises ``OSError`` when the directory cannot be listed.
+    Files, directories and symlinks count (the state may track a symlinked checkpoint); callers
+    filter. A FIFO, socket or device named like a checkpoint is left out with a warning: it can
+    never be a checkpoint, and reading it could block. Raises ``OSError`` when the directory cannot
+    be listed.
     """
     found = []
-    for name in sorted(os.listdir(checkpoint_dir)):
-        step = step_from_name(name)
-        if step is not None:
-            found.append((step, name))
-    return found
+    with os.scandir(checkpoint_dir) as it:
+        for entry in it:
+            step = step_from_name(entry.name)
+            if step is None:
+                continue
+            if not (entry.is_symlink() or entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False)):
+                try:
+                    kind = fsio.describe_kind(entry.stat(follow_symlinks=False).st_mode)
+                except OSError:
+                    continue  # vanished
+                warn_once(f"ignoring {entry.path}: it is {kind}, not a checkpoint; remove it")
+                continue
+            found.append((step, entry.name))
+    return sorted(found, key=lambda pair: pair[1])
 
 
 def find_checkpoints(checkpoint_dir: str | Path, step_from_name: Callable[[str], int | None]) -> list[tuple[int, Path, bool]]:
@@ -167,10 +235,20 @@ def find_checkpoints(checkpoint_dir: str | Path, step_from_name: Callable[[str],
 
 
 def mark_complete(tag_dir: str | Path) -> Path:
-    """Write the completion marker into a checkpoint directory (rank 0, after the save returned)."""
+    """Write the completion marker into a checkpoint directory (rank 0, after the save returned).
+
+    A tag that is a symlink is refused: the marker would land wherever it points (and a symlinked
+    tag is never taken as complete anyway).
+    """
     tag_dir = Path(tag_dir)
+    if tag_dir.is_symlink():
+        raise UnsafePathError(
+            f"checkpoint directory {str(tag_dir)!r} is a symbolic link (to {os.readlink(tag_dir)}); bestckpt writes "
+            "its completion marker only into a real directory inside the checkpoint directory. Save the tag "
+            "there (move it into the checkpoint directory instead of linking it)"
+        )
     if not tag_dir.is_dir():
         raise FileNotFoundError(f"checkpoint directory {str(tag_dir)!r} does not exist; save the checkpoint first")
     marker = tag_dir / COMPLETE_MARKER
-    atomic_write_text(marker, "complete\n")
+    fsio.atomic_write_text(marker, "complete\n")
     return marker

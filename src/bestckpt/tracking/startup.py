@@ -2,7 +2,8 @@
 
 - :func:`prepare_directory`: the checkpoint directory exists (created if needed) and is a directory,
   with a message naming the fix when it cannot be;
-- :func:`start` (under the directory's lock): refuse a ``best.pt`` that is not ours, remove the
+- :func:`start` (under the directory's lock): refuse a ``best.pt`` that is not ours and a directory
+  where the results file goes (before anything is changed), remove the
   leftovers of interrupted writes, load and reconcile the state (rebuilt from the checkpoints on
   disk when there is none), adopt complete checkpoints newer than every recorded step as pending
   (written, but the process stopped before registering them), warn about stale pending ones,
@@ -16,6 +17,7 @@ import logging
 import os
 from pathlib import Path
 
+from bestckpt.errors import UnsafeFileError
 from bestckpt.tracking import (
     bestlink,
     commit,
@@ -55,6 +57,10 @@ def start(st: TrackerState, rank: Ranking, config: TrackerConfig) -> None:
             f"{link} exists and is not a symlink; bestckpt will not overwrite it. "
             f"Move it away so that {link.name} can point at the best checkpoint."
         )
+    results = st.dir / layout.RESULTS_FILE
+    if results.is_dir() and not results.is_symlink():  # every call would fail after its commit
+        raise UnsafeFileError(f"{results} is a directory where bestckpt writes its results file; it is not "
+                              "bestckpt's: move it away and retry")
     removed = entries.cleanup_temporaries(st.dir)
     if removed:
         logger.info("removed %d leftover temporary entries in %s", len(removed), st.dir)
