@@ -222,11 +222,15 @@ def test_legacy_state_with_a_record_naming_our_lock(guard: Guard, caplog) -> Non
 def test_legacy_state_where_the_best_is_a_symlink_to_a_pruned_steps_file(guard: Guard, caplog) -> None:
     """Step 2 (best) is a symlink to step 1's tag; step 1 falls out of the top-1."""
     t = guard.tracker(save_top_k=1)
-    t.update_checkpoint(1, 0, guard.save(1, tag=True), {S: 0.1})
+    t.update_checkpoint(1, 0, guard.save(1, tag=True), {S: 0.9})
     t.update_checkpoint(2, 0, guard.save(2), {S: 0.2})
     os.unlink(guard.ckdir / "0000002.pt")
     (guard.ckdir / "0000002.pt").symlink_to("0000001.pt", target_is_directory=True)
-    edit_state(guard.ckdir, lambda recs: recs[2]["metrics"].update({S: 0.9}))
+
+    def change(recs):
+        recs[1]["metrics"][S], recs[2]["metrics"][S] = 0.1, 0.9
+
+    edit_state(guard.ckdir, change)
     caplog.set_level(logging.WARNING, logger="bestckpt")
     t = guard.tracker(save_top_k=1)
     t.update_checkpoint(3, 0, guard.save(3), {S: 0.05})

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bestckpt.errors import ConfigError
+
 __all__ = ["Evaluator", "build_scorer", "default_device"]
 
 logger = logging.getLogger(__name__)
@@ -130,15 +132,19 @@ class Evaluator:
         """
         if not getattr(tracker, "is_writer", True):
             return False
+        error = result.error
         if result.ok:
-            is_best = bool(tracker.update_checkpoint(result.step, epoch, str(path), dict(result.scores),
-                                                     protocol_hash=result.protocol_hash, info=result.info()))
-        else:
-            tracker.record_failure(result.step, result.error, epoch=epoch, checkpoint_path=str(path),
+            try:
+                is_best = bool(tracker.update_checkpoint(result.step, epoch, str(path), dict(result.scores),
+                                                         protocol_hash=result.protocol_hash, info=result.info()))
+            except ConfigError as exc:  # a metric that returned no number: a failed evaluation, not a lost one
+                error = f"unusable scores: {exc}"
+        if error is not None:
+            tracker.record_failure(result.step, error, epoch=epoch, checkpoint_path=str(path),
                                    protocol_hash=result.protocol_hash)
             is_best = False
         ctx = self._ctx()
-        if self.tensorboard_dir is not None and (ctx is None or ctx.rank == 0) and result.ok:
+        if self.tensorboard_dir is not None and (ctx is None or ctx.rank == 0) and error is None:
             try:
                 if self._sink is None:
                     from bestckpt.sinks.tensorboard import TensorBoardSink

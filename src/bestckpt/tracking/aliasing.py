@@ -1,0 +1,92 @@
+"""Two records must never share a checkpoint on disk: deleting one would delete the other.
+
+Records share an entry when their paths are equal, when one lies inside the other (a file inside
+another step's DeepSpeed tag directory, a directory holding another step's file), or when that is
+true once symlinks are followed (a step's ``0000002.pt`` linking to ``0000001.pt``).
+
+- :func:`check_new_path`: at the call, a path that shares an entry with another live record is
+  refused (:class:`~bestckpt.errors.UnsafePathError`, naming both steps and the fix);
+- :func:`kept_owner`: at deletion, the kept record that still refers to an entry retention dropped
+  (states written before this check, or edited by hand): the entry is then left on disk.
+
+Paths are the records' paths relative to the checkpoint directory, with ``/`` separators.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from bestckpt.errors import UnsafePathError
+from bestckpt.tracking.layout import real_relpath
+from bestckpt.tracking.state import Record
+
+__all__ = ["overlap", "check_new_path", "kept_owner"]
+
+
+def _norm(path: str) -> str:
+    return path.replace(os.sep, "/") if os.sep != "/" else path
+
+
+def overlap(path: str, other: str) -> str | None:
+    """How ``path`` shares an entry with ``other``: ``"is"``, ``"lies inside"``, ``"contains"``, or None."""
+    a, b = _norm(path).rstrip("/"), _norm(other).rstrip("/")
+    if a == b:
+        return "is"
+    if a.startswith(b + "/"):
+        return "lies inside"
+    if b.startswith(a + "/"):
+        return "contains"
+    return None
+
+
+def _index_overlap(path: str, paths: Mapping[str, int], step: int, is_dir: bool) -> tuple[str, str] | None:
+    """``(how, other)`` for a path of ``paths`` (another step's) sharing an entry with ``path``: a few
+    dictionary look-ups, plus one scan of ``paths`` when ``path`` is a directory (only those contain)."""
+    path = _norm(path).rstrip("/")
+    if paths.get(path, step) != step:
+        return "is", path
+    parts = path.split("/")
+    for i in range(1, len(parts)):
+        parent = "/".join(parts[:i])
+        if paths.get(parent, step) != step:
+            return "lies inside", parent
+    if is_dir:
+        prefix = path + "/"
+        inner = next((p for p, s in paths.items() if _norm(p).startswith(prefix) and s != step), None)
+        if inner is not None:
+            return "contains", inner
+    return None
+
+
+def check_new_path(root: Path, paths: Mapping[str, int], step: int, rel: str) -> None:
+    """Refuse ``rel`` as step ``step``'s checkpoint if it shares an entry with another live record;
+    ``paths`` maps the live records' paths to their steps (``TrackerState.live_paths``)."""
+    if not paths or (len(paths) == 1 and step in paths.values()):
+        return
+    real = real_relpath(root, rel)
+    is_dir = os.path.isdir(Path(root) / rel)
+    for candidate in dict.fromkeys((rel, real)):
+        found = _index_overlap(candidate, paths, step, is_dir)
+        if found is None:
+            continue
+        how, other = found
+        via = "" if candidate == rel else f" (a symlink to {candidate!r})"
+        raise UnsafePathError(
+            f"checkpoint path {rel!r} of step {step}{via} {how} {other!r}, the checkpoint of step {paths[other]}: "
+            "deleting one would delete the other. Save each step under its own name, e.g. {step:07d}.pt "
+            "(never one file overwritten at every save)"
+        )
+
+
+def kept_owner(root: Path, rel: str, live: Iterable[Record]) -> tuple[Record, str] | None:
+    """A live record whose entry is, contains or lies inside ``rel`` (directly or through symlinks),
+    with how; None when deleting ``rel`` cannot touch any live record's checkpoint."""
+    mine = dict.fromkeys((rel, real_relpath(root, rel)))
+    for rec in live:
+        for theirs in dict.fromkeys((rec.path, real_relpath(root, rec.path))):
+            for path in mine:
+                how = overlap(path, theirs)
+                if how is not None:
+                    return rec, how
+    return None
