@@ -237,3 +237,19 @@ def test_legacy_state_where_the_best_is_a_symlink_to_a_pruned_steps_file(guard: 
     assert (guard.ckdir / "0000001.pt" / "mp_rank_00_model_states.pt").exists()
     assert any("0000001.pt" in m and "step 2" in m for m in caplog.messages), caplog.messages
     guard.check(t, best=2, keep=(3,))
+
+
+def test_file_inside_the_target_of_another_steps_symlinked_tag(guard: Guard, caplog) -> None:
+    """Step 1 is a symlink to ``store/tag1``; step 2 is a file inside that target: dropping step 2 must
+    not delete a file of step 1 (the aliasing is only visible once symlinks are followed)."""
+    t = guard.tracker(save_top_k=1)
+    (guard.ckdir / "store" / "tag1").mkdir(parents=True)
+    (guard.ckdir / "store" / "tag1" / "model.pt").write_bytes(b"model of step 1")
+    (guard.ckdir / "0000001.pt").symlink_to("store/tag1", target_is_directory=True)
+    t.update_checkpoint(1, 0, None, {S: 0.9})
+    caplog.set_level(logging.WARNING, logger="bestckpt")
+    t.update_checkpoint(2, 0, guard.ckdir / "store" / "tag1" / "model.pt", {S: 0.1})
+    t.update_checkpoint(3, 0, guard.save(3), {S: 0.2})  # step 2 drops out
+    assert (guard.ckdir / "store" / "tag1" / "model.pt").read_bytes() == b"model of step 1"
+    assert any("store/tag1/model.pt" in m and "step 1" in m for m in caplog.messages), caplog.messages
+    guard.check(t, best=1, keep=(3,))

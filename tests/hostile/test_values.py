@@ -177,6 +177,17 @@ def test_nan_in_a_non_tracked_metric_keeps_the_best(guard: Guard) -> None:
     guard.check(again, best=3, keep=(1,))
 
 
+def test_protocol_hash_that_is_not_text(guard: Guard) -> None:
+    """A bytes hash was accepted, then made the state write fail half-way through the call."""
+    t = _populated(guard)
+    path = guard.save(3)
+    _refused(guard, t, lambda: t.update_checkpoint(3, 0, path, {S: 0.95}, protocol_hash=b"\x00abc"),
+             "protocol_hash", "b'\\x00abc'", "str")
+    _refused(guard, t, lambda: t.record_failure(3, "oom", checkpoint_path=path, protocol_hash=7), "protocol_hash", "7")
+    guard.check(t, best=1, keep=(2,))
+    _reloaded(guard, t)
+
+
 def test_info_that_is_not_json_is_refused(guard: Guard) -> None:
     t = _populated(guard)
     path = guard.save(3)

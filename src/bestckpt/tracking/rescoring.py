@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 
 from bestckpt.errors import ConfigError
@@ -31,11 +32,12 @@ RESCORING = "rescoring"
 
 def had_valid_score(old: Record | None, metric_name: str) -> bool:
     """Whether ``old`` (a step's current record) holds a valid score that a failed re-evaluation must keep."""
-    if old is None or old.pruned:
+    if old is None or old.pruned or old.status not in ("evaluated", "pending"):
         return False
-    if old.status == "evaluated":
-        return old.score(metric_name) is not None
-    return old.status == "pending" and isinstance(old.info.get(RESCORING), dict)
+    if old.status == "pending" and not isinstance(old.info.get(RESCORING), dict):
+        return False  # saved, with an evaluation to come: it never had a score
+    value = old.metrics.get(metric_name)
+    return value is not None and math.isfinite(value)
 
 
 def pending_again(old: Record | None, step: int) -> Record:

@@ -77,7 +77,7 @@ from bestckpt.tracking.state import (
     check_step,
     clean_metrics,
 )
-from bestckpt.tracking.values import check_epoch, check_info
+from bestckpt.tracking.values import check_epoch, check_info, check_text
 
 __all__ = ["BestCheckpointTracker", "Record", "StateError", "STATE_SCHEMA"]
 
@@ -203,6 +203,7 @@ class BestCheckpointTracker:
         no exception). A path outside ``checkpoint_dir`` or a checkpoint missing on disk raises.
         """
         step, epoch, info = check_step(step), check_epoch(epoch), check_info(info)
+        protocol_hash = check_text("protocol_hash", protocol_hash)
         clean, error = clean_metrics(metrics, self.metric_name)
         before: list[int | None] = [None]
 
@@ -244,6 +245,7 @@ class BestCheckpointTracker:
         """Record that evaluating step ``step`` failed (``error`` says why): never best, prunable.
         A checkpoint that has a valid score keeps it (:mod:`~bestckpt.tracking.rescoring`)."""
         step, epoch = check_step(step), check_epoch(epoch)
+        protocol_hash = check_text("protocol_hash", protocol_hash)
 
         def mutate() -> None:
             old = self._st.records.get(step)

@@ -13,6 +13,7 @@ naming the value and the fix, so a record can never become unreadable on the nex
 - :func:`clean_metrics`: a call's metrics mapping through :func:`metric_value`, and why the tracked
   metric makes the evaluation a failure.
 - :func:`check_info`: ``info`` as strict JSON (str keys; str, int, finite float, bool, None, lists, dicts).
+- :func:`check_text`: ``None`` or a str (``protocol_hash``).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from typing import Any, Mapping
 
 from bestckpt.errors import ConfigError
 
-__all__ = ["check_step", "check_epoch", "metric_value", "clean_metrics", "check_info"]
+__all__ = ["check_step", "check_epoch", "metric_value", "clean_metrics", "check_info", "check_text"]
 
 _MAX_DEPTH = 64  # info nesting; deeper (or circular) structures are refused
 
@@ -118,6 +119,14 @@ def clean_metrics(metrics: Any, metric_name: str) -> tuple[dict[str, float | Non
     if not math.isfinite(value):
         return clean, f"tracked metric {metric_name!r} is {value}"
     return clean, None
+
+
+def check_text(name: str, value: Any) -> str | None:
+    """``value`` as ``None`` or a plain str; ``ConfigError`` naming ``name`` and the value otherwise."""
+    if value is None or isinstance(value, str):
+        return None if value is None else str(value)
+    raise ConfigError(f"{name} must be a str or None, got {value!r} ({type(value).__name__}); pass it as text, "
+                      "e.g. protocol.hash")
 
 
 def check_info(info: Any) -> dict[str, Any]:
