@@ -6,8 +6,9 @@ true once symlinks are followed (a step's ``0000002.pt`` linking to ``0000001.pt
 
 - :func:`check_new_path`: at the call, a path that shares an entry with another live record is
   refused (:class:`~bestckpt.errors.UnsafePathError`, naming both steps and the fix);
-- :func:`kept_owner`: at deletion, the kept record that still refers to an entry retention dropped
-  (states written before this check, or edited by hand): the entry is then left on disk.
+- :func:`kept_owner` (with :func:`symlinked`): at deletion, the kept record that still refers to an
+  entry retention dropped (states written before this check, or edited by hand): the entry is then
+  left on disk.
 
 Paths are the records' paths relative to the checkpoint directory, with ``/`` separators.
 """
@@ -15,13 +16,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Mapping
 
 from bestckpt.errors import UnsafePathError
 from bestckpt.tracking.layout import real_relpath
-from bestckpt.tracking.state import Record
 
-__all__ = ["overlap", "check_new_path", "kept_owner"]
+__all__ = ["overlap", "check_new_path", "symlinked", "kept_owner"]
 
 
 def _norm(path: str) -> str:
@@ -79,14 +79,34 @@ def check_new_path(root: Path, paths: Mapping[str, int], step: int, rel: str) ->
         )
 
 
-def kept_owner(root: Path, rel: str, live: Iterable[Record]) -> tuple[Record, str] | None:
-    """A live record whose entry is, contains or lies inside ``rel`` (directly or through symlinks),
-    with how; None when deleting ``rel`` cannot touch any live record's checkpoint."""
-    mine = dict.fromkeys((rel, real_relpath(root, rel)))
-    for rec in live:
-        for theirs in dict.fromkeys((rec.path, real_relpath(root, rec.path))):
-            for path in mine:
-                how = overlap(path, theirs)
-                if how is not None:
-                    return rec, how
+def symlinked(root: Path, paths: Mapping[str, int]) -> dict[str, str]:
+    """``{path: where it leads}`` for the live records whose entry is a symlink (one directory scan for
+    top-level entries, an ``lstat`` for nested ones): the only records whose real path differs from
+    their path, since registered paths have their parent directories resolved."""
+    try:
+        top = {e.name for e in os.scandir(root) if e.is_symlink()}
+    except OSError:
+        top = set()
+    out = {}
+    for path in paths:
+        if (path in top) if "/" not in _norm(path) else os.path.islink(Path(root) / path):
+            out[path] = real_relpath(root, path)
+    return out
+
+
+def kept_owner(root: Path, rel: str, paths: Mapping[str, int], links: Mapping[str, str]) -> tuple[int, str, str] | None:
+    """``(step, path, how)`` of a live record (``paths``: path -> step) whose entry is, contains or lies
+    inside the entry ``rel``, directly or through symlinks (``links``: :func:`symlinked` of ``paths``);
+    None when deleting ``rel`` cannot touch any live record's checkpoint."""
+    mine = tuple(dict.fromkeys((rel, real_relpath(root, rel))))
+    is_dir = os.path.isdir(Path(root) / rel)
+    for path in mine:
+        found = _index_overlap(path, paths, -1, is_dir)
+        if found is not None:
+            return paths[found[1]], found[1], found[0]
+    for theirs, target in links.items():
+        for path in mine:
+            how = overlap(path, target)
+            if how is not None:
+                return paths[theirs], theirs, f"{how} {target!r}, where"
     return None

@@ -152,7 +152,8 @@ def finish_intents(st: TrackerState) -> None:
     """Carry out recorded deletions whose entry is still the one we decided to delete, and that no
     kept record refers to (:func:`~bestckpt.tracking.aliasing.kept_owner`; states written before
     paths were checked, or edited by hand, may hold two records sharing an entry)."""
-    live = None
+    kept: dict[str, int] | None = None
+    links: dict[str, str] = {}
     for intent in st.intents:
         rel = intent.get("path")
         if not isinstance(rel, str):
@@ -169,11 +170,13 @@ def finish_intents(st: TrackerState) -> None:
         if (stat.st_ino, stat.st_mtime_ns) != (intent.get("ino"), intent.get("mtime_ns")):
             logger.info("not deleting %s: it was replaced after the deletion was decided", rel)
             continue
-        live = st.live() if live is None else live
-        owner = aliasing.kept_owner(st.dir, rel, live)
+        if kept is None:  # built afresh: a legacy state may list one path under two steps
+            kept = {r.path: r.step for r in st.live()}
+            links = aliasing.symlinked(st.dir, kept)
+        owner = aliasing.kept_owner(st.dir, rel, kept, links)
         if owner is not None:
             logger.warning("not deleting %s (dropped step %s): it %s %s, the checkpoint of step %d, which is kept; "
-                           "the entry stays on disk", rel, intent.get("step"), owner[1], owner[0].path, owner[0].step)
+                           "the entry stays on disk", rel, intent.get("step"), owner[2], owner[1], owner[0])
             continue
         try:
             entries.delete_entry(st.dir, rel)
