@@ -22,7 +22,7 @@ import time
 from bestckpt.errors import ConfigError
 from bestckpt.tracking.state import Record, TrackerState
 
-__all__ = ["RESCORING", "had_valid_score", "pending_again", "keep_earlier_score"]
+__all__ = ["RESCORING", "had_valid_score", "pending_again", "failed_again"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,12 @@ def pending_again(old: Record | None, step: int) -> Record:
     return dataclasses.replace(old, status="pending", info=dict(old.info, **{RESCORING: earlier}))
 
 
-def keep_earlier_score(st: TrackerState, old: Record, error: str, protocol_hash: str | None) -> None:
-    """Record a failed re-evaluation of ``old`` (which :func:`had_valid_score`): earlier score kept."""
+def failed_again(st: TrackerState, old: Record | None, error: str, protocol_hash: str | None,
+                 metric_name: str) -> bool:
+    """Record a failed re-evaluation of ``old``, keeping its earlier score, if it :func:`had_valid_score`;
+    else do nothing and return False (the caller records an ordinary failure)."""
+    if old is None or not had_valid_score(old, metric_name):
+        return False
     info = {k: v for k, v in old.info.items() if k != RESCORING}
     earlier = old.info.get(RESCORING) if old.status == "pending" else None
     failure: dict[str, object] = {"error": str(error), "time": time.time()}
@@ -63,3 +67,4 @@ def keep_earlier_score(st: TrackerState, old: Record, error: str, protocol_hash:
     ))
     logger.warning("step %d: re-evaluation failed (%s); its earlier score is kept (an infrastructure failure never "
                    "costs a valid score). Re-evaluate it again when the cause is fixed", old.step, error)
+    return True

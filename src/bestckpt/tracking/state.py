@@ -122,7 +122,6 @@ class Record:
         )
 
 
-
 class TrackerState:
     """The records of one checkpoint directory and the state header fields, as last read or written.
 

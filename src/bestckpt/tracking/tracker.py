@@ -52,20 +52,13 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 import filelock
 
 from bestckpt import errors
-from bestckpt.tracking import (
-    aliasing,
-    commit,
-    journal,
-    layout,
-    locking,
-    reconcile,
-    rescoring,
-    startup,
-)
+from bestckpt.tracking import commit, journal, layout, locking, reconcile, startup
+from bestckpt.tracking.aliasing import check_new_path
 from bestckpt.tracking.config import TrackerConfig
 from bestckpt.tracking.console import format_score, format_summary
 from bestckpt.tracking.policies import Decision
 from bestckpt.tracking.ranking import Ranking
+from bestckpt.tracking.rescoring import failed_again, pending_again
 from bestckpt.tracking.results import ResultsFile
 from bestckpt.tracking.roles import default_is_writer
 from bestckpt.tracking.state import (
@@ -200,7 +193,9 @@ class BestCheckpointTracker:
         """Record step ``step``'s scores; returns whether it is now the best checkpoint.
 
         A missing, NaN or infinite tracked metric gives a ``failed`` record (logged, never best,
-        no exception). A path outside ``checkpoint_dir`` or a checkpoint missing on disk raises.
+        no exception), or keeps the earlier valid score of a re-scored checkpoint. A path outside
+        ``checkpoint_dir``, shared with another step, or a checkpoint missing on disk raises; so do
+        values that would not survive a reload (:mod:`~bestckpt.tracking.values`).
         """
         step, epoch, info = check_step(step), check_epoch(epoch), check_info(info)
         protocol_hash = check_text("protocol_hash", protocol_hash)
@@ -211,8 +206,7 @@ class BestCheckpointTracker:
             rel = self._checked_path(step, checkpoint_path)
             before[0] = self._rank.best_step()
             old = self._st.records.get(step)
-            if error and rescoring.had_valid_score(old, self.metric_name):
-                rescoring.keep_earlier_score(self._st, old, error, protocol_hash)
+            if error and failed_again(self._st, old, error, protocol_hash, self.metric_name):
                 return True
             if old is not None and not old.pruned and old.status in ("evaluated", "failed"):
                 logger.info("step %d re-scored: the new scores replace the earlier ones", step)
@@ -251,8 +245,7 @@ class BestCheckpointTracker:
             old = self._st.records.get(step)
             path = checkpoint_path if checkpoint_path is not None else (old.path if old and not old.pruned else None)
             rel = self._checked_path(step, path)
-            if rescoring.had_valid_score(old, self.metric_name):
-                rescoring.keep_earlier_score(self._st, old, str(error), protocol_hash)
+            if failed_again(self._st, old, str(error), protocol_hash, self.metric_name):
                 return
             self._st.put(Record(step=step, epoch=epoch if epoch is not None else (old.epoch if old else None),
                              path=rel, metrics=dict(old.metrics) if old else {}, status="failed", time=time.time(),
@@ -265,8 +258,7 @@ class BestCheckpointTracker:
         """Protect the scored checkpoint ``step`` as ``pending`` until it is scored again (e.g. under a new
         protocol); if that fails, its earlier score comes back (:mod:`~bestckpt.tracking.rescoring`)."""
         step = check_step(step)
-
-        self._transaction(lambda: self._st.put(rescoring.pending_again(self._st.records.get(step), step)))
+        self._transaction(lambda: self._st.put(pending_again(self._st.records.get(step), step)))
 
     @property
     def best(self) -> Record | None:
@@ -405,7 +397,7 @@ class BestCheckpointTracker:
         """``path`` relative to the directory: inside it, on disk, not one of our files, and sharing no
         entry with another live step (:mod:`~bestckpt.tracking.aliasing`; call under the lock)."""
         rel = layout.checkpoint_relpath(self.dir, path, self.config.step_filename(step), step, must_exist=True)
-        aliasing.check_new_path(self.dir, self._st.live_paths, step, rel)
+        check_new_path(self.dir, self._st.live_paths, step, rel)
         return rel
 
     def _load(self) -> None:
