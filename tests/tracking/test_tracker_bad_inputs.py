@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bestckpt.errors import ConfigError
 from bestckpt.tracking.tracker import BestCheckpointTracker, StateError
 
 
@@ -98,11 +99,10 @@ def test_state_from_a_newer_version_is_refused_untouched(tmp_path: Path):
         ({"composite_score": math.inf}, "is inf"),
         ({"composite_score": -math.inf}, "is -inf"),
         ({"clip_score": 0.9}, "missing"),
-        ({"composite_score": "high"}, "not a number"),
         ({"composite_score": None}, "not a number"),
         (None, "must be a mapping"),
     ],
-    ids=["nan", "inf", "-inf", "missing", "string", "none", "no-mapping"],
+    ids=["nan", "inf", "-inf", "missing", "none", "no-mapping"],
 )
 def test_bad_scores_become_failed_records_never_best(tmp_path: Path, metrics, why, caplog):
     tracker = populated(tmp_path)
@@ -119,6 +119,17 @@ def test_bad_scores_become_failed_records_never_best(tmp_path: Path, metrics, wh
     assert "0000005.pt" not in ckpts(tmp_path)  # a failed evaluation is never in the top-k
     state = strict_json(tmp_path / "best_checkpoints.json")
     assert [r for r in state["checkpoints"] if r["step"] == 5][0]["status"] == "failed"
+
+
+def test_a_string_score_is_refused_at_the_call(tmp_path: Path):
+    """Text is never a score (it would not survive a reload as one): refused, nothing recorded."""
+    tracker = populated(tmp_path)
+    state = (tmp_path / "best_checkpoints.json").read_bytes()
+    save(tmp_path, 5)
+    with pytest.raises(ConfigError, match="metric 'composite_score' has value 'high' .*float"):
+        tracker.update_checkpoint(5, 0, None, {"composite_score": "high"})
+    assert (tmp_path / "best_checkpoints.json").read_bytes() == state and 5 not in {r.step for r in tracker.records}
+    assert tracker.best.step == 2 and os.readlink(tmp_path / "best.pt") == "0000002.pt"
 
 
 def test_nonfinite_nontracked_metrics_are_stored_strictly(tmp_path: Path):

@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # torch-heavy modules: imported for annotations only
     from bestckpt.sinks.tensorboard import TensorBoardSink
     from bestckpt.tracking.tracker import BestCheckpointTracker
 
+from bestckpt.errors import ConfigError
+
 __all__ = ["Evaluator", "build_scorer", "default_device"]
 
 logger = logging.getLogger(__name__)
@@ -149,15 +151,19 @@ class Evaluator:
         """
         if not getattr(tracker, "is_writer", True):
             return False
-        if result.error is None:  # result.ok
-            is_best = bool(tracker.update_checkpoint(result.step, epoch, str(path), dict(result.scores),
-                                                     protocol_hash=result.protocol_hash, info=result.info()))
-        else:
-            tracker.record_failure(result.step, result.error, epoch=epoch, checkpoint_path=str(path),
+        error = result.error
+        if result.ok:
+            try:
+                is_best = bool(tracker.update_checkpoint(result.step, epoch, str(path), dict(result.scores),
+                                                         protocol_hash=result.protocol_hash, info=result.info()))
+            except ConfigError as exc:  # a metric that returned no number: a failed evaluation, not a lost one
+                error = f"unusable scores: {exc}"
+        if error is not None:
+            tracker.record_failure(result.step, error, epoch=epoch, checkpoint_path=str(path),
                                    protocol_hash=result.protocol_hash)
             is_best = False
         ctx = self._ctx()
-        if self.tensorboard_dir is not None and (ctx is None or ctx.rank == 0) and result.ok:
+        if self.tensorboard_dir is not None and (ctx is None or ctx.rank == 0) and error is None:
             try:
                 if self._sink is None:
                     from bestckpt.sinks.tensorboard import TensorBoardSink

@@ -1,7 +1,9 @@
 """A resumed run whose protocol changed: refuse clearly, or mark the stale checkpoints for re-scoring.
 
 Scores from different protocols are never compared; every runner calls :func:`reconcile_protocol`
-when it starts.
+when it starts. A checkpoint marked for re-scoring keeps its earlier score in reserve: if the new
+protocol cannot score it (its setup fails, out of memory...), the earlier score comes back rather than
+the checkpoint becoming ``failed`` and prunable (:mod:`bestckpt.tracking.rescoring`).
 """
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import logging
 from typing import TYPE_CHECKING
 
 from bestckpt.errors import ProtocolChangedError
-from bestckpt.runners.records import record_path
 
 if TYPE_CHECKING:
     from bestckpt.evaluation.protocol import Protocol
@@ -28,8 +29,8 @@ def reconcile_protocol(tracker: BestCheckpointTracker, protocol: Protocol, on_ch
 
     Scores from different protocols are never compared. ``"refuse"`` raises
     :class:`ProtocolChangedError` naming the steps and the ways out; ``"rescore"`` marks those
-    checkpoints pending again (protected from pruning) and returns their steps, so the runner
-    scores them under the new protocol.
+    checkpoints pending again (protected from pruning, their earlier scores kept for a failed
+    re-scoring) and returns their steps, so the runner scores them under the new protocol.
     """
     if on_change not in ON_PROTOCOL_CHANGE:
         raise ValueError(f"on_protocol_change must be one of {ON_PROTOCOL_CHANGE}, got {on_change!r}")
@@ -48,5 +49,5 @@ def reconcile_protocol(tracker: BestCheckpointTracker, protocol: Protocol, on_ch
         )
     logger.warning("protocol changed: re-scoring steps %s under protocol %s", steps, protocol.hash[:12])
     for r in stale:
-        tracker.checkpoint_saved(r.step, str(record_path(tracker, r)), epoch=r.epoch, evaluate=True)
+        tracker.mark_for_rescoring(r.step)
     return steps

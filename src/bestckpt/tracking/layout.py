@@ -7,7 +7,7 @@
   (:func:`find_checkpoints`, :func:`is_checkpoint_complete`; DeepSpeed's ``latest`` pointer,
   :func:`read_latest_tag`; the completion marker, :func:`mark_complete`).
 - Paths handed to the tracker, expressed relative to the directory (:func:`checkpoint_relpath`,
-  :func:`legacy_relpath`).
+  :func:`legacy_relpath`, :func:`real_relpath`), never one of our own files (:func:`own_file`).
 - Size bounds of what bestckpt reads there (:data:`STATE_MAX_BYTES`, :data:`POINTER_MAX_BYTES`) and
   the pointer files' reader (:func:`read_pointer_file`): anything else in the directory may have
   been planted, so a FIFO, device, link or binary file where a pointer should be is ignored with a
@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import stat
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from bestckpt import fsio
 from bestckpt.errors import UnsafeFileError, UnsafePathError
+from bestckpt.fsio import TEMP_PREFIX
 from bestckpt.tracking.entries import confine
 
 __all__ = [
@@ -33,8 +35,13 @@ __all__ = [
     "BEST_LINK",
     "POINTER_SUFFIX",
     "COMPLETE_MARKER",
+    "LATEST_FILE",
+    "OWN_NAMES",
     "checkpoint_relpath",
     "legacy_relpath",
+    "real_relpath",
+    "own_file",
+    "check_not_own",
     "read_latest_tag",
     "is_checkpoint_complete",
     "step_entries",
@@ -92,12 +99,59 @@ def read_pointer_file(path: Path, what_happens: str) -> str | None:
     return text or None
 
 
+LATEST_FILE = "latest"  # DeepSpeed's pointer to its newest tag
+#: top-level names that are never a checkpoint: ours, and DeepSpeed's pointer (``*.corrupt-*`` and
+#: names starting with ``.bestckpt-`` are ours too, see :func:`own_file`)
+OWN_NAMES = frozenset({STATE_FILE, RESULTS_FILE, LOCK_FILE, JOURNAL_FILE, BEST_LINK, BEST_LINK + POINTER_SUFFIX,
+                       LATEST_FILE})
+
+
+def own_file(relpath: str) -> str | None:
+    """The name of bestckpt's own file (or DeepSpeed's ``latest``) that ``relpath`` is or lies in, else None.
+
+    Ours: :data:`OWN_NAMES` and the unreadable states moved aside (``*.corrupt-*``) at the top level,
+    and anything named ``.bestckpt-*`` at any depth (temporaries, deletions in progress, completion markers).
+    """
+    parts = [p for p in relpath.replace("\\", "/").split("/") if p not in ("", ".")]
+    if not parts:
+        return None
+    if parts[0] in OWN_NAMES or fnmatch.fnmatchcase(parts[0], "*.corrupt-*"):
+        return parts[0]
+    return next((p for p in parts if p.startswith(TEMP_PREFIX)), None)
+
+
+def check_not_own(relpath: str, step: int, *, given: str | None = None) -> None:
+    """Raise :class:`UnsafePathError` if ``relpath`` (what the path ``given`` resolves to) is one of our files."""
+    name = own_file(relpath)
+    if name is None:
+        return
+    shown = repr(relpath) if given is None or given == relpath else f"{given!r} (resolving to {relpath!r})"
+    raise UnsafePathError(
+        f"checkpoint path {shown} of step {step} names {name!r}, one of the files bestckpt keeps beside the "
+        "checkpoints (state, journal, lock, results, best.pt, temporaries) or DeepSpeed's 'latest': it is never a "
+        "checkpoint, never registered nor deleted. Save each step under its own name, e.g. {step:07d}.pt"
+    )
+
+
+def real_relpath(root: Path, relpath: str) -> str:
+    """Where the entry ``relpath`` of ``root`` leads once every symlink is followed: a path relative to
+    ``root`` when it stays inside, else the absolute real path (which no relative path can equal)."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(real_root, relpath))
+    if real == real_root:
+        return "."
+    if real.startswith(real_root.rstrip(os.sep) + os.sep):
+        return os.path.relpath(real, real_root)
+    return real
+
+
 def checkpoint_relpath(root: Path, path: str | Path | None, default: str, step: int, *, must_exist: bool) -> str:
     """``path`` as a path relative to the checkpoint directory ``root`` (``default``, the step's
     file name, when ``path`` is ``None``).
 
     Absolute paths must lie inside the directory. A relative path is taken relative to the
     current directory when that lands inside the checkpoint directory, else relative to it.
+    Our own files (:func:`own_file`), also behind a symlink, raise :class:`UnsafePathError`.
     """
     root = Path(root)
     if path is None:
@@ -118,6 +172,8 @@ def checkpoint_relpath(root: Path, path: str | Path | None, default: str, step: 
                 "that directory (or create the tracker on the directory they are saved in)"
             )
     confine(root, rel)
+    for candidate in dict.fromkeys((rel, real_relpath(root, rel))):
+        check_not_own(candidate, step, given=rel)
     if must_exist:
         try:
             mode = os.lstat(root / rel).st_mode

@@ -19,7 +19,7 @@ import logging
 import time
 
 from bestckpt import errors
-from bestckpt.tracking import entries, layout, saveorder
+from bestckpt.tracking import aliasing, entries, layout, saveorder
 from bestckpt.tracking.config import TrackerConfig
 from bestckpt.tracking.state import Record, StateError, TrackerState
 
@@ -177,13 +177,18 @@ def reconcile(st: TrackerState, is_writer: bool) -> None:
 
 
 def finish_intents(st: TrackerState) -> None:
-    """Carry out recorded deletions whose entry is still the one we decided to delete."""
+    """Carry out recorded deletions whose entry is still the one we decided to delete, and that no
+    kept record refers to (:func:`~bestckpt.tracking.aliasing.kept_owner`; states written before
+    paths were checked, or edited by hand, may hold two records sharing an entry)."""
+    kept: dict[str, int] | None = None
+    links: dict[str, str] = {}
     for intent in st.intents:
         rel = intent.get("path")
         if not isinstance(rel, str):
             continue
         try:
             entries.confine(st.dir, rel)
+            layout.check_not_own(rel, intent.get("step"))
         except errors.UnsafePathError as exc:
             logger.error("refusing to delete %r: %s", rel, exc)
             continue
@@ -192,6 +197,14 @@ def finish_intents(st: TrackerState) -> None:
             continue
         if (stat.st_ino, stat.st_mtime_ns) != (intent.get("ino"), intent.get("mtime_ns")):
             logger.info("not deleting %s: it was replaced after the deletion was decided", rel)
+            continue
+        if kept is None:  # built afresh: a legacy state may list one path under two steps
+            kept = {r.path: r.step for r in st.live()}
+            links = aliasing.symlinked(st.dir, kept)
+        owner = aliasing.kept_owner(st.dir, rel, kept, links)
+        if owner is not None:
+            logger.warning("not deleting %s (dropped step %s): it %s %s, the checkpoint of step %d, which is kept; "
+                           "the entry stays on disk", rel, intent.get("step"), owner[2], owner[1], owner[0])
             continue
         try:
             entries.delete_entry(st.dir, rel)

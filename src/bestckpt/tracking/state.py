@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import math
-import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,12 @@ from bestckpt import errors, fsio
 from bestckpt.errors import StateError
 from bestckpt.tracking import entries, journal, layout
 from bestckpt.tracking.policies import STATUSES
+from bestckpt.tracking.values import (
+    check_epoch,
+    check_step,
+    clean_metrics,
+    metric_value,
+)
 
 __all__ = ["Record", "StateError", "STATE_SCHEMA", "STATUSES", "HEADER_TOP", "TrackerState", "check_step",
            "clean_metrics"]
@@ -32,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 STATE_SCHEMA = "bestckpt.state/1"
 HEADER_TOP = 100  # the state header's "top_k" lists at most this many steps (the ranking's head)
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}  # fsio.to_strict_json's spellings
 
 
 @dataclass(frozen=True)
@@ -99,12 +105,20 @@ class Record:
         if not isinstance(path, str) or not path:
             raise ValueError(f"record of step {step} has no checkpoint_path (got {path!r})")
         epoch = data.get("epoch")
-        if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool)):
-            raise ValueError(f"record of step {step} has a non-int epoch {epoch!r}")
+        try:
+            epoch = check_epoch(epoch)
+        except ValueError:  # informational only: never worth dropping a record (maybe the best) over
+            logger.warning("record of step %d has epoch %r, not an int >= 0: read as None (edit %s to fix it)",
+                           step, epoch, layout.STATE_FILE)
+            epoch = None
         raw_metrics = data.get("metrics") or {}
         if not isinstance(raw_metrics, dict):
             raise ValueError(f"record of step {step} has non-object metrics {raw_metrics!r}")
-        metrics = {str(k): fsio.float_from_json(v) for k, v in raw_metrics.items()}
+        try:  # the call's coercion, after decoding the strict-JSON spellings of NaN and infinities
+            metrics = {k: metric_value(k, _NONFINITE.get(v, v) if isinstance(v, str) else v)
+                       for k, v in raw_metrics.items()}
+        except ValueError as exc:
+            raise ValueError(f"record of step {step}: {exc}") from None
         status = data.get("status", "evaluated")  # the original's records were all evaluated
         if status not in STATUSES:
             raise ValueError(f"record of step {step} has unknown status {status!r}")
@@ -131,49 +145,6 @@ def _file_id(value: Any) -> tuple[int, int] | None:
     return None
 
 
-def check_step(step: Any) -> int:
-    """``step`` as a non-negative int (numpy / 0-d tensor ints accepted); raises with the value."""
-    if isinstance(step, bool) or not isinstance(step, int):
-        try:
-            step = operator.index(step)  # numpy / 0-d tensor ints
-        except TypeError:
-            raise TypeError(f"step must be an int, got {step!r} ({type(step).__name__})") from None
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    return int(step)
-
-
-def _to_float(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    try:
-        return float(value)  # numbers, numpy scalars, 0-d tensors
-    except (TypeError, ValueError):
-        return None
-
-
-def clean_metrics(metrics: Any, metric_name: str) -> tuple[dict[str, float | None], str | None]:
-    """A record's metrics: floats (``None`` where unusable), and why the tracked metric
-    ``metric_name`` makes the evaluation a failure (``None`` if it is a finite number)."""
-    if metrics is None or not isinstance(metrics, Mapping):
-        return {}, f"metrics must be a mapping of metric name to number, got {type(metrics).__name__}"
-    clean: dict[str, float | None] = {}
-    for key, value in metrics.items():
-        number = _to_float(value)
-        if number is None and value is not None:
-            logger.warning("metric %r has a non-numeric value %r; stored as null", key, value)
-        clean[str(key)] = number
-    name = metric_name
-    if name not in clean:
-        return clean, f"tracked metric {name!r} missing (got {sorted(clean)})"
-    value = clean[name]
-    if value is None:
-        return clean, f"tracked metric {name!r} is not a number ({metrics[name]!r})"
-    if not math.isfinite(value):
-        return clean, f"tracked metric {name!r} is {value}"
-    return clean, None
-
-
 class TrackerState:
     """The records of one checkpoint directory and the state header fields, as last read or written.
 
@@ -187,6 +158,7 @@ class TrackerState:
         self.path = sf.path
         self.records: dict[int, Record] = {}
         self.live_steps: set[int] = set()  # not pruned, not refused: what retention looks at
+        self.live_paths: dict[str, int] = {}  # path -> step of the live records (tracking.aliasing)
         self.dirty: set[int] = set()  # records changed since the last write (journal entries)
         self.version = 0  # bumped at every change
         self.generation = 0  # bumped when the whole record set is replaced
@@ -203,11 +175,15 @@ class TrackerState:
 
     # ------------------------------------------------------------------ records
     def put(self, record: Record, *, dirty: bool = True) -> None:
+        old = self.records.get(record.step)
+        if old is not None and self.live_paths.get(old.path) == old.step:
+            del self.live_paths[old.path]
         self.records[record.step] = record
         if record.pruned or record.step in self.refused:
             self.live_steps.discard(record.step)
         else:
             self.live_steps.add(record.step)
+            self.live_paths[record.path] = record.step
         if dirty:
             self.dirty.add(record.step)
         self.touched.add(record.step)
@@ -222,6 +198,7 @@ class TrackerState:
         self.live_steps = {s for s, r in records.items() if not r.pruned and s not in self.refused}
         self.newest = max(((r.seq, s) for s, r in records.items()), default=None)
         self.next_seq = 1 + (self.newest[0] if self.newest else 0)
+        self.live_paths = {records[s].path: s for s in sorted(self.live_steps)}
         self.dirty = set()
         self.touched = set()
         self.generation += 1
@@ -251,8 +228,10 @@ class TrackerState:
         self.force_full = True
 
     def check_confined(self, rec: Record) -> None:
+        """Refuse (never delete, never rank) a stored path outside the directory or naming our own files."""
         try:
             entries.confine(self.dir, rec.path)
+            layout.check_not_own(rec.path, rec.step)
         except errors.UnsafePathError as exc:
             self.refused[rec.step] = str(exc)
             logger.error("state entry of step %d refused: %s (never deleted, never best)", rec.step, exc)
@@ -286,7 +265,8 @@ class TrackerState:
             try:
                 rec = Record.from_json(entry)
             except ValueError as exc:
-                logger.error("%s: unreadable record kept aside (%s): %r", self.path, exc, entry)
+                logger.error("%s: unreadable record kept aside (%s); its checkpoint is never deleted meanwhile: "
+                             "edit or remove that entry of %s: %r", self.path, exc, self.path.name, entry)
                 unreadable.append(entry)
                 continue
             if schema is None:  # the original stored absolute or cwd-relative paths
@@ -323,7 +303,8 @@ class TrackerState:
             try:
                 rec = Record.from_json(raw)
             except ValueError as exc:
-                logger.error("%s: unreadable record kept aside (%s): %r", self.sf.journal_path, exc, raw)
+                logger.error("%s: unreadable record kept aside (%s); its checkpoint is never deleted meanwhile: "
+                             "edit or remove that entry of %s: %r", self.sf.journal_path, exc, self.path.name, raw)
                 self.unreadable.append(raw)
                 continue
             self.check_confined(rec)

@@ -17,7 +17,11 @@ always current. A tracker object may be shared by threads (an in-process lock se
 
 Documented choices:
 - A checkpoint is ranked only when evaluated with a finite tracked metric; NaN, inf, a missing
-  metric or :meth:`record_failure` give a ``failed`` record that is never best and never raises.
+  metric or :meth:`record_failure` give a ``failed`` record that is never best and never raises,
+  unless the checkpoint already has a valid score: that score is kept (:mod:`~bestckpt.tracking.rescoring`).
+- Values that would not survive a reload (a float epoch, a string score, ``info`` that is not JSON)
+  are refused at the call (:mod:`~bestckpt.tracking.values`); so is a path another live step's
+  checkpoint is, contains or lies in, or one of our own files (:mod:`~bestckpt.tracking.aliasing`).
 - Ties: the earlier step stays ahead. With ``min_improvement > 0`` the best is the incumbent, in
   step order, that no later checkpoint beat by more than ``min_improvement``.
 - Duplicate step: the new call replaces the record (re-scoring, or a re-saved checkpoint), logged.
@@ -60,10 +64,12 @@ from bestckpt.tracking import (
     settings,
     startup,
 )
+from bestckpt.tracking.aliasing import check_new_path
 from bestckpt.tracking.config import TrackerConfig
 from bestckpt.tracking.console import format_score, format_summary
 from bestckpt.tracking.policies import Decision
 from bestckpt.tracking.ranking import Ranking
+from bestckpt.tracking.rescoring import failed_again, pending_again
 from bestckpt.tracking.results import ResultsFile
 from bestckpt.tracking.roles import default_is_writer
 from bestckpt.tracking.settings import NOT_PASSED
@@ -76,6 +82,7 @@ from bestckpt.tracking.state import (
     check_step,
     clean_metrics,
 )
+from bestckpt.tracking.values import check_epoch, check_info, check_text
 
 __all__ = ["BestCheckpointTracker", "Record", "StateError", "STATE_SCHEMA"]
 
@@ -202,10 +209,10 @@ class BestCheckpointTracker:
                          evaluate: bool = True) -> None:
         """Say that step ``step``'s checkpoint is committed on disk; ``pending`` (protected from
         pruning until scored) if ``evaluate`` else ``saved`` (prunable like any unevaluated checkpoint)."""
-        step = check_step(step)
+        step, epoch = check_step(step), check_epoch(epoch)
 
         def mutate() -> None:
-            rel = layout.checkpoint_relpath(self.dir, path, self.config.step_filename(step), step, must_exist=True)
+            rel = self._checked_path(step, path)
             old = self._st.records.get(step)
             if old is not None and not old.pruned and old.status in ("evaluated", "failed"):
                 logger.info("step %d saved again: its earlier %s record is replaced", step, old.status)
@@ -220,16 +227,21 @@ class BestCheckpointTracker:
         """Record step ``step``'s scores; returns whether it is now the best checkpoint.
 
         A missing, NaN or infinite tracked metric gives a ``failed`` record (logged, never best,
-        no exception). A path outside ``checkpoint_dir`` or a checkpoint missing on disk raises.
+        no exception), or keeps the earlier valid score of a re-scored checkpoint. A path outside
+        ``checkpoint_dir``, shared with another step, or a checkpoint missing on disk raises; so do
+        values that would not survive a reload (:mod:`~bestckpt.tracking.values`).
         """
-        step = check_step(step)
+        step, epoch, info = check_step(step), check_epoch(epoch), check_info(info)
+        protocol_hash = check_text("protocol_hash", protocol_hash)
         clean, error = clean_metrics(metrics, self.metric_name)
         before: list[int | None] = [None]
 
         def mutate() -> bool:
-            rel = layout.checkpoint_relpath(self.dir, checkpoint_path, self.config.step_filename(step), step, must_exist=True)
+            rel = self._checked_path(step, checkpoint_path)
             before[0] = self._rank.best_step()
             old = self._st.records.get(step)
+            if error and failed_again(self._st, old, error, protocol_hash, self.metric_name):
+                return True
             if old is not None and not old.pruned and old.status in ("evaluated", "failed"):
                 logger.info("step %d re-scored: the new scores replace the earlier ones", step)
             prev_epoch = old.epoch if old is not None and not old.pruned else None
@@ -242,7 +254,7 @@ class BestCheckpointTracker:
             self._st.put(Record(
                 step=step, epoch=epoch if epoch is not None else prev_epoch, path=rel, metrics=clean,
                 status="failed" if error else "evaluated", time=time.time(), protocol_hash=protocol_hash,
-                error=error, info=dict(info or {}), **saveorder.fields(self._st, step, rel, self.is_writer),
+                error=error, info=info, **saveorder.fields(self._st, step, rel, self.is_writer),
             ))
             if error:
                 logger.warning("step %d: evaluation recorded as failed (%s); it will never be best", step, error)
@@ -258,13 +270,17 @@ class BestCheckpointTracker:
 
     def record_failure(self, step: int, error: str, *, epoch: int | None = None,
                        checkpoint_path: str | Path | None = None, protocol_hash: str | None = None) -> None:
-        """Record that evaluating step ``step`` failed (``error`` says why): never best, prunable."""
-        step = check_step(step)
+        """Record that evaluating step ``step`` failed (``error`` says why): never best, prunable.
+        A checkpoint that has a valid score keeps it (:mod:`~bestckpt.tracking.rescoring`)."""
+        step, epoch = check_step(step), check_epoch(epoch)
+        protocol_hash = check_text("protocol_hash", protocol_hash)
 
         def mutate() -> None:
             old = self._st.records.get(step)
             path = checkpoint_path if checkpoint_path is not None else (old.path if old and not old.pruned else None)
-            rel = layout.checkpoint_relpath(self.dir, path, self.config.step_filename(step), step, must_exist=True)
+            rel = self._checked_path(step, path)
+            if failed_again(self._st, old, str(error), protocol_hash, self.metric_name):
+                return
             self._st.put(Record(step=step, epoch=epoch if epoch is not None else (old.epoch if old else None),
                              path=rel, metrics=dict(old.metrics) if old else {}, status="failed", time=time.time(),
                              protocol_hash=protocol_hash, error=str(error),
@@ -272,6 +288,12 @@ class BestCheckpointTracker:
             logger.warning("step %d: evaluation failed (%s); it will never be best", step, error)
 
         self._transaction(mutate)
+
+    def mark_for_rescoring(self, step: int) -> None:
+        """Protect the scored checkpoint ``step`` as ``pending`` until it is scored again (e.g. under a new
+        protocol); if that fails, its earlier score comes back (:mod:`~bestckpt.tracking.rescoring`)."""
+        step = check_step(step)
+        self._transaction(lambda: self._st.put(pending_again(self._st.records.get(step), step)))
 
     @property
     def best(self) -> Record | None:
@@ -417,6 +439,13 @@ class BestCheckpointTracker:
             return result
 
     # ------------------------------------------------------------------ state I/O
+    def _checked_path(self, step: int, path: str | Path | None) -> str:
+        """``path`` relative to the directory: inside it, on disk, not one of our files, and sharing no
+        entry with another live step (:mod:`~bestckpt.tracking.aliasing`; call under the lock)."""
+        rel = layout.checkpoint_relpath(self.dir, path, self.config.step_filename(step), step, must_exist=True)
+        check_new_path(self.dir, self._st.live_paths, step, rel)
+        return rel
+
     def _load(self) -> None:
         """Reload the state if another process changed it since we last read or wrote it, and adopt
         the settings another process stored (``reconfigure=True`` / ``bestckpt prune --reconfigure``)."""
