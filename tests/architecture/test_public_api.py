@@ -45,6 +45,7 @@ EXPECTED: dict[str, list[str]] = {
         "open_tracker", "prepare", "run",
     ],
     "bestckpt.cli.prune": ["add_config_options", "add_parser", "config_overrides", "run"],
+    "bestckpt.cli.release": ["add_parser", "run"],
     "bestckpt.cli.report": ["add_parser", "run"],
     "bestckpt.cli.status": ["add_parser", "collect", "run"],
     "bestckpt.cli.watch": ["add_parser", "run"],
@@ -73,7 +74,7 @@ EXPECTED: dict[str, list[str]] = {
         "BackboneError", "BestckptError", "BestckptWarning", "CompositeUnavailableError", "ConfigError",
         "DemoWeightsError", "MetricError", "NumericalError", "ProtocolChangedError", "ProtocolError",
         "ReportError", "SamplerError", "SamplerOutputError", "SmallSampleWarning", "StateError",
-        "StateLockTimeout", "UnsafePathError", "WeightsError",
+        "StateLockTimeout", "UnsafeFileError", "UnsafePathError", "WeightsError",
     ],
     "bestckpt.evaluation": [],
     "bestckpt.evaluation.contracts": ["ScorerLike"],
@@ -103,7 +104,8 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "bestckpt.fsio": [
         "TEMP_FILE_PREFIX", "TEMP_PREFIX", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-        "float_from_json", "fsync_dir", "indented_array", "indented_object", "sha256_bytes", "sha256_file",
+        "atomic_writer", "check_regular", "describe_kind", "float_from_json", "fsync_dir", "indented_array",
+        "indented_object", "open_append", "read_regular", "read_regular_stat", "sha256_bytes", "sha256_file",
         "temp_name", "to_strict_json", "unlink_quiet",
     ],
     "bestckpt.integrations": [],
@@ -162,7 +164,8 @@ EXPECTED: dict[str, list[str]] = {
         "write_random_inception_weights", "write_random_lpips_weights", "write_tiny_hf_clip",
     ],
     "bestckpt.tracking": [],
-    "bestckpt.tracking.bestlink": ["atomic_symlink", "read_pointer"],
+    "bestckpt.tracking.aliasing": ["check_new_path", "kept_owner", "overlap", "symlinked"],
+    "bestckpt.tracking.bestlink": ["atomic_symlink", "read_pointer", "remove_link"],
     "bestckpt.tracking.commit": [
         "check_present", "commit", "decide", "point_best_link", "protected_steps", "write_state",
     ],
@@ -173,22 +176,26 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "bestckpt.tracking.journal": ["StateFile", "read_state"],
     "bestckpt.tracking.layout": [
-        "BEST_LINK", "COMPLETE_MARKER", "JOURNAL_FILE", "LOCK_FILE", "POINTER_SUFFIX", "RESULTS_FILE",
-        "STATE_FILE", "checkpoint_relpath", "find_checkpoints", "is_checkpoint_complete", "legacy_relpath",
-        "mark_complete", "read_latest_tag", "step_entries",
+        "BEST_LINK", "COMPLETE_MARKER", "JOURNAL_FILE", "LATEST_FILE", "LOCK_FILE", "OWN_NAMES",
+        "POINTER_MAX_BYTES", "POINTER_SUFFIX", "RESULTS_FILE", "STATE_FILE", "STATE_MAX_BYTES", "check_not_own",
+        "checkpoint_relpath", "find_checkpoints", "is_checkpoint_complete", "legacy_relpath", "mark_complete",
+        "own_file", "read_latest_tag", "read_pointer_file", "real_relpath", "step_entries", "warn_once",
     ],
-    "bestckpt.tracking.locking": ["StateLockTimeout", "lock"],
+    "bestckpt.tracking.locking": ["DirectoryLock", "StateLockTimeout", "lock"],
+    "bestckpt.tracking.pending": ["check_releasable", "format_age", "is_stale", "pending_age", "release", "warn_stale"],
     "bestckpt.tracking.policies": [
         "AnyOf", "Candidate", "Decision", "EveryNSteps", "LatestN", "PendingEvaluation", "Pinned", "Policy",
         "TopK", "rank", "retention_policy", "select_best",
     ],
     "bestckpt.tracking.ranking": ["Ranking"],
     "bestckpt.tracking.reconcile": [
-        "check_metric_change", "drop_missing", "finish_intents", "load", "rebuild_from_disk", "reconcile",
-        "scan", "unknown_entries",
+        "adopt_unregistered", "check_metric_change", "drop_missing", "finish_intents", "load",
+        "rebuild_from_disk", "reconcile", "scan", "unknown_entries",
     ],
-    "bestckpt.tracking.results": ["RESULTS_SCHEMA", "ResultsFile", "results_document"],
+    "bestckpt.tracking.rescoring": ["RESCORING", "failed_again", "had_valid_score", "pending_again"],
+    "bestckpt.tracking.results": ["RESULTS_SCHEMA", "ResultsFile", "results_document", "summary_of"],
     "bestckpt.tracking.roles": ["default_is_writer"],
+    "bestckpt.tracking.saveorder": ["fields", "file_id", "order", "restamp_if_copied", "same_checkpoint"],
     "bestckpt.tracking.settings": [
         "Change", "DELETION_SETTINGS", "NOT_PASSED", "adopt", "cli_option", "differences", "not_stored",
         "resolve", "stored_settings",
@@ -199,6 +206,9 @@ EXPECTED: dict[str, list[str]] = {
         "clean_metrics",
     ],
     "bestckpt.tracking.tracker": ["BestCheckpointTracker", "Record", "STATE_SCHEMA", "StateError"],
+    "bestckpt.tracking.values": [
+        "check_epoch", "check_info", "check_step", "check_text", "clean_metrics", "metric_value",
+    ],
 }
 # END GENERATED TABLE
 

@@ -20,12 +20,17 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bestckpt import fsio
 from bestckpt.tracking.layout import RESULTS_FILE
 
-__all__ = ["RESULTS_SCHEMA", "results_document", "ResultsFile"]
+if TYPE_CHECKING:
+    from bestckpt.tracking.config import TrackerConfig
+    from bestckpt.tracking.ranking import Ranking
+    from bestckpt.tracking.state import TrackerState
+
+__all__ = ["RESULTS_SCHEMA", "results_document", "ResultsFile", "summary_of"]
 
 RESULTS_SCHEMA = "bestckpt.results/1"
 
@@ -85,3 +90,26 @@ class ResultsFile:
             return
         fsio.atomic_write_text(self.path, fsio.indented_object(members) + "\n", durable=False)
         self._signature = signature
+
+
+def summary_of(st: TrackerState, rank: Ranking, config: TrackerConfig, limit: int | None = None) -> dict[str, Any]:
+    """The run in one dict (what ``BestCheckpointTracker.summary()`` returns): the ranking's head (at most
+    ``limit`` records, best first, as JSON records), the best, pending and failed steps, counts."""
+    ranking = rank.head(limit)
+    best = ranking[0] if ranking else None  # limit is None or >= 1: the head is the same
+    records = st.records
+    return {
+        "metric_name": config.metric_name,
+        "higher_is_better": config.higher_is_better,
+        "save_top_k": config.save_top_k,
+        "total_tracked": rank.count(),
+        "best_score": best.score(config.metric_name) if best else None,
+        "best_checkpoint": best.path if best else None,
+        "best_step": best.step if best else None,
+        "ranking": [r.to_json() for r in ranking],
+        "evaluated": len(rank.with_status("evaluated")),
+        "pending": sorted(rank.with_status("pending")),
+        "failed": [{"step": s, "error": records[s].error} for s in rank.failed_steps()],
+        "records_total": len(records),
+        "on_disk": len(st.live_steps),
+    }

@@ -70,7 +70,7 @@ from bestckpt.tracking.console import format_score, format_summary
 from bestckpt.tracking.policies import Decision
 from bestckpt.tracking.ranking import Ranking
 from bestckpt.tracking.rescoring import failed_again, pending_again
-from bestckpt.tracking.results import ResultsFile
+from bestckpt.tracking.results import ResultsFile, summary_of
 from bestckpt.tracking.roles import default_is_writer
 from bestckpt.tracking.settings import NOT_PASSED
 from bestckpt.tracking.state import (
@@ -352,27 +352,7 @@ class BestCheckpointTracker:
         """The run in one dict: ranking (best first, as JSON records), best, pending, failed, counts."""
         with self._tlock:
             self._refresh()
-            return self._summary()
-
-    def _summary(self, limit: int | None = None) -> dict[str, Any]:
-        ranking = self._rank.head(limit)
-        best = ranking[0] if ranking else None  # limit is None or >= 1: the head is the same
-        records = self._st.records
-        return {
-            "metric_name": self.metric_name,
-            "higher_is_better": self.higher_is_better,
-            "save_top_k": self.save_top_k,
-            "total_tracked": self._rank.count(),
-            "best_score": best.score(self.metric_name) if best else None,
-            "best_checkpoint": best.path if best else None,
-            "best_step": best.step if best else None,
-            "ranking": [r.to_json() for r in ranking],
-            "evaluated": len(self._rank.with_status("evaluated")),
-            "pending": sorted(self._rank.with_status("pending")),
-            "failed": [{"step": s, "error": records[s].error} for s in self._rank.failed_steps()],
-            "records_total": len(records),
-            "on_disk": len(self._st.live_steps),
-        }
+            return summary_of(self._st, self._rank, self.config)
 
     def log_summary(self) -> None:
         """Log the guide's ``=== Best Checkpoint Summary ===`` block (one log record)."""
@@ -455,7 +435,7 @@ class BestCheckpointTracker:
 
     def _write_results(self, force: bool = False) -> None:
         """Refresh ``best_checkpoint_results.json`` (the ranking's first ``HEADER_TOP`` records)."""
-        self._results.write(self._summary(limit=HEADER_TOP), self._rank.head(HEADER_TOP), self.config.to_dict(),
+        self._results.write(summary_of(self._st, self._rank, self.config, HEADER_TOP), self._rank.head(HEADER_TOP), self.config.to_dict(),
                             force=force)
 
     def __repr__(self) -> str:
