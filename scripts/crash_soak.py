@@ -376,6 +376,11 @@ def _read_reports(fd: int, want: int, reported: Reported, buf: bytearray) -> boo
     return True
 
 
+def _key(problem: str) -> str:
+    """A violation without its kill number and context: the same lasting problem has one key."""
+    return problem.split(": ", 1)[1].split("; its record", 1)[0]
+
+
 def run_soak(ckdir: Path, kills: int, seed: int = 0, max_delay: float = 0.05, compact_bytes: int = 256 * 1024,
              log=lambda msg: None, mix: Mix = MIXES["all"], max_reports: int = 12,
              promises: tuple[str, ...] = PROMISES) -> SoakResult:
@@ -416,8 +421,8 @@ def run_soak(ckdir: Path, kills: int, seed: int = 0, max_delay: float = 0.05, co
         done += 1
         found = [f"kill {i}: {p}" for p in check_after_kill(ckdir) + check_promises(ckdir, reported, promises)]
         found += [f"kill {i} (resume): {p}" for p in check_resume(ckdir, compact_bytes)]
-        found = [p for p in found if p.split(": ", 1)[1] not in seen]  # a lasting problem counts once
-        seen.update(p.split(": ", 1)[1] for p in found)
+        found = [p for p in found if _key(p) not in seen]  # a lasting problem counts once
+        seen.update(_key(p) for p in found)
         violations += found
         for p in found:
             log(p)
