@@ -92,11 +92,6 @@ def make_sampler() -> TinySampler:
     return TinySampler()
 
 
-def make_slow_sampler() -> TinySampler:
-    """Sampler that takes ~0.3 s per call: makes the cost of synchronous evaluation visible."""
-    return TinySampler(delay=float(os.environ.get("PIPELINE_KIT_DELAY", "0.3")))
-
-
 class _Broken(TinySampler):
     def __init__(self, mode: str) -> None:
         super().__init__()

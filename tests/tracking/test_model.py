@@ -24,6 +24,11 @@ import retention_model as rm
 
 from bestckpt.tracking import policies
 
+# The rules issue 9 changes, each checked when its flag is on (retention_model.py; environment
+# BESTCKPT_MODEL_R1=0 etc. turns one off): until every fix is merged, some sequences fail by design.
+FLAGS = rm.flags()  # {"R1": latest = most recently saved, "R3": one configuration per directory,
+#                      "R4": a failed re-score keeps a valid score, "R6": unregistered newest adopted}
+
 SEQUENCES = int(os.environ.get("BESTCKPT_MODEL_SEQUENCES", "2000"))
 SEED = int(os.environ.get("BESTCKPT_MODEL_SEED", "0"))
 
