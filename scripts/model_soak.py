@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Long runs of the randomized model test (tests/tracking/test_model.py), and replaying one sequence.
+"""Long runs of the randomized model test (tests/tracking/test_retention_model.py), and replaying one sequence.
 
     python scripts/model_soak.py --sequences 50000              # many sequences, grouped failures
     python scripts/model_soak.py --sequences 5000 --ops 30 120  # longer sequences

@@ -1,6 +1,6 @@
 """An independent model of the tracker's retention rules, and random operation sequences checked against it.
 
-Used by ``tests/tracking/test_model.py`` (a few thousand sequences) and ``scripts/model_soak.py``
+Used by ``tests/tracking/test_retention_model.py`` (a few thousand sequences) and ``scripts/model_soak.py``
 (as many as you like). Nothing here imports bestckpt's policies: :class:`Model` restates the rules
 from the README and issue 9's decisions in a few lines, and :func:`run_sequence` drives a real
 :class:`~bestckpt.tracking.tracker.BestCheckpointTracker` with random operations (saves, scores,
