@@ -168,7 +168,7 @@ def test_interrupted_run_resumes_and_finishes_pending_evaluations(demo_run: tupl
             break
     else:
         raise AssertionError("demo ended before queueing checkpoint 40:\n" + "".join(head)[-2000:])
-    out, _ = proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=300)
     out = "".join(head) + out
     assert proc.returncode == 130, out[-2000:]
     state, _ = _state(run_dir)

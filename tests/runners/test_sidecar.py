@@ -1,7 +1,9 @@
 """Sidecar: a trainer process writes checkpoints while `python -m bestckpt watch` scores them.
 
 Every scheduled checkpoint is scored exactly once, pruning never removes a pending one, and the
-sidecar SIGKILLed mid-evaluation and restarted loses no evaluation and records none twice.
+sidecar SIGKILLed mid-evaluation and restarted loses no evaluation and records none twice. The tests
+wait for events (a line the trainer prints, a message the sampler sends, the tracker's records),
+never for durations: the sampler is held at a gate while the test acts on the process using it.
 """
 from __future__ import annotations
 
@@ -11,36 +13,39 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
-from pipeline_kit import TESTS_DIR, make_protocol
+from pipeline_kit import TESTS_DIR, make_protocol, save_checkpoint
+from waiting import Beacon, Gate, LineWaiter, wait_for_state
 
 from bestckpt.tracking.tracker import BestCheckpointTracker
 
 N_CHECKPOINTS = 12
+HELD = "0000400.pt"  # the first watcher is killed while sampling this scheduled checkpoint
 
 
-def _env() -> dict[str, str]:
+def _env(**extra: str) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
-                OMP_NUM_THREADS="1", COLUMNS="400", PYTHONWARNINGS="ignore", PIPELINE_KIT_DELAY="0.25")
+                OMP_NUM_THREADS="1", COLUMNS="400", PYTHONWARNINGS="ignore", **extra)
 
 
-def _watch(ckpt_dir: Path, protocol: Path, log: Path, *extra: str) -> subprocess.Popen:
+def _watch(ckpt_dir: Path, protocol: Path, log: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "bestckpt", "watch", str(ckpt_dir), "--protocol", str(protocol),
-           "--sampler", "pipeline_kit:make_slow_sampler", "--scorer", "pipeline_kit:make_kit_scorer",
+           "--sampler", "pipeline_kit:make_sampler", "--scorer", "pipeline_kit:make_kit_scorer",
            "--poll", "0.2", "--batch-size", "4", "--samples-dir", str(ckpt_dir.parent / "evaluation_samples"), *extra]
-    return subprocess.Popen(cmd, env=_env(), stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(cmd, env=env or _env(), stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+def _statuses(ckpt_dir: Path) -> dict[int, str]:
+    return {r.step: r.status for r in BestCheckpointTracker(ckpt_dir, is_writer=False).records}
+
+
+def _stop(*procs: subprocess.Popen | None) -> None:
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_sidecar_scores_each_once_and_survives_sigkill(tmp_path: Path) -> None:
@@ -48,32 +53,38 @@ def test_sidecar_scores_each_once_and_survives_sigkill(tmp_path: Path) -> None:
     protocol_file = protocol.to_file(tmp_path / "protocol.json")
     ckpt_dir = tmp_path / "run" / "checkpoints"
     ckpt_dir.mkdir(parents=True)
-    trainer = subprocess.Popen([sys.executable, str(TESTS_DIR / "sidecar_trainer.py"), str(ckpt_dir),
-                                str(N_CHECKPOINTS), "0.5"], env=_env())
+    scheduled = [i * 100 for i in range(1, N_CHECKPOINTS + 1) if i % 2 == 0]
+    beacon, gate = Beacon(tmp_path / "sampling"), Gate(tmp_path / "gate")
+    log_a, log_b = tmp_path / "watch_a.log", tmp_path / "watch_b.log"
+    trainer = first = second = None
     try:
-        _wait_for(lambda: (ckpt_dir / "best_checkpoints.json").exists(), 60, "the trainer's first checkpoint")
-        log_a, log_b = tmp_path / "watch_a.log", tmp_path / "watch_b.log"
-        first = _watch(ckpt_dir, protocol_file, log_a)
-        # kill it in the middle of its second evaluation
-        _wait_for(lambda: log_a.read_text().count("Evaluating model performance") >= 2, 120, "a second evaluation")
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
-        second = _watch(ckpt_dir, protocol_file, log_b, "--idle-timeout", "3")
-        assert trainer.wait(120) == 0
-        assert second.wait(180) == 0, log_b.read_text()[-3000:]
+        trainer = subprocess.Popen([sys.executable, str(TESTS_DIR / "sidecar_trainer.py"), str(ckpt_dir),
+                                    str(N_CHECKPOINTS), "0.5"], env=_env(), stdout=subprocess.PIPE, text=True)
+        trainer_out = LineWaiter(trainer.stdout, tmp_path / "trainer.log")
+        trainer_out.wait_for("saved 100")  # the trainer's tracker made the directory its own
+        first = _watch(ckpt_dir, protocol_file, log_a, env=_env(PIPELINE_KIT_BEACON=str(beacon.path),
+                                                                PIPELINE_KIT_GATE=str(gate.path), PIPELINE_KIT_HOLD=HELD))
+        while not beacon.wait_line().endswith(f" {HELD}"):  # each line: one sampler call starting
+            pass
+        first.send_signal(signal.SIGKILL)  # in the middle of evaluating step 400
+        first.wait(300)
+        second = _watch(ckpt_dir, protocol_file, log_b)
+        assert trainer.wait(300) == 0, trainer_out.text_tail()
+        wait_for_state(lambda: _statuses(ckpt_dir), lambda st: all(st.get(s) == "evaluated" for s in scheduled),
+                       what="every scheduled checkpoint evaluated")
+        second.send_signal(signal.SIGTERM)  # it is inside its watch loop (it evaluated step 400)
+        assert second.wait(300) == 0, log_b.read_text()[-3000:]
     finally:
-        for p in ("trainer", "first", "second"):
-            proc = locals().get(p)
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        gate.open()
+        _stop(trainer, first, second)
+        beacon.close()
 
     text_a, text_b = log_a.read_text(), log_b.read_text()
-    scheduled = [i * 100 for i in range(1, N_CHECKPOINTS + 1) if i % 2 == 0]
     recorded = Counter(int(m) for m in re.findall(r"\[Step (\d+)\] evaluated in", text_a + text_b))
     assert recorded == Counter(scheduled), (recorded, text_a[-2000:], text_b[-2000:])  # each exactly once
     started_a = [int(m) for m in re.findall(r"\[Step (\d+)\] Evaluating model performance", text_a)]
     killed_step = started_a[-1]
+    assert killed_step == 400, started_a
     assert killed_step not in [int(m) for m in re.findall(r"\[Step (\d+)\] evaluated in", text_a)]
     assert f"[Step {killed_step}] evaluated in" in text_b  # the interrupted one was redone after restart
     unscheduled = set(range(100, N_CHECKPOINTS * 100 + 1, 100)) - set(scheduled)
@@ -94,25 +105,29 @@ def test_sidecar_scores_each_once_and_survives_sigkill(tmp_path: Path) -> None:
 
 
 def test_watch_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """SIGTERM while a checkpoint is being scored: that one is finished and recorded, then the watcher exits 0."""
     protocol_file = make_protocol(tmp_path).to_file(tmp_path / "protocol.json")
     ckpt_dir = tmp_path / "checkpoints"
     ckpt_dir.mkdir()
+    BestCheckpointTracker(ckpt_dir).checkpoint_saved(100, save_checkpoint(ckpt_dir / "0000100.pt", 100))
+    beacon, gate = Beacon(tmp_path / "sampling"), Gate(tmp_path / "gate")
     log = tmp_path / "watch.log"
-    proc = _watch(ckpt_dir, protocol_file, log)
+    proc = _watch(ckpt_dir, protocol_file, log,
+                  env=_env(PIPELINE_KIT_BEACON=str(beacon.path), PIPELINE_KIT_GATE=str(gate.path)))
     try:
-        _wait_for(lambda: "watching" in log.read_text(), 120, "the watcher to start")
+        assert beacon.wait_line().endswith(" 0000100.pt")  # inside its watch loop, scoring step 100
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0, log.read_text()[-2000:]
+        gate.open()
+        assert proc.wait(300) == 0, log.read_text()[-2000:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        gate.open()
+        _stop(proc)
+        beacon.close()
     assert "stopping after the current checkpoint" in log.read_text()
+    assert _statuses(ckpt_dir) == {100: "evaluated"}
 
 
 def test_cli_evaluate_offline_reranking(tmp_path: Path) -> None:
-    from pipeline_kit import save_checkpoint
-
     from bestckpt.cli import main
 
     protocol = make_protocol(tmp_path)

@@ -43,6 +43,24 @@ def _tint(prompt: str) -> torch.Tensor:
     return torch.tensor([h[0], h[1], h[2]], dtype=torch.float32).view(3, 1, 1) / 64.0 - 2.0
 
 
+def _announce_and_hold(checkpoint_path: Path) -> None:
+    """Test hooks, set through the environment (spawned workers and CLI subprocesses inherit it):
+
+    - ``PIPELINE_KIT_BEACON``: a :class:`waiting.Beacon` path; each sampler call sends
+      ``"<pid> <checkpoint name>"`` there when it starts (the test learns that sampling began);
+    - ``PIPELINE_KIT_GATE`` + ``PIPELINE_KIT_HOLD``: a sampler call on the checkpoint named ``HOLD``
+      (``*``: any) waits until the test opens the :class:`waiting.Gate` (bounded).
+    """
+    from waiting import beacon_send, gate_wait
+
+    beacon = os.environ.get("PIPELINE_KIT_BEACON")
+    if beacon:
+        beacon_send(beacon, f"{os.getpid()} {checkpoint_path.name}")
+    gate, hold = os.environ.get("PIPELINE_KIT_GATE"), os.environ.get("PIPELINE_KIT_HOLD", "*")
+    if gate and hold in ("*", checkpoint_path.name):
+        gate_wait(gate)
+
+
 class TinySampler:
     """Deterministic sampler over checkpoints written by :func:`save_checkpoint`."""
 
@@ -53,10 +71,7 @@ class TinySampler:
     def __call__(self, checkpoint_path: Path, prompts: Sequence[str], seeds: Sequence[int],
                  settings: SamplerSettings, device: torch.device) -> SampleBatch:
         self.calls += 1
-        mark = os.environ.get("PIPELINE_KIT_MARK")
-        if mark:  # lets a test see that sampling has started (and in which process)
-            with open(mark, "a") as f:
-                f.write(f"{os.getpid()}\n")
+        _announce_and_hold(Path(checkpoint_path))
         if self.delay:
             time.sleep(self.delay)
         state = torch.load(Path(checkpoint_path), map_location="cpu", weights_only=True)
@@ -75,11 +90,6 @@ class TinySampler:
 
 def make_sampler() -> TinySampler:
     return TinySampler()
-
-
-def make_slow_sampler() -> TinySampler:
-    """Sampler that takes ~0.3 s per call: makes the cost of synchronous evaluation visible."""
-    return TinySampler(delay=float(os.environ.get("PIPELINE_KIT_DELAY", "0.3")))
 
 
 class _Broken(TinySampler):

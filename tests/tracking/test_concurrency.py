@@ -1,15 +1,18 @@
-"""Several processes sharing one checkpoint directory through the file lock: no lost record."""
+"""Several processes sharing one checkpoint directory through the file lock: no lost record.
+
+Processes coordinate through events and queues (never sleeps or deadlines); every wait is bounded
+(300 s) only to turn a hang into a failure."""
 from __future__ import annotations
 
 import json
 import multiprocessing as mp
 import os
-import time
 from pathlib import Path
 
 from bestckpt.tracking.tracker import BestCheckpointTracker
 
 N_PER_WRITER = 30
+BOUND = 300  # seconds: fails the test only if something never happens
 
 
 def score_of(step: int) -> float:
@@ -19,7 +22,7 @@ def score_of(step: int) -> float:
 def _writer(ckdir: str, parity: int, start, errors) -> None:
     try:
         tracker = BestCheckpointTracker(ckdir, save_top_k=3, keep_every_n_steps=None)
-        start.wait(10)
+        assert start.wait(BOUND)
         for i in range(N_PER_WRITER):
             step = 2 * i + parity + 1
             path = Path(ckdir) / f"{step:07d}.pt"
@@ -38,7 +41,7 @@ def test_two_writers_lose_no_record(tmp_path: Path):
         p.start()
     start.set()
     for p in procs:
-        p.join(60)
+        p.join(BOUND)
     assert errors.empty(), errors.get()
     assert all(p.exitcode == 0 for p in procs)
     state = json.loads((tmp_path / "best_checkpoints.json").read_text())
@@ -57,27 +60,26 @@ def test_two_writers_lose_no_record(tmp_path: Path):
     assert on_disk <= set(top) | {2 * N_PER_WRITER - 1, 2 * N_PER_WRITER}  # at most the other's last
 
 
-def _trainer(ckdir: str, n: int) -> None:
+def _trainer(ckdir: str, n: int, saved) -> None:
     tracker = BestCheckpointTracker(ckdir, save_top_k=2, keep_every_n_steps=None)
     for step in range(1, n + 1):
         path = Path(ckdir) / f"{step:07d}.pt"
         path.write_bytes(b"%d" % step)
         tracker.checkpoint_saved(step, path, evaluate=True)  # protected until the evaluator scores it
-        time.sleep(0.01)
+        saved.put(step)  # tells the evaluator there is something new to score
 
 
-def _evaluator(ckdir: str, n: int, errors) -> None:
+def _evaluator(ckdir: str, n: int, saved, errors) -> None:
     try:
         tracker = BestCheckpointTracker(ckdir, save_top_k=2, keep_every_n_steps=None)
         done: set[int] = set()
-        deadline = time.monotonic() + 30
-        while len(done) < n and time.monotonic() < deadline:
+        while len(done) < n:
+            saved.get(timeout=BOUND)  # the trainer registered one more checkpoint
             for step in tracker.pending_steps():
                 path = Path(ckdir) / f"{step:07d}.pt"
-                assert path.exists(), f"pending checkpoint {path} was deleted before its evaluation"
+                assert os.path.lexists(path), f"pending checkpoint {path} was deleted before its evaluation"
                 tracker.update_checkpoint(step, 0, path, {"composite_score": score_of(step)})
                 done.add(step)
-            time.sleep(0.005)
     except BaseException as exc:  # noqa: BLE001
         errors.put(repr(exc))
 
@@ -86,14 +88,15 @@ def test_trainer_and_separate_evaluator_share_a_directory(tmp_path: Path):
     n = 25
     BestCheckpointTracker(tmp_path, save_top_k=2, keep_every_n_steps=None)
     ctx = mp.get_context("fork")
-    errors = ctx.Queue()
-    procs = [ctx.Process(target=_trainer, args=(str(tmp_path), n)),
-             ctx.Process(target=_evaluator, args=(str(tmp_path), n, errors))]
+    errors, saved = ctx.Queue(), ctx.Queue()
+    procs = [ctx.Process(target=_trainer, args=(str(tmp_path), n, saved)),
+             ctx.Process(target=_evaluator, args=(str(tmp_path), n, saved, errors))]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
+        p.join(BOUND)
     assert errors.empty(), errors.get()
+    assert all(p.exitcode == 0 for p in procs)
     tracker = BestCheckpointTracker(tmp_path, save_top_k=2, keep_every_n_steps=None)
     assert tracker.pending_steps() == []
     assert sorted(r.step for r in tracker.records if r.status == "evaluated") == list(range(1, n + 1))
@@ -124,7 +127,7 @@ def test_threads_sharing_one_tracker_object(tmp_path: Path):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
+        t.join(BOUND)
     assert not errors, errors
     assert sorted(r.step for r in tracker.records) == list(range(1, 31))
     assert tracker.best.step == min(range(1, 31), key=lambda s: (-score_of(s), s))
