@@ -586,7 +586,7 @@ def run_sequence(root: Path, seed: str, faults: DiskFaults, ops: tuple[int, int]
     done = 0
     try:
         w = World(root, rng, faults)
-        for done in range(1, n_ops + 1):
+        for done in range(1, n_ops + 1):  # noqa: B007 - read after the loop (ops done)
             r = rng.random()
             if r < 0.06:
                 restart(w)

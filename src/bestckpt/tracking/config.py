@@ -15,7 +15,7 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bestckpt.errors import ConfigError
 
@@ -155,7 +155,7 @@ class TrackerConfig:
         if "pinned_steps" in kwargs and kwargs["pinned_steps"] is not None:
             kwargs["pinned_steps"] = tuple(kwargs["pinned_steps"])
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(checkpoint_dir=checkpoint_dir, **kwargs)
+        return cls(checkpoint_dir=cast(Path, checkpoint_dir), **kwargs)  # __post_init__ converts and checks it
 
     def replace(self, **changes: Any) -> TrackerConfig:
         """A copy with ``changes`` applied (validated again)."""

@@ -171,6 +171,7 @@ def checkpoint_relpath(root: Path, path: str | Path | None, default: str, step: 
                 f"checkpoint path {str(path)!r} is not inside checkpoint_dir {root}; save checkpoints into "
                 "that directory (or create the tracker on the directory they are saved in)"
             )
+    assert rel is not None  # set above, or refused
     confine(root, rel)
     for candidate in dict.fromkeys((rel, real_relpath(root, rel))):
         check_not_own(candidate, step, given=rel)

@@ -18,7 +18,7 @@ Conventions (documented for users, pinned by tests):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -78,11 +78,17 @@ class Policy(Protocol):
     def keep(self, candidates: Sequence[Candidate]) -> dict[int, str]: ...
 
 
-def _sort_key(higher_is_better: bool):
+def _value(c: Candidate) -> float:
+    """The score of a rankable candidate (callers filter on ``rankable`` first)."""
+    assert c.score is not None, "only rankable candidates have a score"
+    return c.score
+
+
+def _sort_key(higher_is_better: bool) -> Callable[[Candidate], tuple[float, int]]:
     # Explicit direction; ties broken by the earlier step.
     if higher_is_better:
-        return lambda c: (-c.score, c.step)
-    return lambda c: (c.score, c.step)
+        return lambda c: (-_value(c), c.step)
+    return lambda c: (_value(c), c.step)
 
 
 def rank(candidates: Iterable[Candidate], higher_is_better: bool) -> list[Candidate]:
@@ -98,9 +104,9 @@ def select_best(candidates: Iterable[Candidate], higher_is_better: bool, min_imp
     for cand in sorted((c for c in candidates if c.rankable), key=lambda c: c.step):
         if best is None:
             best = cand
-        elif higher_is_better and cand.score > best.score + min_improvement:
+        elif higher_is_better and _value(cand) > _value(best) + min_improvement:
             best = cand
-        elif not higher_is_better and cand.score < best.score - min_improvement:
+        elif not higher_is_better and _value(cand) < _value(best) - min_improvement:
             best = cand
     return best
 
@@ -122,7 +128,7 @@ class TopK:
         if self.k >= 0:
             ranked = ranked[: self.k]
         label = "all" if self.k < 0 else str(self.k)
-        return {c.step: f"top-{label} #{i + 1} ({self.metric_name}={_fmt(c.score)})" for i, c in enumerate(ranked)}
+        return {c.step: f"top-{label} #{i + 1} ({self.metric_name}={_fmt(_value(c))})" for i, c in enumerate(ranked)}
 
 
 @dataclass(frozen=True)

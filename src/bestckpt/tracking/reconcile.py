@@ -68,7 +68,7 @@ def load(st: TrackerState, config: TrackerConfig, is_writer: bool) -> None:
     except ValueError as exc:
         _journal_corrupt(st, config, is_writer, str(exc))
         entries = []
-    for entry in entries:
+    for entry in entries or []:
         st.apply_entry(entry)
     st.stamp = stamp
     reconcile(st, is_writer)
@@ -188,7 +188,8 @@ def finish_intents(st: TrackerState) -> None:
             continue
         try:
             entries.confine(st.dir, rel)
-            layout.check_not_own(rel, intent.get("step"))
+            step = intent.get("step")
+            layout.check_not_own(rel, step if isinstance(step, int) else -1)
         except errors.UnsafePathError as exc:
             logger.error("refusing to delete %r: %s", rel, exc)
             continue

@@ -48,7 +48,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import filelock
 
@@ -127,12 +127,12 @@ class BestCheckpointTracker:
         if config is None:
             if checkpoint_dir is None:
                 raise TypeError("BestCheckpointTracker needs checkpoint_dir (or config=TrackerConfig(...))")
-            passed = dict(metric_name=metric_name, higher_is_better=higher_is_better, save_top_k=save_top_k,
+            passed: dict[str, Any] = dict(metric_name=metric_name, higher_is_better=higher_is_better, save_top_k=save_top_k,
                           keep_latest=keep_latest, keep_every_n_steps=keep_every_n_steps, pinned_steps=pinned_steps,
                           min_improvement=min_improvement, filename_template=filename_template,
                           pending_stale_after=pending_stale_after, dry_run=dry_run)
             given = {k: v for k, v in passed.items() if v is not NOT_PASSED}
-            config = TrackerConfig(checkpoint_dir=checkpoint_dir, **given)  # validates what was passed
+            config = TrackerConfig(checkpoint_dir=cast(Path, checkpoint_dir), **given)  # validates what was passed
         elif not isinstance(config, TrackerConfig):
             raise TypeError(f"config must be a TrackerConfig, got {type(config).__name__}")
         else:
@@ -435,8 +435,8 @@ class BestCheckpointTracker:
 
     def _write_results(self, force: bool = False) -> None:
         """Refresh ``best_checkpoint_results.json`` (the ranking's first ``HEADER_TOP`` records)."""
-        self._results.write(summary_of(self._st, self._rank, self.config, HEADER_TOP), self._rank.head(HEADER_TOP), self.config.to_dict(),
-                            force=force)
+        summary = summary_of(self._st, self._rank, self.config, HEADER_TOP)
+        self._results.write(summary, self._rank.head(HEADER_TOP), self.config.to_dict(), force=force)
 
     def __repr__(self) -> str:
         return (f"BestCheckpointTracker({str(self.dir)!r}, metric_name={self.metric_name!r}, "
