@@ -75,6 +75,9 @@ class Model:
     higher: bool
     records: dict[int, MRecord] = field(default_factory=dict)
     next_seq: int = 0
+    #: live steps whose checkpoint was written again but whose registration crashed: the next call about
+    #: them sees a changed file, i.e. a new save (the tracker tells re-saves by file identity)
+    resaved: set[int] = field(default_factory=set)
     unknown: set[int] = field(default_factory=set)  # step entries on disk that no record knows
     ds_latest: int | None = None  # the step DeepSpeed's `latest` file names
 
@@ -124,6 +127,7 @@ class Model:
     def save(self, step: int, evaluate: bool) -> None:
         self.records[step] = MRecord(step, self.next_seq, "pending" if evaluate else "saved")
         self.next_seq += 1
+        self.resaved.discard(step)
         self.unknown.discard(step)
         self.retain()
 
@@ -134,6 +138,10 @@ class Model:
             rec = self.records[step] = MRecord(step, self.next_seq, "saved")
             self.next_seq += 1
             self.unknown.discard(step)
+        elif step in self.resaved and MODEL_R1 and not (
+                MODEL_R4 and rec.status == "evaluated" and (value is None or not math.isfinite(value))):
+            rec.seq, self.next_seq = self.next_seq, self.next_seq + 1  # (a failed re-score changes nothing, R4)
+            self.resaved.discard(step)
         if value is not None and math.isfinite(value):
             rec.status, rec.score = "evaluated", value
         elif not (MODEL_R4 and rec.status == "evaluated"):
@@ -492,6 +500,8 @@ def crash_op(w: World) -> None:
         w.effect(w.model)
     elif w.written is not None and (w.written not in w.model.records or w.model.records[w.written].pruned):
         w.model.unknown.add(w.written)  # written, never registered
+    elif w.written is not None:
+        w.model.resaved.add(w.written)  # written again over a live checkpoint, never registered
     reopen(w)
 
 

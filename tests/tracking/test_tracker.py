@@ -354,3 +354,12 @@ def test_comparing_scores_of_different_protocols_warns(tmp_path: Path, caplog):
     warnings = [m for m in caplog.messages if "not comparable" in m]
     assert len(warnings) == 1 and "bbbb" in warnings[0] and "aaaa" in warnings[0]
     assert tracker.best.protocol_hash == "bbbb"
+
+
+def test_start_removes_a_best_link_left_when_nothing_can_be_ranked(tmp_path: Path):
+    """A crash after the state write and before best.pt's removal leaves a link naming a non-best."""
+    BestCheckpointTracker(tmp_path, save_top_k=2).checkpoint_saved(10, save_file(tmp_path, 10), evaluate=False)
+    os.symlink("0000010.pt", tmp_path / "best.pt")  # what the interrupted commit left behind
+    tracker = BestCheckpointTracker(tmp_path)
+    assert tracker.best is None and not os.path.lexists(tmp_path / "best.pt")
+    assert (tmp_path / "0000010.pt").is_file()  # the checkpoint itself is untouched

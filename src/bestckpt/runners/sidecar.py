@@ -9,7 +9,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,12 +86,17 @@ class SidecarWatcher:
             done += 1
         return done
 
-    def run(self, *, once: bool = False, idle_timeout: float | None = None) -> int:
-        """Watch until stopped (SIGINT/SIGTERM, :meth:`stop`), or until idle for ``idle_timeout`` seconds."""
+    def run(self, *, once: bool = False, idle_timeout: float | None = None,
+            on_ready: Callable[[], None] | None = None) -> int:
+        """Watch until stopped (SIGINT/SIGTERM, :meth:`stop`), or until idle for ``idle_timeout`` seconds.
+        ``on_ready`` is called once the signal handlers are in place (a "watching" line printed earlier
+        could be answered by a signal that still kills the process)."""
         previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, self._on_signal)
+        if on_ready is not None:
+            on_ready()
         total = 0
         idle_since = time.monotonic()
         try:

@@ -12,9 +12,9 @@ A call about a step gets a new ``seq`` when it describes a new save: the step ha
 or the record names another path, or the checkpoint file changed since it was registered (its
 ``(mtime_ns, size)``, kept in ``Record.file_id``, differ: a restarted run wrote the step again).
 Registering or scoring the same checkpoint again (a resumed run re-queueing its pending steps, a
-protocol change re-scoring old ones, a late evaluation) keeps its ``seq``. Directories (DeepSpeed
-tags) and records of older states are compared by path only; DeepSpeed's ``latest`` pointer keeps
-protecting the tag it names. File times are compared for equality only, never ordered (clocks
+protocol change re-scoring old ones, a late evaluation) keeps its ``seq``. A directory (DeepSpeed
+tag) is identified by its entries' newest time and total size; records of older states, which have
+no ``file_id``, are compared by path only. File times are compared for equality only, never ordered (clocks
 differ between machines and may step back); a directory copied without its file times (``cp -r``)
 is recognised at the writer's start (:func:`restamp_if_copied`), so its checkpoints do not all look
 re-saved.
@@ -35,12 +35,25 @@ logger = logging.getLogger(__name__)
 
 
 def file_id(root: os.PathLike[str] | str, rel: str) -> tuple[int, int] | None:
-    """``(mtime_ns, size)`` of the regular file ``rel`` in ``root``; ``None`` for anything else."""
+    """What tells a re-save from a re-registration: ``(mtime_ns, size)`` of the regular file ``rel`` in
+    ``root``; for a checkpoint directory (a DeepSpeed tag, saved again in place by a restarted run) the
+    newest ``mtime_ns`` and the total size of its direct entries; ``None`` for anything else."""
+    path = os.path.join(root, rel)
     try:
-        st = os.lstat(os.path.join(root, rel))
+        st = os.lstat(path)
+        if stat_mod.S_ISREG(st.st_mode):
+            return (st.st_mtime_ns, st.st_size)
+        if not stat_mod.S_ISDIR(st.st_mode):
+            return None
+        newest, total = st.st_mtime_ns, 0
+        with os.scandir(path) as it:
+            for entry in it:
+                est = entry.stat(follow_symlinks=False)
+                newest = max(newest, est.st_mtime_ns)
+                total += est.st_size if stat_mod.S_ISREG(est.st_mode) else 0
+        return (newest, total)
     except OSError:
         return None
-    return (st.st_mtime_ns, st.st_size) if stat_mod.S_ISREG(st.st_mode) else None
 
 
 def same_checkpoint(old: Record, rel: str, fid: tuple[int, int] | None) -> bool:

@@ -81,9 +81,14 @@ def start(st: TrackerState, rank: Ranking, config: TrackerConfig) -> None:
 
 
 def repair_best_link(st: TrackerState, rank: Ranking) -> None:
-    """Point ``best.pt`` at the best checkpoint if it points elsewhere."""
+    """Point ``best.pt`` at the best checkpoint if it points elsewhere; remove it when nothing can be
+    ranked (a crash between the state write and the link's removal left it naming a non-best)."""
     best_step = rank.best_step()
+    link = st.dir / layout.BEST_LINK
     if best_step is None:
+        if link.is_symlink():
+            bestlink.remove_link(link)
+            logger.warning("no checkpoint can be ranked; removed the stale %s", link)
         return
     rel = st.records[best_step].path
     if bestlink.read_pointer(st.dir / layout.BEST_LINK) != rel:
