@@ -64,6 +64,7 @@ __all__ = [
     "main",
     "resolve_defaults",
     "save_checkpoint",
+    "start_evaluation",
     "update_ema",
 ]
 
