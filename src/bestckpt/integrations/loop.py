@@ -61,11 +61,12 @@ def best_when_recorded(tracker: Any, step: int) -> bool:
     from bestckpt.tracking.policies import Candidate, select_best
 
     name = tracker.metric_name
-    mine = next((r for r in tracker.records if r.step == step), None)
+    records = tracker.records  # one consistent snapshot (reloaded under the tracker's lock)
+    mine = next((r for r in records if r.step == step), None)
     if mine is None or mine.score(name) is None:
         return False
     earlier = [Candidate(r.step, r.path, r.status, r.score(name), r.time)
-               for r in tracker.records if r.score(name) is not None and r.time <= mine.time]
+               for r in records if r.score(name) is not None and r.time <= mine.time]
     best = select_best(earlier, tracker.higher_is_better, tracker.config.min_improvement)
     return best is not None and best.step == step
 
