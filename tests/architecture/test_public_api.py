@@ -67,8 +67,8 @@ EXPECTED: dict[str, list[str]] = {
     "bestckpt.demo.sampler": ["DemoSampler", "euler_sample", "initial_noise", "load_model", "make_sampler", "to_uint8"],
     "bestckpt.demo.train": [
         "DEMO_BACKBONES", "SAMPLER_SPEC", "TrainObserver", "TrainResult", "add_arguments", "build_protocol",
-        "default_threads", "find_resume_checkpoint", "flow_matching_loss", "main", "resolve_defaults",
-        "save_checkpoint", "update_ema",
+        "default_threads", "find_resume_checkpoint", "flow_matching_loss", "load_resume_checkpoint", "main",
+        "resolve_defaults", "save_checkpoint", "start_evaluation", "update_ema",
     ],
     "bestckpt.errors": [
         "BackboneError", "BestckptError", "BestckptWarning", "CompositeUnavailableError", "ConfigError",
@@ -113,7 +113,7 @@ EXPECTED: dict[str, list[str]] = {
         "MODEL_STATES", "is_tag_complete", "load_model_states", "mark_complete", "read_latest_tag",
         "save_checkpoint", "tag_name",
     ],
-    "bestckpt.integrations.loop": ["MODES", "TrainingEvaluation"],
+    "bestckpt.integrations.loop": ["EvaluationOutcome", "MODES", "TrainingEvaluation", "best_when_recorded"],
     "bestckpt.metrics": [
         "CLIP_CONVENTIONS", "CompositeUnavailableError", "DEFAULT_METRICS", "DEFAULT_WEIGHTS",
         "FEATURE_CLIP_IMAGE", "FEATURE_CLIP_TEXT", "FEATURE_INCEPTION_LOGITS", "FEATURE_INCEPTION_POOL",

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bestckpt import fsio
 from bestckpt.demo.data import Tokenizer, caption, combinations, render
 from bestckpt.demo.model import DiTConfig, TinyDiT, timestep_embedding
 from bestckpt.demo.sampler import (
@@ -23,6 +24,7 @@ from bestckpt.demo.train import (
     update_ema,
 )
 from bestckpt.evaluation.sampler import SamplerSettings, validate_sample_batch
+from bestckpt.fsio import TEMP_PREFIX
 
 torch.set_num_threads(1)
 TOK = Tokenizer()
@@ -141,9 +143,11 @@ def test_checkpoint_atomic_save_and_resume_point(tmp_path: Path) -> None:
     assert find_resume_checkpoint(tmp_path) is None
     _checkpoint(tmp_path, 10)
     _checkpoint(tmp_path, 20)
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name or p.name.startswith(TEMP_PREFIX)]  # renamed away
     (tmp_path / "best.pt").symlink_to("0000010.pt")
+    (tmp_path / "0000040.pt.tmp").write_bytes(b"half")  # another writer's temp files are no resume point
+    fsio.temp_name(tmp_path, "0000050.pt").write_bytes(b"half")
     assert find_resume_checkpoint(tmp_path) == tmp_path / "0000020.pt"
-    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]  # temp files were renamed away
 
 
 def test_sampler_is_deterministic_and_uses_ema(tmp_path: Path) -> None:

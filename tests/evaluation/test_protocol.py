@@ -181,7 +181,7 @@ def test_public_api_is_pinned() -> None:
                              "ON_PROTOCOL_CHANGE", "ProtocolChangedError", "SidecarWatcher", "build_scorer", "default_device",
                              "reconcile_protocol"},
         "bestckpt.sinks.tensorboard": {"TAGS", "TensorBoardSink"},
-        "bestckpt.integrations.loop": {"MODES", "TrainingEvaluation"},
+        "bestckpt.integrations.loop": {"MODES", "EvaluationOutcome", "TrainingEvaluation", "best_when_recorded"},
         "bestckpt.integrations.deepspeed": {"MODEL_STATES", "is_tag_complete", "load_model_states", "mark_complete",
                                             "read_latest_tag", "save_checkpoint", "tag_name"},
     }

@@ -187,34 +187,6 @@ def test_changed_protocol_on_resume_refuses_or_rescores(tmp_path: Path) -> None:
     assert tracker.pending_steps() == []
 
 
-def test_training_evaluation_loop_helper(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from bestckpt.integrations.loop import TrainingEvaluation
-
-    protocol = make_protocol(tmp_path)
-    caplog.set_level(logging.INFO)
-    ckpt_dir = tmp_path / "exp" / "checkpoints"
-    ckpt_dir.mkdir(parents=True)
-    with TrainingEvaluation(ckpt_dir, protocol, "pipeline_kit:make_sampler", mode="inline", save_top_k=2,
-                            keep_every_n_steps=0) as evaluation:
-        evaluation.runner.evaluator.scorer = KitScorer()  # the protocol's default backbones need real weights
-        for step in (100, 200, 300, 400):
-            evaluation.checkpoint_saved(step, save_checkpoint(ckpt_dir / f"{step:07d}.pt", step))
-    recs = {r.step: r.status for r in evaluation.tracker.records}
-    assert recs[200] == recs[400] == "evaluated" and recs[300] == "saved"
-    assert "=== Best Checkpoint Summary ===" in caplog.text
-    assert (ckpt_dir / "best_checkpoint_results.json").is_file()
-    assert (tmp_path / "exp" / "evaluation_samples" / "0000200").is_dir()
-    off_dir = tmp_path / "off" / "checkpoints"
-    off_dir.mkdir(parents=True)
-    with TrainingEvaluation(off_dir, protocol, "pipeline_kit:make_sampler", mode="off") as off:
-        off.checkpoint_saved(100, save_checkpoint(off_dir / "0000100.pt", 100))
-    assert [r.status for r in off.tracker.records] == ["saved"]
-    with pytest.raises(ValueError, match="mode must be one of"):
-        TrainingEvaluation(off_dir, protocol, "pipeline_kit:make_sampler", mode="sometimes")
-    with pytest.raises(ValueError, match="'module:factory' string"):
-        TrainingEvaluation(off_dir, protocol, TinySampler(), mode="background")
-
-
 def test_background_worker_killed_mid_evaluation_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
     import signal

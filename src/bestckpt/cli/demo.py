@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["add_parser", "run"]
 
@@ -78,43 +78,10 @@ class _RichObserver:
             self.progress.update(self.task, description=text)
 
 
-def run(args: argparse.Namespace) -> int:
-    from rich import get_console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+def _checkpoints_table(tracker: Any) -> Any:
+    """Every evaluated (or failed / still pending) checkpoint with its scores; the best one starred."""
     from rich.table import Table
 
-    from bestckpt.demo import train
-    from bestckpt.tracking.tracker import BestCheckpointTracker
-
-    console = get_console()  # the one the log handler writes to, so log lines print above the live bar
-    started = time.time()
-    a = train.resolve_defaults(args)
-    console.print(
-        "[bold]bestckpt demo[/bold]: a tiny text-to-image DiT learns captioned shapes on CPU.\n"
-        "Evaluation uses the [bold]built-in demo evaluators[/bold] (demo-classifier for IS/FID/KID, demo-clip "
-        "for CLIP score, demo-lpips for LPIPS), trained on this synthetic data and shipped with the package, "
-        "[bold]not the standard backbones[/bold] (Inception / OpenAI CLIP / LPIPS-alex, which need downloaded "
-        "weights and mean little on 32x32 shapes). Their numbers are comparable within this demo only.\n"
-        f"Run directory: {a.run_dir}  ({a.steps} steps, a checkpoint every {a.ckpt_every}, "
-        f"every {_ordinal(a.eval_every_n_checkpoints)} evaluated in the background, top-{a.save_top_k} kept)"
-    )
-    progress = Progress(
-        TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"), TextColumn("best {task.fields[best]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
-    )
-    observer = _RichObserver(progress, a.run_dir / "checkpoints")
-    with progress:
-        result = train.main(a, observer)
-
-    tracker = BestCheckpointTracker.open(result.checkpoint_dir)
     best = tracker.best
     table = Table(title="Evaluated checkpoints")
     table.add_column("step", justify="right")
@@ -130,18 +97,28 @@ def run(args: argparse.Namespace) -> int:
             state = f"{rec.status}, {state}"
         table.add_row(f"{rec.step}{mark}", *(_fmt(rec.metrics.get(k)) for k, _ in _COLUMNS), state,
                       style="bold green" if mark else ("dim" if rec.pruned else None))
-    console.print(table)
+    return table
 
+
+def _learned(tracker: Any) -> str | None:
+    """The "Learned: CLIP score a (step s) -> b (best, step t); FID ..." line; None before two evaluations."""
+    best = tracker.best
     evaluated = [r for r in tracker.records if r.status == "evaluated"]
-    if best is not None and len(evaluated) >= 2:
-        first = evaluated[0]
-        lines = []
-        for key, label in (("clip_score", "CLIP score"), ("fid", "FID")):
-            b, f = best.metrics.get(key), first.metrics.get(key)
-            if b is not None and f is not None:
-                lines.append(f"{label} {_fmt(f)} (step {first.step}) -> {_fmt(b)} (best, step {best.step})")
-        if lines:
-            console.print("Learned: " + "; ".join(lines))
+    if best is None or len(evaluated) < 2:
+        return None
+    first = evaluated[0]
+    lines = []
+    for key, label in (("clip_score", "CLIP score"), ("fid", "FID")):
+        b, f = best.metrics.get(key), first.metrics.get(key)
+        if b is not None and f is not None:
+            lines.append(f"{label} {_fmt(f)} (step {first.step}) -> {_fmt(b)} (best, step {best.step})")
+    return "Learned: " + "; ".join(lines) if lines else None
+
+
+def _outputs_table(result: Any) -> Any:
+    """Where every output of the run is."""
+    from rich.table import Table
+
     ckpt = result.checkpoint_dir
     outputs = Table(title="Outputs", show_header=False)
     outputs.add_column("what")
@@ -158,7 +135,58 @@ def run(args: argparse.Namespace) -> int:
     outputs.add_row("evaluation worker log", str(result.run_dir / "logs" / "evaluation_worker.log"))
     if result.report is not None:
         outputs.add_row("report", str(result.report))
-    console.print(outputs)
+    return outputs
+
+
+def _train_with_progress(console: Any, a: argparse.Namespace) -> Any:
+    """Run ``train.main`` under a live progress bar (loss, current best); returns its TrainResult."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from bestckpt.demo import train
+
+    progress = Progress(
+        TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"), TextColumn("best {task.fields[best]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+    )
+    observer = _RichObserver(progress, a.run_dir / "checkpoints")
+    with progress:
+        return train.main(a, cast("train.TrainObserver", observer))  # same hooks; no import of train at CLI build
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich import get_console
+
+    from bestckpt.demo.recipe import resolve_defaults
+    from bestckpt.tracking.tracker import BestCheckpointTracker
+
+    console = get_console()  # the one the log handler writes to, so log lines print above the live bar
+    started = time.time()
+    a = resolve_defaults(args)
+    console.print(
+        "[bold]bestckpt demo[/bold]: a tiny text-to-image DiT learns captioned shapes on CPU.\n"
+        "Evaluation uses the [bold]built-in demo evaluators[/bold] (demo-classifier for IS/FID/KID, demo-clip "
+        "for CLIP score, demo-lpips for LPIPS), trained on this synthetic data and shipped with the package, "
+        "[bold]not the standard backbones[/bold] (Inception / OpenAI CLIP / LPIPS-alex, which need downloaded "
+        "weights and mean little on 32x32 shapes). Their numbers are comparable within this demo only.\n"
+        f"Run directory: {a.run_dir}  ({a.steps} steps, a checkpoint every {a.ckpt_every}, "
+        f"every {_ordinal(a.eval_every_n_checkpoints)} evaluated in the background, top-{a.save_top_k} kept)"
+    )
+    result = _train_with_progress(console, a)
+
+    tracker = BestCheckpointTracker.open(result.checkpoint_dir)
+    console.print(_checkpoints_table(tracker))
+    learned = _learned(tracker)
+    if learned:
+        console.print(learned)
+    console.print(_outputs_table(result))
     console.print(f"Done in {time.time() - started:.0f} s (training {result.train_seconds:.0f} s, "
                   f"steps {result.start_step}->{result.final_step}).")
     return 0

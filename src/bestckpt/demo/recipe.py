@@ -14,7 +14,7 @@ __all__ = ["add_arguments", "available_cores", "default_threads", "resolve_defau
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The demo recipe. Defaults are tuned so the full demo ends in about 5 minutes on 2 CPU cores."""
+    """The demo recipe. Defaults are tuned so the full demo ends in minutes on 2 CPU cores (``docs/demo.md``)."""
     p = parser
     p.add_argument("--run-dir", type=Path, default=Path("runs/demo"), help="experiment directory (default: runs/demo)")
     p.add_argument("--steps", type=int, default=None,
@@ -98,10 +98,8 @@ def default_threads() -> int:
     """Training threads: the cores not kept busy by other processes, at least 1.
 
     On an idle machine that is every core: the evaluation worker (1 thread) is busy only part of
-    the time, and on 2 pinned cores this measured ~20% faster end to end than leaving it a core.
-    On a machine others are loading (the 1-minute load average says how many cores they keep
-    busy), extra intra-op threads only wait on each other: 2 threads on 2 contended cores ran
-    ~3x slower per step than 1 thread."""
+    the time. On a machine others are loading (the 1-minute load average says how many cores they
+    keep busy), extra intra-op threads only wait on each other. Measurements: ``docs/demo.md``."""
     cores = available_cores()
     try:
         busy = int(os.getloadavg()[0])

@@ -3,7 +3,7 @@
 `make_sampler()` is the factory named by the spec ``"bestckpt.demo.sampler:make_sampler"`` that the
 background evaluation worker loads (a spec, not an object, so it crosses a process boundary).
 
-What makes checkpoint-to-checkpoint scores comparable (see reference/seed-origin.md, defects 8 and 10):
+What makes checkpoint-to-checkpoint scores comparable:
   * the initial noise of prompt i comes only from its seed (a private `torch.Generator` per prompt),
     so the same prompt gets the same noise at every evaluated checkpoint and in every batch split;
   * EMA weights are used when the checkpoint has them, and the result says which ("ema"/"online");
@@ -101,7 +101,7 @@ class DemoSampler:
 
     def __init__(self, batch_size: int = 64) -> None:
         self.batch_size = batch_size
-        self._tokenizer = None
+        self._tokenizer: Any = None  # a demo.data.Tokenizer, built on first use (imports the data module)
         # The evaluator calls us once per batch of prompts: load each checkpoint once, keyed by
         # what identifies the file's content on disk (a re-saved step has a new inode/mtime).
         self._cached: tuple[tuple[Any, ...], TinyDiT, str, dict[str, Any]] | None = None

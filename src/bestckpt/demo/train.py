@@ -1,49 +1,29 @@
 """Train the tiny text-to-image DiT on synthetic captioned shapes, keeping the best checkpoints.
 
-This is the demo's whole training script, in the style of DiT's ``train.py``: ``main(args)`` with
-documented defaults (the options live in ``recipe.py``, torch-free so the CLI starts fast), comments
-that give reasons and shapes. What it shows, end to end:
+The demo's whole training script, in the style of DiT's ``train.py``: ``main(args)`` reads top to
+bottom (model, data, best-checkpoint tracking, the loop, finish); the options and their defaults
+live in ``recipe.py`` (torch-free, so the CLI starts fast). It shows bestckpt the way a user wires
+it: one :class:`~bestckpt.integrations.loop.TrainingEvaluation` that evaluates every 2nd checkpoint
+in a background process while training goes on, keeps the top 3 by the composite score, ``best.pt``,
+one checkpoint every N steps and the latest (the resume point), and writes the summary, the results
+JSON, TensorBoard tags, evaluation samples and the HTML report. Re-running with the same
+``--run-dir`` resumes from the newest checkpoint and finishes evaluations an interrupted run left
+pending.
 
-  * a real text-to-image model (``model.TinyDiT``) trained with the rectified-flow objective
-    (straight paths from data to noise: x_t = (1 - t) x0 + t eps, the network predicts the velocity
-    v = eps - x0); it learns quickly and samples well in a few Euler steps;
-  * classifier-free guidance through caption dropout, EMA weights, AdamW;
-  * checkpoints ``{step:07d}.pt`` written atomically (temp file + ``os.replace``), so a checkpoint
-    that exists is complete and can be evaluated by another process at once;
-  * ``BestCheckpointTracker`` with every feature of the guide: top-3 by the composite score,
-    ``best.pt``, one checkpoint kept every N steps, the latest always kept (the resume point),
-    evaluation of every 2nd checkpoint in a *background process* (training never waits for it),
-    the summary block at the end, the results JSON, TensorBoard training loss + ``Evaluation/*``
-    tags, evaluation samples and the HTML report;
-  * resume: re-running with the same ``--run-dir`` continues from the newest checkpoint.
-
-The evaluators are the demo's own (``demo-classifier``, ``demo-clip``, ``demo-lpips``, trained on
-this data), because the standard backbones' weights cannot be downloaded offline and mean
-little on 32x32 shapes. Evaluation prompts are held-out attribute combinations that training
-never draws, with exact reference renders.
-
-Measured (seed 0, defaults: 1000 steps of 64 images, 0.74 M parameters, 5 background evaluations
-of 189 samples, one per held-out prompt): CLIP score 0.21 -> 0.80 and FID 1260 -> 199 from the first
-evaluated checkpoint (step 200) to the best (step 1000); 297 s wall on this project's 2-core build
-machine (2 training threads + 1 evaluation thread). With 2 samples per prompt the same ranking took
-338 s. Scores are identical across runs with the same thread count (float sums differ slightly
-between thread counts).
-
-Run directory layout::
-
-    RUN_DIR/checkpoints/0000050.pt ...  best.pt -> 00000xx.pt, best_checkpoints.json, best_checkpoint_results.json
-    RUN_DIR/protocol/                   evaluation prompts, reference PNGs, protocol.json
-    RUN_DIR/evaluation_samples/         per evaluated step: eval_generated_XXX.jpg, eval_comparison_XXX.jpg, eval_prompt_XXX.txt
-    RUN_DIR/tensorboard_logs/           Train/Loss, Evaluation/*
-    RUN_DIR/report.html                 written at the end (``bestckpt report RUN_DIR``)
+The model (``model.TinyDiT``) is trained with the rectified-flow objective (straight paths from
+data to noise), classifier-free guidance through caption dropout, EMA weights and AdamW. The
+evaluators are the demo's own (trained on this data: the standard backbones cannot be downloaded
+offline and mean little on 32x32 shapes); the evaluation prompts are held-out attribute
+combinations that training never draws. Measurements and the run directory's layout:
+``docs/demo.md``.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import math
 import os
-import re
 import time
 import warnings
 from copy import deepcopy
@@ -54,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bestckpt import fsio
 from bestckpt.demo.data import (
     Tokenizer,
     caption,
@@ -79,20 +60,20 @@ __all__ = [
     "find_resume_checkpoint",
     "flow_matching_loss",
     "default_threads",
+    "load_resume_checkpoint",
     "main",
     "resolve_defaults",
     "save_checkpoint",
+    "start_evaluation",
     "update_ema",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: The built-in demo evaluators (see backbones/demo.py), selected explicitly: never the default.
+#: The built-in demo evaluators (``bestckpt.demo.evaluators``), selected explicitly: never the default.
 DEMO_BACKBONES = {"inception": "demo-classifier", "clip": "demo-clip", "lpips": "demo-lpips"}
 #: The sampler, named as a spec so the background worker process can build it.
 SAMPLER_SPEC = "bestckpt.demo.sampler:make_sampler"
-#: Environment variable naming the background worker's log file (read by ``sampler.make_sampler``).
-_CKPT_RE = re.compile(r"^(\d{7})\.pt$")
 
 
 class TrainObserver:
@@ -107,6 +88,20 @@ class TrainObserver:
     def on_evaluated(self, step: int, scores: dict[str, float | None], new_best: bool) -> None: ...
 
     def on_phase(self, text: str) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    """What ``main`` returns: where things are and how the run went."""
+
+    run_dir: Path
+    checkpoint_dir: Path
+    start_step: int
+    final_step: int
+    train_seconds: float
+    losses: list[tuple[int, float]]
+    summary: dict[str, Any]
+    report: Path | None
 
 
 # --------------------------------------------------------------------------------- training pieces
@@ -133,25 +128,50 @@ def update_ema(ema: TinyDiT, model: TinyDiT, decay: float) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write atomically: a temp file in the same directory, fsync, then ``os.replace``.
+    """Write atomically and durably: a unique temp file in the same directory, fsync, ``os.replace``.
 
     A reader (the background evaluator, a sidecar, a resume) never sees a half-written file. The
-    temporary name is unique and created exclusively (``"xb"``), so a symlink planted there is
-    never followed."""
+    temporary name is unique and created exclusively (``"xb"``), so concurrent writers never share it
+    and a symlink planted there is never followed; it is not a ``.bestckpt-`` name, which a starting
+    tracker would clean up as its own leftover while this process is still writing."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
-    with open(tmp, "xb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "xb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        fsio.unlink_quiet(tmp)
+        raise
+    fsio.fsync_dir(path.parent)
 
 
 def find_resume_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The newest ``{step:07d}.pt`` in ckpt_dir (not ``best.pt``), or None."""
-    if not ckpt_dir.is_dir():
-        return None
-    steps = sorted(int(m.group(1)) for p in ckpt_dir.iterdir() if (m := _CKPT_RE.match(p.name)) and p.is_file())
-    return ckpt_dir / f"{steps[-1]:07d}.pt" if steps else None
+    """The newest step checkpoint file (``{step:07d}.pt``, never ``best.pt``) in ckpt_dir, or None."""
+    from bestckpt.tracking.config import TrackerConfig
+    from bestckpt.tracking.layout import find_checkpoints
+
+    found = find_checkpoints(ckpt_dir, TrackerConfig(ckpt_dir).step_from_name)
+    files = [path for _, path, complete in found if complete and path.is_file()]
+    return files[-1] if files else None
+
+
+def load_resume_checkpoint(ckpt_dir: Path, cfg: DiTConfig, model: TinyDiT, ema: TinyDiT,
+                           opt: torch.optim.Optimizer) -> int:
+    """Restore model, EMA and optimiser from the newest checkpoint; returns its step (0 if none)."""
+    resume = find_resume_checkpoint(ckpt_dir)
+    if resume is None:
+        return 0
+    ckpt = torch.load(resume, map_location="cpu", weights_only=False)
+    if ckpt.get("model_config") != cfg.to_dict():
+        raise ValueError(f"{resume} was trained with model {ckpt.get('model_config')}, not {cfg.to_dict()}; "
+                         "resume with the same --hidden/--depth or use a new --run-dir")
+    model.load_state_dict(ckpt["model"])
+    ema.load_state_dict(ckpt["ema"])
+    opt.load_state_dict(ckpt["opt"])
+    logger.info("Resuming from %s (step %d)", resume, int(ckpt["step"]))
+    return int(ckpt["step"])
 
 
 class _TrainData:
@@ -173,19 +193,7 @@ class _TrainData:
         return self.images[idx], self.tokens[idx], g
 
 
-@dataclass
-class TrainResult:
-    """What ``main`` returns: where things are and how the run went."""
-
-    run_dir: Path
-    checkpoint_dir: Path
-    start_step: int
-    final_step: int
-    train_seconds: float
-    losses: list[tuple[int, float]]
-    summary: dict[str, Any]
-    report: Path | None
-
+# --------------------------------------------------------------------------------- evaluation set-up
 
 def build_protocol(args: argparse.Namespace, protocol_dir: Path) -> Any:
     """The evaluation protocol: held-out prompts, one exact reference render each (PNG, lossless).
@@ -206,13 +214,13 @@ def build_protocol(args: argparse.Namespace, protocol_dir: Path) -> Any:
     for i, image in enumerate(refs):
         path = ref_dir / f"ref_{i:03d}.png"
         if not path.is_file():  # deterministic renders: an existing file is identical
-            tmp = path.with_name(path.name + ".tmp")
-            Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
-            os.replace(tmp, path)
+            png = io.BytesIO()
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(png, format="PNG")
+            fsio.atomic_write_bytes(path, png.getvalue())
         paths.append(path)
     with warnings.catch_warnings():
         # The protocol's generic warning is about 2048-d Inception features (FID needs N > 2048).
-        # The demo classifier's pool features are 128-d, so 189 references and 378 samples give
+        # The demo classifier's pool features are 128-d, so 189 references and 189 samples (one per prompt) give
         # full-rank covariances; IS at ~38 images per split stays a rough figure, which the metrics
         # note in the worker log.
         warnings.simplefilter("ignore", SmallSampleWarning)
@@ -226,27 +234,43 @@ def build_protocol(args: argparse.Namespace, protocol_dir: Path) -> Any:
     return protocol
 
 
-def _new_best_announcement(tracker: Any, step: int) -> float | None:
-    """The score if the evaluation of ``step`` made it the best at the time it was recorded.
+def start_evaluation(args: argparse.Namespace, obs: TrainObserver) -> Any:
+    """The run's :class:`~bestckpt.integrations.loop.TrainingEvaluation`: the guide's tracker, and
+    (unless ``--no-eval``) every ``--eval-every-n-checkpoints``-th checkpoint scored in a worker process."""
+    from bestckpt.integrations.loop import TrainingEvaluation
+    from bestckpt.runners import EvalSchedule
 
-    Results reach the training process a little later than the worker records them, so "best now"
-    could already be a later step; compare against the records made up to that moment instead."""
-    records = [r for r in tracker.records if r.score(tracker.metric_name) is not None]
-    mine = next((r for r in records if r.step == step), None)
-    if mine is None:
-        return None
-    sign = 1.0 if tracker.higher_is_better else -1.0
-    earlier = [r for r in records if r.time <= mine.time]
-    best = max(earlier, key=lambda r: (sign * r.score(tracker.metric_name), -r.step))
-    return mine.score(tracker.metric_name) if best.step == step else None
+    run_dir: Path = args.run_dir
+    tracking = dict(metric_name="composite_score", higher_is_better=True, save_top_k=args.save_top_k,
+                    keep_latest=1,  # never delete the resume point
+                    keep_every_n_steps=args.keep_every_n_steps or None)
+    if args.no_eval:
+        return TrainingEvaluation(run_dir / "checkpoints", None, SAMPLER_SPEC, mode="off", **tracking)
+    protocol = build_protocol(args, run_dir / "protocol")
+    logger.info("Evaluation: %d held-out prompts x %d seeds, demo evaluators %s (not the standard backbones: "
+                "they cannot be downloaded offline and are meaningless on 32x32 shapes)",
+                args.num_eval_prompts, args.samples_per_prompt, ", ".join(DEMO_BACKBONES.values()))
+    # The worker process logs every evaluation's details (and the metrics' sample-size notes) to a
+    # file; TrainingEvaluation echoes the guide's lines in this process and re-queues checkpoints an
+    # interrupted run left pending.
+    (run_dir / "logs").mkdir(exist_ok=True)
+    return TrainingEvaluation(
+        run_dir / "checkpoints", protocol, SAMPLER_SPEC, mode="background",
+        # the guide's rule: step % (ckpt_every * 2) == 0, stateless so a resumed run agrees
+        schedule=EvalSchedule(every_n_checkpoints=args.eval_every_n_checkpoints,
+                              checkpoint_every_steps=args.ckpt_every),
+        tensorboard_dir=run_dir / "tensorboard_logs", cache_dir=run_dir / "cache", batch_size=64,
+        worker_threads=1, log_file=run_dir / "logs" / "evaluation_worker.log",
+        on_result=lambda r: obs.on_evaluated(r.step, dict(r.scores), r.new_best) if r.ok else None,
+        **tracking,
+    )
 
+
+# --------------------------------------------------------------------------------- the script
 
 def main(args: argparse.Namespace, observer: TrainObserver | None = None) -> TrainResult:
     """Train (or resume), checkpoint, evaluate in the background, and write the report."""
     from torch.utils.tensorboard import SummaryWriter
-
-    from bestckpt.runners import BackgroundRunner, EvalSchedule
-    from bestckpt.tracking.tracker import BestCheckpointTracker
 
     args = resolve_defaults(args)
     obs = observer or TrainObserver()
@@ -258,89 +282,24 @@ def main(args: argparse.Namespace, observer: TrainObserver | None = None) -> Tra
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
 
-    # ---- model, EMA, optimiser --------------------------------------------------------------
+    # ---- model, EMA, optimiser (restored from the newest checkpoint when resuming) ----------
     tokenizer = Tokenizer()
     cfg = DiTConfig(vocab_size=tokenizer.vocab_size, max_tokens=tokenizer.max_length, pad_id=Tokenizer.PAD,
                     hidden=args.hidden, depth=args.depth, heads=4, patch_size=4)
     model = TinyDiT(cfg)  # ~0.75 M parameters with the defaults
     ema = deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    start_step = 0
-
-    resume = find_resume_checkpoint(ckpt_dir)
-    if resume is not None:
-        ckpt = torch.load(resume, map_location="cpu", weights_only=False)
-        if ckpt.get("model_config") != cfg.to_dict():
-            raise ValueError(f"{resume} was trained with model {ckpt.get('model_config')}, not {cfg.to_dict()}; "
-                             "resume with the same --hidden/--depth or use a new --run-dir")
-        model.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
-        opt.load_state_dict(ckpt["opt"])
-        start_step = int(ckpt["step"])
-        logger.info("Resuming from %s (step %d)", resume, start_step)
+    start_step = load_resume_checkpoint(ckpt_dir, cfg, model, ema, opt)
     logger.info("TinyDiT: %.2f M parameters; training to step %d with batches of %d on %d CPU thread(s)",
                 model.num_parameters() / 1e6, args.steps, args.batch_size, threads)
 
+    # ---- data -------------------------------------------------------------------------------
     data = _TrainData(tokenizer, args.seed)
     steps_per_epoch = max(1, len(data.images) // args.batch_size)  # an "epoch" = one pass over the combinations
 
-    # ---- best-checkpoint tracking, evaluated in a background process --------------------------
-    tracker = BestCheckpointTracker(
-        ckpt_dir, metric_name="composite_score", higher_is_better=True, save_top_k=args.save_top_k,
-        keep_latest=1,  # never delete the resume point
-        keep_every_n_steps=args.keep_every_n_steps or None,
-    )
-    runner = None
-    if not args.no_eval:
-        # The worker process is spawned fresh: its log (every evaluation's details, the metrics'
-        # sample-size notes) goes to a file; this process echoes the guide's lines to the terminal.
-        (run_dir / "logs").mkdir(exist_ok=True)
-        protocol = build_protocol(args, run_dir / "protocol")
-        logger.info("Evaluation: %d held-out prompts x %d seeds, demo evaluators %s (not the standard backbones: "
-                    "they cannot be downloaded offline and are meaningless on 32x32 shapes)",
-                    args.num_eval_prompts, args.samples_per_prompt, ", ".join(DEMO_BACKBONES.values()))
-        runner = BackgroundRunner(
-            tracker, protocol, SAMPLER_SPEC,
-            # the guide's rule: step % (ckpt_every * 2) == 0, stateless so a resumed run agrees
-            schedule=EvalSchedule(every_n_checkpoints=args.eval_every_n_checkpoints,
-                                  checkpoint_every_steps=args.ckpt_every),
-            samples_dir=run_dir / "evaluation_samples", tensorboard_dir=run_dir / "tensorboard_logs",
-            cache_dir=run_dir / "cache", batch_size=64, worker_threads=1,
-            log_file=run_dir / "logs" / "evaluation_worker.log",
-        )
-        # Checkpoints an interrupted run saved but never scored are still "pending": queue them again.
-        for rec in tracker.records:
-            if rec.status == "pending" and not rec.pruned:
-                logger.info("[Step %d] Evaluating model performance at step %d (left pending by an earlier run)",
-                            rec.step, rec.step)
-                runner.checkpoint_saved(rec.step, ckpt_dir / rec.path, rec.epoch)
+    # ---- best-checkpoint tracking, evaluated in a background process; training-loss logging --
+    evaluation = start_evaluation(args, obs)
     writer = SummaryWriter(str(run_dir / "tensorboard_logs"), filename_suffix=".train")
-
-    seen = 0
-
-    def report_results(closed: bool = False) -> None:
-        """Log the worker's results in this process (the worker logs to its own file, see above)."""
-        nonlocal seen
-        if runner is None:
-            return
-        if not closed:
-            runner.poll()  # moves arrived results into runner.completed
-        new, seen = runner.completed[seen:], len(runner.completed)
-        for res in new:
-            step_r = res["step"]
-            if res.get("skipped"):
-                continue
-            if not res.get("ok"):
-                logger.error("[Step %d] evaluation failed (recorded; training goes on): %s", step_r, res.get("error"))
-                continue
-            shown = ", ".join(f"{k}: {v:.4f}" for k, v in res["scores"].items()
-                              if v is not None and not k.endswith("_std"))
-            logger.info("[Step %d] evaluated in %.1fs: %s", step_r, res.get("duration", 0.0), shown)
-            score = _new_best_announcement(tracker, step_r)
-            if score is not None:
-                logger.info("🏆 New best checkpoint! Score: %.4f", score)
-            obs.on_evaluated(step_r, res["scores"], score is not None)
-
     obs.on_start(start_step, args.steps)
 
     # ---- the loop ---------------------------------------------------------------------------
@@ -348,6 +307,7 @@ def main(args: argparse.Namespace, observer: TrainObserver | None = None) -> Tra
     losses: list[tuple[int, float]] = []
     t0 = time.time()
     step = start_step
+    finished = False
     try:
         while step < args.steps:
             x0, tokens, g = data.batch(step, args.batch_size)  # [B, 3, 32, 32] in [-1, 1], [B, L]
@@ -380,40 +340,30 @@ def main(args: argparse.Namespace, observer: TrainObserver | None = None) -> Tra
                     "step": step, "epoch": epoch, "model_config": cfg.to_dict(),
                     "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                 })
-                if runner is None:
-                    tracker.checkpoint_saved(step, path, epoch=epoch, evaluate=False)
-                    evaluate = False
-                else:
-                    # returns at once: the worker samples and scores while we keep training
-                    evaluate = runner.checkpoint_saved(step, path, epoch)
-                    if evaluate:
-                        logger.info("[Step %d] Evaluating model performance at step %d", step, step)
-                obs.on_checkpoint(step, path, evaluate)
-            report_results()
-    except BaseException:  # Ctrl-C or a crash: stop at once; queued checkpoints stay "pending"
-        finished = False
-        raise
-    else:
+                # returns at once: the worker samples and scores while we keep training
+                queued = evaluation.checkpoint_saved(step, path, epoch)
+                obs.on_checkpoint(step, path, bool(queued))
+            evaluation.poll()  # results that arrived: the guide's log lines, the progress bar's best
         finished = True
-    finally:
+    finally:  # Ctrl-C or a crash: stop at once; queued checkpoints stay "pending" for the next run
         train_seconds = time.time() - t0
         writer.close()
-        if runner is not None:
+        if evaluation.mode == "background":
             if finished:
                 obs.on_phase("finishing background evaluations")
             else:
                 logger.warning("stopping without waiting for queued evaluations; re-run to resume and finish them")
-            runner.close(wait=finished)
-            report_results(closed=True)
-    tracker.log_summary()  # the guide's "=== Best Checkpoint Summary ===" block
-    tracker.export_results()
+        evaluation.close(wait=finished)  # the guide's "=== Best Checkpoint Summary ===" block, the results JSON
+
+    # ---- finish -----------------------------------------------------------------------------
     report = None
     if not args.no_report:
         from bestckpt.sinks.report import write_report
 
         report = write_report(run_dir)
         logger.info("Report written to %s", report)
-    return TrainResult(run_dir, ckpt_dir, start_step, step, train_seconds, losses, tracker.summary(), report)
+    return TrainResult(run_dir, ckpt_dir, start_step, step, train_seconds, losses, evaluation.tracker.summary(),
+                       report)
 
 
 if __name__ == "__main__":

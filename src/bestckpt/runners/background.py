@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import queue
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -121,19 +122,31 @@ class BackgroundRunner:
         self.poll()
         return evaluate
 
-    def resume_pending(self) -> list[int]:
-        """Queue every checkpoint the tracker still has pending (e.g. left by an interrupted run)."""
+    def resume_pending(self, only: Collection[int] | None = None) -> list[int]:
+        """Queue every checkpoint the tracker still has pending (e.g. left by an interrupted run), or only
+        those of the steps in ``only``; returns the queued steps."""
         steps = []
         for rec in self.tracker.records:
-            if rec.status == "pending" and not rec.pruned:
+            if rec.status == "pending" and not rec.pruned and (only is None or rec.step in only):
                 self._ensure_worker()
                 self._queue(rec)
                 steps.append(rec.step)
         return steps
 
-    def poll(self) -> list[dict[str, Any]]:
-        """Results that arrived since the last call (non-blocking)."""
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (then nothing more is queued or polled)."""
+        return self._closed
+
+    def poll(self, timeout: float = 0.0) -> list[dict[str, Any]]:
+        """Results that arrived since the last call; with ``timeout > 0``, first waits up to that many
+        seconds for one to arrive (default: non-blocking)."""
         new = []
+        if timeout > 0 and not self._closed:
+            try:
+                new.append(self._results.get(timeout=timeout))
+            except queue.Empty:
+                pass
         while True:
             try:
                 new.append(self._results.get_nowait())
