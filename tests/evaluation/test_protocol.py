@@ -160,37 +160,6 @@ def test_validate_sample_batch_names_what_was_received() -> None:
         validate_sample_batch(SampleBatch(ok, "ema"), expected_n=2, image_size=16)
 
 
-def test_public_api_is_pinned() -> None:
-    import importlib
-
-    expected = {
-        "bestckpt.evaluation.protocol": {"DEFAULT_BACKBONES", "DEFAULT_METRICS", "DEFAULT_NUM_SAMPLES", "IMAGE_SUFFIXES",
-                                         "Protocol", "ProtocolError", "SmallSampleWarning", "derive_seed",
-                                         "load_prompt_file"},
-        "bestckpt.evaluation.prompts": {"CSV_IMAGE_COLUMN", "CSV_PROMPT_COLUMN", "load_prompt_file"},
-        "bestckpt.evaluation.sampler": {"SampleBatch", "Sampler", "SamplerError", "SamplerOutputError",
-                                        "SamplerSettings", "WEIGHT_KINDS", "load_factory", "load_sampler",
-                                        "validate_sample_batch"},
-        "bestckpt.evaluation.evaluate": {"EvaluationResult", "evaluate_checkpoint", "load_reference_set",
-                                         "paired_references", "prepare_reference_statistics"},
-        "bestckpt.evaluation.distributed": {"DistContext", "agree_on_errors", "all_gather_padded", "broadcast_object",
-                                            "current_context", "gather_objects", "shard_range"},
-        "bestckpt.evaluation.samples": {"GRID_NAME", "load_image_uint8", "resize_uint8", "step_dir",
-                                        "write_evaluation_samples", "write_progress_grid"},
-        "bestckpt.runners": {"BackgroundRunner", "EvalSchedule", "Evaluator", "InlineRunner",
-                             "ON_PROTOCOL_CHANGE", "ProtocolChangedError", "SidecarWatcher", "build_scorer", "default_device",
-                             "reconcile_protocol"},
-        "bestckpt.sinks.tensorboard": {"TAGS", "TensorBoardSink"},
-        "bestckpt.integrations.loop": {"MODES", "EvaluationOutcome", "TrainingEvaluation", "best_when_recorded"},
-        "bestckpt.integrations.deepspeed": {"MODEL_STATES", "is_tag_complete", "load_model_states", "mark_complete",
-                                            "read_latest_tag", "save_checkpoint", "tag_name"},
-    }
-    for name, names in expected.items():
-        module = importlib.import_module(name)
-        assert set(module.__all__) == names, name
-        assert all(hasattr(module, n) for n in names), name
-
-
 def test_shard_ranges_cover_every_sample_once() -> None:
     from bestckpt.evaluation.distributed import shard_range
 
