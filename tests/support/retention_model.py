@@ -154,10 +154,12 @@ class Model:
         if not MODEL_R6:
             return
         top = max(self.records, default=-1)
-        for step in sorted(s for s in self.unknown if s > top and complete(s)):
+        adopted = sorted(s for s in self.unknown if s > top and complete(s))
+        for step in adopted:
             self.records[step] = MRecord(step, self.next_seq, "pending")
             self.next_seq += 1
             self.unknown.discard(step)
+        # no retention here: a tracker's start deletes nothing; the next call applies it
 
 
 # ---------------------------------------------------------------------------------------------- crashes
@@ -423,7 +425,7 @@ def op_failure(w: World, t: BestCheckpointTracker) -> Callable[[Model], None]:
 
 def op_prune(w: World, t: BestCheckpointTracker) -> Callable[[Model], None]:
     w.log.append("prune")
-    return _call(w, lambda m: None, t.prune)
+    return _call(w, lambda m: m.retain(), t.prune)  # after an adoption, prune applies retention anew
 
 
 MUTATIONS: list[tuple[float, Callable[[World, BestCheckpointTracker], Callable[[Model], None]]]] = [

@@ -45,18 +45,9 @@ def fast_dir(tmp_path: Path):
         yield tmp_path
 
 
-#: Sequences (seed 0) where the model and the tracker still disagree, under investigation: each reports
-#: "[needed checkpoint deleted] {40: ['never registered: ...']}" after a crash whose save had no effect and an
-#: adoption (R6) on reopen. Listed so that any *other* failing sequence fails this test; replay one with
-#: ``python scripts/model_soak.py --replay 0:1574``. Remove entries as they are resolved.
-KNOWN_DISAGREEMENTS = {"0:1574", "0:1593", "0:1711", "0:1962"}
-
-
 def test_random_sequences_follow_the_model(fast_dir: Path) -> None:
     failed = rm.run_many(fast_dir, SEQUENCES, SEED)
-    known = KNOWN_DISAGREEMENTS if SEED == 0 else set()
-    new = [o for o in failed if o.seed not in known]
-    assert not new, rm.summarize(new, SEQUENCES)
+    assert not failed, rm.summarize(failed, SEQUENCES)
 
 
 def test_the_model_catches_a_broken_rule(fast_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
