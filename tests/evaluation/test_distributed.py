@@ -36,8 +36,18 @@ def run_torchrun(work: Path, backend: str = "gloo", timeout: float = 240) -> dic
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(TESTS_DIR / "dist_eval_worker.py"), str(work)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0 and _TORCH_ABORT in proc.stderr:
+        # Known, rare under heavy CPU load (about 1 run in 20 with two CPU hogs): a rank aborts inside
+        # torch's C++ with no Python exception. One more run tells that apart from a real failure, which
+        # fails again (and shows both outputs); the cause is recorded in the session notes.
+        first = proc.stderr[-2000:]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        assert proc.returncode == 0, first + "\n--- rerun ---\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return json.loads((work / "out.json").read_text())
+
+
+_TORCH_ABORT = "terminate called without an active exception"
 
 
 def prepare(work: Path) -> Protocol:
