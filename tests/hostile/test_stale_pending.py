@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from hostile_dir import on_disk, snapshot  # noqa: F401
 
 from bestckpt.errors import BestckptError, ConfigError
 from bestckpt.tracking.config import TrackerConfig
@@ -32,41 +33,6 @@ def save(ckdir: Path, step: int) -> Path:
     path = ckdir / f"{step:07d}.pt"
     path.write_bytes(f"step {step}".encode())
     return path
-
-
-def on_disk(ckdir: Path) -> set[int]:
-    return {int(n[:7]) for n in os.listdir(ckdir) if n.endswith(".pt") and n[:7].isdigit()}
-
-
-def snapshot(root: Path) -> dict[str, tuple[int, int, bytes | None]]:
-    """Every entry under ``root``: size, mtime, and the bytes of regular files."""
-    out = {}
-    for dirpath, dirs, files in os.walk(root):
-        for name in files + dirs:
-            p = Path(dirpath) / name
-            st = p.lstat()
-            data = p.read_bytes() if p.is_file() and not p.is_symlink() else None
-            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns, data)
-    return out
-
-
-def snapshot_outside(root: Path, ckdir: Path) -> dict[str, tuple[int, int, bytes | None]]:
-    """:func:`snapshot` of ``root`` without the checkpoint directory ``ckdir`` and what it holds."""
-    name = ckdir.name
-    return {k: v for k, v in snapshot(root).items() if k != name and not k.startswith(name + os.sep)}
-
-
-@pytest.fixture()
-def world(tmp_path: Path):
-    """The checkpoint directory ``area/ck``; on teardown, checks that nothing else in ``area`` changed."""
-    area = tmp_path / "area"
-    ckdir = area / "ck"
-    ckdir.mkdir(parents=True)
-    (area / "outside").mkdir()
-    (area / "outside" / "precious.pt").write_bytes(b"not yours")
-    before = snapshot_outside(area, ckdir)
-    yield ckdir
-    assert snapshot_outside(area, ckdir) == before
 
 
 def tracker(ckdir: Path, **kw) -> BestCheckpointTracker:
