@@ -7,10 +7,11 @@ Shaped like diffusers' ``examples/text_to_image/train_text_to_image.py``: accele
 ``checkpoint-{step}``), diffusers' resume logic and the same final save of the trained model
 (``output_dir/unet``). ``accelerator.save_state`` runs on every process (as diffusers' SDXL script
 does under DeepSpeed) or, with ``--save_on_main_only``, inside the main-process block as in
-``train_text_to_image.py``; bestckpt's call comes after it, on every process, in both forms. The model is bestckpt's demo DiT as a real
-diffusers ``ModelMixin`` (``tiny_dit.py``) on the demo's captioned shapes, so the demo evaluators
-can score it. Bench aliases (BENCH.md): ``--steps`` = ``--max_train_steps``, ``--ckpt-every`` =
-``--checkpointing_steps``, ``--output-dir`` = ``--output_dir``, plus ``--timings-out``.
+``train_text_to_image.py``; bestckpt's call comes after it, on every process, in both forms.
+The model is bestckpt's demo DiT as a real diffusers ``ModelMixin`` (``tiny_dit.py``) on the
+demo's captioned shapes, so the demo evaluators can score it. Bench aliases (BENCH.md):
+``--steps`` = ``--max_train_steps``, ``--ckpt-every`` = ``--checkpointing_steps``,
+``--output-dir`` = ``--output_dir``, plus ``--timings-out``.
 
 Two CPU processes (gloo)::
 
@@ -178,7 +179,7 @@ def main(args: Namespace) -> None:
                     save_path = os.path.join(args.output_dir, f"checkpoint-{global_step}")
                     accelerator.save_state(save_path)
                     logger.info(f"Saved state to {save_path}")
-                best.checkpoint_saved(global_step)  # bestckpt: on every process, after the save
+                best.checkpoint_saved(global_step, epoch=epoch)  # bestckpt: on every process, after the save
             if global_step >= args.max_train_steps:
                 break
         if global_step >= args.max_train_steps:

@@ -88,7 +88,7 @@ def _agree(accelerator: Any, error: BaseException | None, what: str) -> None:
         if error is not None:
             raise error
         return
-    from accelerate.utils import broadcast_object_list
+    from accelerate.utils import broadcast_object_list  # type: ignore[import-untyped]
 
     message = [None if error is None else f"{type(error).__name__}: {error}"]
     broadcast_object_list(message, from_process=0)
