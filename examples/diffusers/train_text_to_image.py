@@ -39,7 +39,6 @@ from tiny_dit import TinyDiTModel
 from bestckpt.demo.data import Tokenizer, caption, combinations, render
 from bestckpt.demo.train import build_protocol, flow_matching_loss
 from bestckpt.integrations.accelerate import AccelerateCheckpoints  # bestckpt
-from bestckpt.runners import EvalSchedule  # bestckpt
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -68,7 +67,6 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     p.add_argument("--keep_every_n_steps", type=int, default=None)
     p.add_argument("--num_eval_prompts", type=int, default=189)
     p.add_argument("--eval_sample_steps", type=int, default=12)
-    p.add_argument("--bestckpt_mode", choices=("background", "off"), default="background")
     p.add_argument("--timings-out", dest="timings_out", default=None, help="BENCH.md: blocked seconds per checkpoint")
     return p.parse_args(argv)
 
@@ -99,10 +97,8 @@ def main(args: Namespace) -> None:
 
     best = AccelerateCheckpoints(  # bestckpt: on every process; refuses --checkpoints_total_limit
         accelerator, args.output_dir, protocol, "tiny_dit:make_sampler",
-        checkpoints_total_limit=args.checkpoints_total_limit, mode=args.bestckpt_mode,
-        schedule=EvalSchedule(every_n_checkpoints=args.eval_every_n_checkpoints),
-        metric_name="composite_score", higher_is_better=True, save_top_k=args.save_top_k,
-        keep_every_n_steps=args.keep_every_n_steps, worker_threads=1)
+        checkpoints_total_limit=args.checkpoints_total_limit, save_top_k=args.save_top_k,
+        keep_every_n_steps=args.keep_every_n_steps, evaluate_every_n_checkpoints=args.eval_every_n_checkpoints)
 
     tokenizer = Tokenizer()
     unet = TinyDiTModel(vocab_size=tokenizer.vocab_size, max_tokens=tokenizer.max_length, pad_id=Tokenizer.PAD)
@@ -179,7 +175,7 @@ def main(args: Namespace) -> None:
                     save_path = os.path.join(args.output_dir, f"checkpoint-{global_step}")
                     accelerator.save_state(save_path)
                     logger.info(f"Saved state to {save_path}")
-                best.checkpoint_saved(global_step, epoch=epoch)  # bestckpt: on every process, after the save
+                best.checkpoint_saved(global_step, epoch=epoch)  # bestckpt: every process, after the block
             if global_step >= args.max_train_steps:
                 break
         if global_step >= args.max_train_steps:
@@ -192,7 +188,7 @@ def main(args: Namespace) -> None:
         if args.use_ema:
             ema_unet.copy_to(unet.parameters())
         unet.save_pretrained(os.path.join(args.output_dir, "unet"))
-    best.close()  # bestckpt: waits for queued evaluations, logs the summary, writes the results JSON
+    best.close()  # bestckpt: finishes queued evaluations, logs the summary, writes the results JSON
     if args.timings_out and accelerator.is_main_process:
         Path(args.timings_out).write_text(json.dumps({"stack": "diffusers", "blocked_s": best.blocked_s}))
     accelerator.end_training()

@@ -46,7 +46,7 @@ def _launch(output_dir: Path, *script_args: str) -> subprocess.CompletedProcess[
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_free_port()), str(SCRIPT), "--output_dir", str(output_dir), "--use_ema",
            "--checkpointing_steps", "2", "--save_top_k", "1", "--keep_every_n_steps", "4",
-           "--num_eval_prompts", "16", "--eval_sample_steps", "4", *script_args]
+           "--num_eval_prompts", "16", "--eval_sample_steps", "4", "--eval_every_n_checkpoints", "1", *script_args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, cwd=ROOT)
     assert proc.returncode == 0, f"launch failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
     return proc

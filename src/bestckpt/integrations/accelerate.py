@@ -111,13 +111,16 @@ class AccelerateCheckpoints:
     :class:`~bestckpt.integrations.loop.TrainingEvaluation`'s, built on the main process only.
     ``mode``: ``"background"`` (a worker process on the main process's machine) or ``"off"``
     (track and prune only); inline evaluation is not offered (it would need every process).
+    ``evaluate_every_n_checkpoints``: the guide's every 2nd checkpoint by default (ignored when
+    ``schedule=`` is given). ``keep_latest`` stays at least 1: the newest checkpoint is the one
+    ``--resume_from_checkpoint latest`` picks.
     ``blocked_s`` holds, per checkpoint, the seconds the calling process spent in
     :meth:`checkpoint_saved` (barrier and broadcast included).
     """
 
     def __init__(self, accelerator: Any, output_dir: str | Path, protocol: Any = None, sampler: Any = None, *,
                  checkpoints_total_limit: int | None = None, mode: str = "background",
-                 **evaluation_kwargs: Any) -> None:
+                 evaluate_every_n_checkpoints: int = 2, **evaluation_kwargs: Any) -> None:
         if mode not in ("background", "off"):
             raise ConfigError(f"mode={mode!r}: AccelerateCheckpoints evaluates in 'background' (a worker process "
                               "on the main process) or not at all ('off')")
@@ -127,6 +130,10 @@ class AccelerateCheckpoints:
         self.evaluation: Any = None
         self.blocked_s: list[float] = []
         error: BaseException | None = None
+        if "schedule" not in evaluation_kwargs:
+            from bestckpt.runners import EvalSchedule
+
+            evaluation_kwargs["schedule"] = EvalSchedule(every_n_checkpoints=evaluate_every_n_checkpoints)
         if accelerator.is_main_process:
             try:
                 self.evaluation = self._start(protocol, sampler, mode, evaluation_kwargs)
@@ -141,7 +148,6 @@ class AccelerateCheckpoints:
         if callable(protocol):
             protocol = protocol()
         kwargs.setdefault("experiment_dir", own)
-        kwargs.setdefault("keep_latest", 1)  # the resume point `--resume_from_checkpoint latest` picks
         if mode == "background":
             kwargs.setdefault("tensorboard_dir", own / "tensorboard_logs")
             kwargs.setdefault("cache_dir", own / "cache")
