@@ -37,17 +37,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _launch(output_dir: Path, *script_args: str) -> subprocess.CompletedProcess[str]:
+def _accelerate_launch(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``accelerate launch`` with 2 CPU processes: torchrun's launcher (``--multi_gpu``) with
     ``ACCELERATE_USE_CPU`` so accelerate picks MULTI_CPU/gloo (``--cpu`` alone starts one process)."""
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), str(SCRIPT), "--output_dir", str(output_dir), "--use_ema",
-           "--checkpointing_steps", "2", "--save_top_k", "1", "--keep_every_n_steps", "4",
-           "--num_eval_prompts", "16", "--eval_sample_steps", "4", "--eval_every_n_checkpoints", "1", *script_args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, cwd=ROOT)
+           "--main_process_port", str(_free_port()), str(script), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, cwd=ROOT)
+
+
+def _launch(output_dir: Path, *script_args: str) -> subprocess.CompletedProcess[str]:
+    proc = _accelerate_launch(
+        SCRIPT, "--output_dir", str(output_dir), "--use_ema", "--checkpointing_steps", "2", "--save_top_k", "1",
+        "--keep_every_n_steps", "4", "--num_eval_prompts", "16", "--eval_sample_steps", "4",
+        "--eval_every_n_checkpoints", "1", *script_args)
     assert proc.returncode == 0, f"launch failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
     return proc
 
@@ -159,3 +164,13 @@ def _refusals(accelerator_cls: Any, project_config_cls: Any, tmp_path: Path) -> 
         check_total_limits(automatic)
     with pytest.raises(ConfigError, match="mode='inline'"):
         AccelerateCheckpoints(accelerator, tmp_path / "out", None, None, mode="inline")
+
+
+def test_a_failed_registration_reaches_every_process(tmp_path: Path) -> None:
+    """The main process fails to register (nothing was saved): the other process raises too, no hang."""
+    proc = _accelerate_launch(Path(__file__).parents[1] / "support" / "accelerate_worker.py", str(tmp_path / "out"))
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    results = sorted(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+    assert len(results) == 2, proc.stdout
+    assert results[0].startswith("RESULT 0 FileNotFoundError") and "checkpoint-5" in results[0]
+    assert results[1].startswith("RESULT 1 RuntimeError bestckpt: registering checkpoint-5 failed on the main process")
