@@ -111,7 +111,8 @@ def main(args: Namespace) -> None:
                 ema_unet.save_pretrained(os.path.join(output_dir, "unet_ema"))
             for model in models:
                 model.save_pretrained(os.path.join(output_dir, "unet"))
-                weights.pop()
+                if weights:  # empty under DeepSpeed (it saves the engine itself), as diffusers' SDXL script checks
+                    weights.pop()
 
     def load_model_hook(models, input_dir):
         if args.use_ema:
@@ -168,7 +169,8 @@ def main(args: Namespace) -> None:
             if args.use_ema:
                 ema_unet.step(unet.parameters())
             global_step += 1
-            accelerator.log({"train_loss": accelerator.gather(loss.detach()).mean().item()}, step=global_step)
+            avg_loss = accelerator.gather(loss.detach().repeat(args.train_batch_size)).mean()  # as diffusers does
+            accelerator.log({"train_loss": avg_loss.item()}, step=global_step)
 
             if global_step % args.checkpointing_steps == 0:
                 if accelerator.is_main_process or not args.save_on_main_only:
