@@ -137,7 +137,7 @@ class AccelerateCheckpoints:
         if accelerator.is_main_process:
             try:
                 self.evaluation = self._start(protocol, sampler, mode, evaluation_kwargs)
-            except BaseException as exc:  # told to every process below, then raised here
+            except Exception as exc:  # told to every process below, then raised here (Ctrl-C reaches all anyway)
                 error = exc
         _agree(accelerator, error, "starting the checkpoint tracker")
 
@@ -179,7 +179,7 @@ class AccelerateCheckpoints:
                         f"accelerator.save_state(os.path.join(output_dir, 'checkpoint-{step}')) (or pass path=)")
                 mark_complete(folder)
                 answer = self.evaluation.checkpoint_saved(int(step), folder, epoch=epoch)
-            except BaseException as exc:
+            except Exception as exc:  # told to every process below, then raised here
                 error = exc
         _agree(self.accelerator, error, f"registering {folder.name}")
         self.blocked_s.append(time.perf_counter() - start)
