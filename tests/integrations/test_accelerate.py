@@ -174,3 +174,26 @@ def test_a_failed_registration_reaches_every_process(tmp_path: Path) -> None:
     assert len(results) == 2, proc.stdout
     assert results[0].startswith("RESULT 0 FileNotFoundError") and "checkpoint-5" in results[0]
     assert results[1].startswith("RESULT 1 RuntimeError bestckpt: registering checkpoint-5 failed on the main process")
+
+
+def test_single_process_registers_after_a_real_save_state(tmp_path: Path) -> None:
+    """One process (no broadcast): the folder accelerate wrote is marked complete and registered; a step
+    that was never saved is a clear error naming the folder."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    try:
+        accelerator = Accelerator(cpu=True)
+        model = torch.nn.Linear(2, 2)
+        accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))  # what save_state writes
+        best = AccelerateCheckpoints(accelerator, tmp_path, mode="off")
+        accelerator.save_state(str(tmp_path / "checkpoint-3"))
+        best.checkpoint_saved(3)
+        assert (tmp_path / "checkpoint-3" / COMPLETE_MARKER).is_file()
+        assert [r.step for r in best.tracker.records] == [3] and len(best.blocked_s) == 1
+        with pytest.raises(FileNotFoundError, match="checkpoint-4.*is not a directory"):
+            best.checkpoint_saved(4)
+        best.close()
+    finally:
+        AcceleratorState._reset_state(True)
