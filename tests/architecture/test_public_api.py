@@ -109,6 +109,9 @@ EXPECTED: dict[str, list[str]] = {
         "temp_name", "to_strict_json", "unlink_quiet",
     ],
     "bestckpt.integrations": [],
+    "bestckpt.integrations.accelerate": [
+        "AccelerateCheckpoints", "CHECKPOINT_TEMPLATE", "check_total_limits", "load_unet",
+    ],
     "bestckpt.integrations.deepspeed": [
         "MODEL_STATES", "is_tag_complete", "load_model_states", "mark_complete", "read_latest_tag",
         "save_checkpoint", "tag_name",
