@@ -34,7 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 TORCHRUN = [PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "{port}"]
-ACCELERATE = [PY, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--main_process_port", "{port}"]
+# `accelerate launch --cpu --num_processes 2` starts one process; two CPU processes need --multi_gpu with
+# ACCELERATE_USE_CPU=true (set in run_stack's environment)
+ACCELERATE = [PY, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "{port}"]
 
 #: stack -> (launcher prefix, example script, its arguments); {out} is the run's output folder,
 #: {timings} the JSON the example writes. Small runs: the figure is per checkpoint.
@@ -90,7 +92,7 @@ def run_stack(name: str, work: Path, port: int, timeout: float) -> list[float]:
     out, timings = work / name, work / f"{name}-timings.json"
     fill = lambda s: s.format(out=out, timings=timings, port=port)  # noqa: E731
     cmd = [fill(x) for x in launcher] + [str(ROOT / script)] + [fill(x) for x in script_args]
-    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    env = dict(os.environ, DS_ACCELERATOR="cpu", ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", WANDB_MODE="disabled")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=timeout, capture_output=True, text=True)
     if proc.returncode != 0 or not timings.is_file():
         tail = (proc.stdout + proc.stderr)[-3000:]
