@@ -187,3 +187,26 @@ def test_two_processes_gloo(tmp_path: Path) -> None:
     assert sorted(r.step for r in tracker.records) == [2, 4, 6, 8]
     assert tracker.best is not None and os.readlink(out / "best.pt") == f"checkpoint-{tracker.best.step}"
     assert _on_disk(out) == _expected_kept(tracker, 1, 1_000_000)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_deepspeed_zero3_cpu(tmp_path: Path) -> None:
+    """Real DeepSpeed ZeRO-3 (CPU accelerator) under the Trainer: without the gather flag a checkpoint holds only
+    shards; the callback warned, the evaluation failed with the fix and is never best. With it: scored, best."""
+    pytest.importorskip("deepspeed")
+    make_protocol(tmp_path).to_file(tmp_path / "protocol.json")
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+               PYTHONPATH=os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+           str(TESTS_DIR / "hf_zero3_worker.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    shards, gather = report["shards"], report["gather"]
+    assert "model.safetensors" not in shards["files"] and "global_step4" in shards["files"]
+    assert any("stage3_gather_16bit_weights_on_model_save" in w for w in shards["warnings"])
+    assert shards["status"] == "failed" and "stage3_gather_16bit_weights_on_model_save" in shards["error"]
+    assert shards["best"] is None
+    assert "model.safetensors" in gather["files"] and gather["warnings"] == []
+    assert gather["status"] == "evaluated" and gather["best"] == "checkpoint-4"

@@ -31,7 +31,8 @@ Settings refused at ``on_init_end`` and again at ``on_train_begin`` (a callback 
 The checkpoint a run resumes from (``state.global_step`` at ``on_train_begin`` names it: the Trainer has
 loaded ``trainer_state.json`` from it) is pinned in the directory's stored settings, so neither this
 process nor the background worker nor ``bestckpt prune`` ever deletes it; pins only accumulate (remove
-one on purpose with ``bestckpt prune DIR --reconfigure --pin ...``).
+one on purpose with ``bestckpt prune DIR --reconfigure --pin STEP ... --yes``: the pins listed replace the
+stored ones).
 
 ZeRO-3: the model files in a checkpoint are empty placeholders (the Trainer removes them) unless the
 DeepSpeed config sets ``stage3_gather_16bit_weights_on_model_save``; :func:`zero3_weights_missing` detects
@@ -177,6 +178,10 @@ class BestCheckpointCallback(TrainerCallback):  # type: ignore[misc]
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         check_training_arguments(args)
+        if getattr(state, "is_hyper_param_search", False):
+            raise ConfigError("Trainer.hyperparameter_search saves each trial under output_dir/run-<trial>, not "
+                              "output_dir: BestCheckpointCallback does not support it; train the chosen "
+                              "hyperparameters with trainer.train() and the callback")
         ds = getattr(getattr(args, "hf_deepspeed_config", None), "config", None)
         if zero3_weights_missing(ds) and state.is_world_process_zero:
             logger.warning("DeepSpeed ZeRO-3 without stage3_gather_16bit_weights_on_model_save: checkpoints hold no "
