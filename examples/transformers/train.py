@@ -58,7 +58,8 @@ def main() -> None:
         per_device_train_batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=min(50, args.steps // 5),
         lr_scheduler_type="constant_with_warmup", weight_decay=0.0, adam_beta2=0.99, max_grad_norm=1.0,
         logging_steps=max(1, args.ckpt_every), report_to="none", seed=args.seed, dataloader_num_workers=0,
-        disable_tqdm=True, dataloader_pin_memory=torch.cuda.is_available())
+        disable_tqdm=True, dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(), ddp_backend=None if torch.cuda.is_available() else "gloo")
     # the evaluation: held-out prompts, reference renders, the demo's sampler settings (written to protocol/)
     protocol = build_protocol(argparse.Namespace(num_eval_prompts=args.num_eval_prompts, seed=args.seed,  # bestckpt
                                                  samples_per_prompt=1, sample_steps=args.sample_steps, guidance=3.0),

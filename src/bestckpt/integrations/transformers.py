@@ -145,7 +145,7 @@ def _distributed() -> Any:
     return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
 
 
-class BestCheckpointCallback(TrainerCallback):  # type: ignore[misc]
+class BestCheckpointCallback(TrainerCallback):
     """Hands every checkpoint the Trainer saves to bestckpt (see the module docstring).
 
     ``protocol`` and ``sampler`` (a ``"module:factory"`` spec in ``"background"`` mode) are
