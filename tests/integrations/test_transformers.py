@@ -104,12 +104,25 @@ def test_zero3_detection_and_weight_loading(tmp_path: Path) -> None:
     assert resume_step(tmp_path, 4) == 4 and resume_step(tmp_path, 6) is None and resume_step(tmp_path, 0) is None
 
 
+def test_resume_pins_accumulate_and_other_settings_stay_checked(tmp_path: Path) -> None:
+    from bestckpt.integrations.transformers import _open_tracker
+
+    assert _open_tracker(tmp_path, {"pinned_steps": (2,), "save_top_k": 2}, 4, writer=True).config.pinned_steps == (2, 4)
+    tracker = _open_tracker(tmp_path, {}, 6, writer=True)  # stored settings used; the new pin added
+    assert tracker.config.pinned_steps == (2, 4, 6) and tracker.config.save_top_k == 2
+    assert BestCheckpointTracker.open(tmp_path).config.pinned_steps == (2, 4, 6)  # stored: the worker obeys it too
+    assert _open_tracker(tmp_path, {}, None, writer=False).config.pinned_steps == (2, 4, 6)
+    with pytest.raises(ConfigError, match="save_top_k"):
+        _open_tracker(tmp_path, {"save_top_k": 5}, 8, writer=True)
+    assert BestCheckpointTracker.open(tmp_path).config.pinned_steps == (2, 4, 6)
+
+
 def test_trainer_run_keeps_the_best_and_resumes_from_what_is_kept(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                                                    one_thread: None) -> None:
     caplog.set_level(logging.INFO)
     protocol = make_protocol(tmp_path)
     out = tmp_path / "out"
-    settings = dict(save_top_k=1, keep_every_n_steps=8)
+    settings = dict(save_top_k=2, keep_every_n_steps=8)
     first = BestCheckpointCallback(protocol, "hf_kit:make_sampler", **KIT, **settings)
     _trainer(out, first).train()  # saves 2..10; evaluates every 2nd (4, 8) in the worker
 
@@ -120,7 +133,7 @@ def test_trainer_run_keeps_the_best_and_resumes_from_what_is_kept(tmp_path: Path
     best = max((r for r in recs.values() if r.status == "evaluated"), key=lambda r: r.metrics["composite_score"])
     assert os.readlink(out / "best.pt") == f"checkpoint-{best.step}"
     assert load_state_dict(out / "best.pt").keys() == {"w"}
-    assert _on_disk(out) == _expected_kept(tracker, 1, 8) and 10 in _on_disk(out)  # latest = resume point
+    assert _on_disk(out) == _expected_kept(tracker, 2, 8) == {4, 8, 10}  # top-2, every-8, latest (= resume point)
     assert len(first.blocked_seconds) == 5 and first.evaluation is None
 
     # the guide's log lines (this process), files and TensorBoard tags
@@ -142,8 +155,8 @@ def test_trainer_run_keeps_the_best_and_resumes_from_what_is_kept(tmp_path: Path
     assert "resuming from" in caplog.text and "pinned" in caplog.text
     tracker = BestCheckpointTracker.open(out)
     assert tracker.config.pinned_steps == (10,)
-    assert _on_disk(out) == _expected_kept(tracker, 1, 8)
-    assert 10 in _on_disk(out)  # no rule but the pin keeps it: the checkpoint this run resumed from
+    assert _on_disk(out) == _expected_kept(tracker, 2, 8)
+    assert 10 in _on_disk(out) and 14 not in _on_disk(out)  # no rule but the pin keeps it: the checkpoint this run resumed from
     assert {r.step for r in tracker.records if r.status == "evaluated"} == {4, 8, 12, 16}
     best = tracker.best
     assert best is not None and os.readlink(out / "best.pt") == f"checkpoint-{best.step}"
