@@ -51,7 +51,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(max(1, default_threads() // int(os.environ.get("WORLD_SIZE", "1"))))
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # > 1 under torchrun
+    torch.set_num_threads(max(1, default_threads() // world))
     out: Path = args.output_dir
     training = TrainingArguments(
         output_dir=str(out), max_steps=args.steps, save_steps=args.ckpt_every, save_total_limit=None,
@@ -59,7 +60,7 @@ def main() -> None:
         lr_scheduler_type="constant_with_warmup", weight_decay=0.0, adam_beta2=0.99, max_grad_norm=1.0,
         logging_steps=max(1, args.ckpt_every), report_to="none", seed=args.seed, dataloader_num_workers=0,
         disable_tqdm=True, dataloader_pin_memory=torch.cuda.is_available(),
-        use_cpu=not torch.cuda.is_available(), ddp_backend=None if torch.cuda.is_available() else "gloo")
+        use_cpu=not torch.cuda.is_available(), ddp_backend=None if torch.cuda.is_available() or world == 1 else "gloo")
     # the evaluation: held-out prompts, reference renders, the demo's sampler settings (written to protocol/)
     protocol = build_protocol(argparse.Namespace(num_eval_prompts=args.num_eval_prompts, seed=args.seed,  # bestckpt
                                                  samples_per_prompt=1, sample_steps=args.sample_steps, guidance=3.0),

@@ -89,6 +89,8 @@ def test_refuses_settings_under_which_the_trainer_deletes_or_loads_behind_bestck
     check_training_arguments(_args(tmp_path / "d", save_total_limit=0))  # <= 0: the Trainer never rotates
     with pytest.raises(TypeError, match="filename_template"):
         BestCheckpointCallback(protocol, "hf_kit:make_sampler", filename_template="{step}.pt")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        BestCheckpointCallback(protocol, "hf_kit:make_sampler", mode="sometimes")
 
 
 def test_zero3_detection_and_weight_loading(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ Settings refused at ``on_init_end`` and again at ``on_train_begin`` (a callback 
   Trainer's moving best would need a pin that changes at every evaluation. Load ``best.pt`` instead.
   (``metric_for_best_model`` alone is harmless: without rotation and without loading at the end the
   Trainer only remembers the path; a resume whose remembered best was pruned logs a warning and goes on.)
+- ``Trainer.hyperparameter_search`` (at ``on_train_begin``): each trial saves under ``output_dir/run-<trial>``.
 
 The checkpoint a run resumes from (``state.global_step`` at ``on_train_begin`` names it: the Trainer has
 loaded ``trainer_state.json`` from it) is pinned in the directory's stored settings, so neither this
@@ -51,7 +52,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from bestckpt.errors import ConfigError
-from bestckpt.integrations.loop import TrainingEvaluation
+from bestckpt.integrations.loop import MODES, TrainingEvaluation
 from bestckpt.runners import EvalSchedule
 from bestckpt.tracking.config import TrackerConfig
 from bestckpt.tracking.layout import mark_complete
@@ -166,6 +167,8 @@ class BestCheckpointCallback(TrainerCallback):
             if name in options:
                 raise TypeError(f"BestCheckpointCallback sets {name} itself (TrainingArguments.output_dir, "
                                 f"{CHECKPOINT_TEMPLATE!r}); remove {name}=...")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.protocol, self.sampler, self.mode, self.schedule = protocol, sampler, mode, schedule
         self.options = options
         self.evaluation: TrainingEvaluation | None = None
