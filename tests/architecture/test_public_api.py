@@ -117,6 +117,10 @@ EXPECTED: dict[str, list[str]] = {
         "save_checkpoint", "tag_name",
     ],
     "bestckpt.integrations.loop": ["EvaluationOutcome", "MODES", "TrainingEvaluation", "best_when_recorded"],
+    "bestckpt.integrations.transformers": [
+        "BestCheckpointCallback", "CHECKPOINT_TEMPLATE", "check_training_arguments", "load_state_dict",
+        "resume_step", "zero3_weights_missing",
+    ],
     "bestckpt.metrics": [
         "CLIP_CONVENTIONS", "CompositeUnavailableError", "DEFAULT_METRICS", "DEFAULT_WEIGHTS",
         "FEATURE_CLIP_IMAGE", "FEATURE_CLIP_TEXT", "FEATURE_INCEPTION_LOGITS", "FEATURE_INCEPTION_POOL",
