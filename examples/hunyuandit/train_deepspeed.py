@@ -39,7 +39,6 @@ from bestckpt.demo.model import TinyDiT
 from bestckpt.demo.tag_sampler import config_from_args
 from bestckpt.demo.train import _TrainData, build_protocol, flow_matching_loss
 from bestckpt.integrations import hunyuandit as bestckpt_hydit  # bestckpt
-from bestckpt.runners import EvalSchedule
 
 
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -135,7 +134,10 @@ def save_checkpoint(args, rank, logger, model, ema, epoch, train_steps, checkpoi
     if not args.save_optimizer_state:
         dist.barrier()
         if rank == 0 and len(dst_paths) > 0:
-            for dst_path in dst_paths:
+            # Upstream writes `for dst_path in dst_paths:` and formats the (ok, path) tuple into the glob, which
+            # never matches: the stock script deletes nothing (Tencent/HunyuanDiT 368280e). Here the deletion it
+            # intends, so the tests cover a script that deletes files inside the tags it saved.
+            for _, dst_path in dst_paths:
                 for opt_state_path in glob(f"{dst_path}/zero_*_optim_states.pt"):
                     os.remove(opt_state_path)
 
@@ -187,16 +189,15 @@ def main(args: argparse.Namespace) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     model, opt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=config)
 
-    registrar = None  # bestckpt
-    if rank == 0:  # the demo's protocol (held-out prompts, exact references) in the experiment directory
-        protocol = build_protocol(argparse.Namespace(num_eval_prompts=args.num_eval_prompts, seed=0,
-                                                     samples_per_prompt=args.samples_per_prompt,
-                                                     sample_steps=args.sample_steps, guidance=args.guidance),
-                                  Path(experiment_dir) / "protocol")
-        registrar = bestckpt_hydit.start(  # bestckpt
-            checkpoint_dir, rank, protocol, "bestckpt.demo.tag_sampler:make_sampler",  # bestckpt
-            save_top_k=args.save_top_k, keep_every_n_steps=args.keep_every_n_steps,  # bestckpt
-            schedule=EvalSchedule(every_n_checkpoints=args.eval_every_n_checkpoints))  # bestckpt
+    # the demo's evaluation protocol (held-out prompts, exact reference renders), written on rank 0
+    protocol = build_protocol(argparse.Namespace(num_eval_prompts=args.num_eval_prompts, seed=0,
+                                                 samples_per_prompt=args.samples_per_prompt,
+                                                 sample_steps=args.sample_steps, guidance=args.guidance),
+                              Path(experiment_dir) / "protocol") if rank == 0 else None
+    bestckpt_hydit.start(checkpoint_dir, rank, protocol, "bestckpt.demo.tag_sampler:make_sampler",  # bestckpt
+                         every_n_checkpoints=args.eval_every_n_checkpoints, save_top_k=args.save_top_k,  # bestckpt
+                         keep_every_n_steps=args.keep_every_n_steps)  # bestckpt
+    registrar = bestckpt_hydit.active()  # rank 0: its blocked_s feed --timings-out
     dist.barrier()
 
     epoch, running_loss, log_steps = start_epoch, 0.0, 0

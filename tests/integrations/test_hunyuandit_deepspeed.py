@@ -117,8 +117,12 @@ def test_zero2_best_retention_and_hunyuandit_tags(zero2: tuple[Path, str, Path])
 
 
 def records_mention_nothing_but_tags(ckpt: Path) -> bool:
+    """Every path the state records (checkpoints, deletion intents) is a whole registered tag, never a file inside one."""
     state = json.loads((ckpt / "best_checkpoints.json").read_text())
-    return not state.get("deleting") and all("/" not in r["checkpoint_path"] for r in state["checkpoints"])
+    pruned = {r["checkpoint_path"] for r in state["checkpoints"] if r.get("pruned")}
+    intents = {i["path"] for i in state.get("deleting") or []}
+    paths = [r["checkpoint_path"] for r in state["checkpoints"]] + sorted(intents)
+    return intents <= pruned and all("/" not in p and "optim" not in p for p in paths)
 
 
 def test_zero3_weights_are_consolidated_for_sampling(zero3: Path, tmp_path: Path) -> None:

@@ -12,9 +12,10 @@ every rank and writes DeepSpeed *tag directories* into ``{results_dir}/{NNN}-{ta
 The client state is ``{"steps", "epoch", "args"}`` plus ``"ema"`` with ``--use-ema``; DeepSpeed merges it into
 ``mp_rank_00_model_states.pt`` (ZeRO 0-2) or into every ``zero_pp_rank_{r}_mp_rank_00_model_states.pt`` (ZeRO-3,
 whose ``module`` then holds empty placeholders: the weights live in the optimizer-state shards and are
-consolidated with DeepSpeed's own ``zero_to_fp32``). After the save HunyuanDiT deletes
-``zero_*_optim_states.pt`` on rank 0 unless ``--save-optimizer-state``: that is the script's own clean-up inside
-a tag, never a pruning, and under ZeRO-3 it removes what consolidation needs (:func:`consolidate_zero3` says so).
+consolidated with DeepSpeed's own ``zero_to_fp32``). After the save HunyuanDiT means to delete
+``zero_*_optim_states.pt`` on rank 0 unless ``--save-optimizer-state`` (its glob formats the ``(ok, path)`` tuple
+and never matches at Tencent/HunyuanDiT 368280e; a fixed script does delete): that is the script's own clean-up
+inside a tag, never a pruning, and under ZeRO-3 it removes what consolidation needs (:func:`consolidate_zero3` says so).
 
 Rank rule (:func:`tags_saved`): every rank saves; rank 0 alone marks each tag complete and registers it, after
 ``save_checkpoint`` returned (DeepSpeed's save ends with a barrier, so every rank's shards are written).
@@ -105,8 +106,8 @@ def consolidate_zero3(tag_dir: str | Path) -> dict[str, Any]:
     """The full fp32 ``module`` state dict of a ZeRO-3 tag, rebuilt by DeepSpeed's ``zero_to_fp32``.
 
     ZeRO-3 keeps the real weights only in the fp32 partitions of the optimizer-state shards
-    (``zero_pp_rank_{r}_mp_rank_00_optim_states.pt``), which HunyuanDiT deletes after each save unless
-    ``--save-optimizer-state``: without them this raises ``FileNotFoundError`` saying so.
+    (``zero_pp_rank_{r}_mp_rank_00_optim_states.pt``), which HunyuanDiT's ``save_checkpoint`` means to delete
+    unless ``--save-optimizer-state``: without them this raises ``FileNotFoundError`` saying so.
     """
     tag = Path(tag_dir)
     if not any(tag.glob("zero_pp_rank_*_mp_rank_*_model_states.pt")):
@@ -115,10 +116,11 @@ def consolidate_zero3(tag_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(
             f"cannot consolidate the ZeRO-3 weights of {str(tag)!r}: its optimizer-state shards "
             "(zero_pp_rank_*_mp_rank_00_optim_states.pt), the only copy of the partitioned fp32 weights, were "
-            "deleted (hydit/train_deepspeed.py deletes zero_*_optim_states.pt after each save). Train with "
-            "--save-optimizer-state, or evaluate EMA weights (--use-ema: the full EMA is in the client state)"
+            "deleted (the clean-up hydit/train_deepspeed.py's save_checkpoint intends: zero_*_optim_states.pt after each "
+            "save). Train with --save-optimizer-state, or evaluate EMA weights (--use-ema: the full EMA is in the "
+            "client state)"
         )
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # type: ignore[import-untyped]
 
     return dict(get_fp32_state_dict_from_zero_checkpoint(str(tag.parent), tag=tag.name))
 
@@ -186,21 +188,25 @@ class TagRegistrar:
 _active: TagRegistrar | None = None
 
 
-def start(checkpoint_dir: str | Path, rank: int, protocol: Any, sampler: str, **options: Any) -> TagRegistrar | None:
-    """Call on every rank after ``create_exp_folder``: rank 0 starts a background ``TrainingEvaluation``
-    (``options`` pass through: ``save_top_k``, ``keep_every_n_steps``, ``schedule``...); other ranks get None.
+def start(checkpoint_dir: str | Path, rank: int, protocol: Any, sampler: str, *, every_n_checkpoints: int = 2,
+          **options: Any) -> TagRegistrar | None:
+    """Call on every rank after ``create_exp_folder``: rank 0 starts a background ``TrainingEvaluation`` that
+    evaluates every ``every_n_checkpoints``-th registered tag (the guide's default: 2); other ranks get None.
 
-    ``protocol`` is a :class:`~bestckpt.evaluation.protocol.Protocol` or the path of its JSON file;
-    ``sampler`` a ``"module:factory"`` spec. The registrar becomes the one :func:`tags_saved` uses.
+    ``protocol`` is a :class:`~bestckpt.evaluation.protocol.Protocol` or the path of its JSON file (read on rank 0
+    only); ``sampler`` a ``"module:factory"`` spec; ``options`` pass through to ``TrainingEvaluation`` and the
+    tracker (``save_top_k``, ``keep_every_n_steps``, ``device``...). The registrar becomes the one :func:`tags_saved` uses.
     """
     global _active
     if rank != 0:
         return None
     from bestckpt.evaluation.protocol import Protocol
     from bestckpt.integrations.loop import TrainingEvaluation
+    from bestckpt.runners import EvalSchedule
 
     if isinstance(protocol, (str, Path)):
         protocol = Protocol.from_file(protocol)
+    options.setdefault("schedule", EvalSchedule(every_n_checkpoints=every_n_checkpoints))
     options.setdefault("mode", "background")
     options.setdefault("log_file", Path(checkpoint_dir).parent / "evaluation_worker.log")
     _active = TagRegistrar(TrainingEvaluation(checkpoint_dir, protocol, sampler, **options), checkpoint_dir)
