@@ -166,7 +166,8 @@ def test_tags_being_written_and_pending_tags_are_never_pruned(zero2: tuple[Path,
 def test_same_scores_with_one_and_two_processes(zero2: tuple[Path, str, Path], tmp_path: Path) -> None:
     exp = zero2[0]
     recs = records(exp / "checkpoints")
-    step = max(sorted(recs), key=lambda s: recs[s]["metrics"]["composite_score"])
+    kept = [s for s, r in recs.items() if not r.get("pruned") and r["checkpoint_path"] == f"{s:07d}.pt"]
+    step = max(sorted(kept), key=lambda s: recs[s]["metrics"]["composite_score"])
     tag = exp / "checkpoints" / recs[step]["checkpoint_path"]
     worker = str(TESTS_DIR / "hydit_eval_worker.py")
     args = [str(exp / "protocol" / "protocol.json"), str(tag), str(step)]
@@ -181,6 +182,14 @@ def test_same_scores_with_one_and_two_processes(zero2: tuple[Path, str, Path], t
         assert two["scores"][name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
         # and the same as the background worker scored it during training
         assert recs[step]["metrics"][name] == pytest.approx(value, rel=1e-6, abs=1e-9), name
+    # `bestckpt evaluate` (one process) on a copy of the run re-scores the tag the same way
+    copy = tmp_path / "checkpoints"
+    shutil.copytree(exp / "checkpoints", copy, symlinks=True)
+    _run([sys.executable, "-m", "bestckpt", "evaluate", str(copy), "--protocol", args[0], "--sampler",
+          "bestckpt.demo.tag_sampler:make_sampler", "--steps", str(step), "--force", "--device", "cpu"])
+    rescored = records(copy)[step]["metrics"]
+    for name, value in one["scores"].items():
+        assert rescored[name] == pytest.approx(value, rel=1e-6, abs=1e-9), name
 
 
 def test_relaunch_resumes_from_a_kept_tag_in_a_new_directory(zero2: tuple[Path, str, Path]) -> None:
