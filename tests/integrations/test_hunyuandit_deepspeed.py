@@ -112,6 +112,9 @@ def test_zero2_best_retention_and_hunyuandit_tags(zero2: tuple[Path, str, Path])
         assert weights == "ema" and meta["step"] == step and model.num_parameters() > 0
     # the guide's lines in rank 0's output, and the timings for the bench
     assert "🏆 New best checkpoint!" in log and "=== Best Checkpoint Summary ===" in log
+    assert list((exp / "tensorboard_logs").glob("events.out.tfevents.*"))
+    assert (exp / "evaluation_samples" / f"{best:07d}" / "eval_generated_000.jpg").is_file()
+    assert (exp / "logs" / "evaluation_worker.log").is_file()
     out = json.loads(timings.read_text())
     assert out["stack"] == "hunyuandit" and len(out["blocked_s"]) == 7
 

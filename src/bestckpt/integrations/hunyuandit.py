@@ -195,7 +195,9 @@ def start(checkpoint_dir: str | Path, rank: int, protocol: Any, sampler: str, *,
 
     ``protocol`` is a :class:`~bestckpt.evaluation.protocol.Protocol` or the path of its JSON file (read on rank 0
     only); ``sampler`` a ``"module:factory"`` spec; ``options`` pass through to ``TrainingEvaluation`` and the
-    tracker (``save_top_k``, ``keep_every_n_steps``, ``device``...). The registrar becomes the one :func:`tags_saved` uses.
+    tracker (``save_top_k``, ``keep_every_n_steps``, ``device``...); the worker's log goes to
+    ``{experiment_dir}/logs/evaluation_worker.log``, TensorBoard scalars to ``{experiment_dir}/tensorboard_logs``
+    (as in the demo). The registrar becomes the one :func:`tags_saved` uses.
     """
     global _active
     if rank != 0:
@@ -207,8 +209,11 @@ def start(checkpoint_dir: str | Path, rank: int, protocol: Any, sampler: str, *,
     if isinstance(protocol, (str, Path)):
         protocol = Protocol.from_file(protocol)
     options.setdefault("schedule", EvalSchedule(every_n_checkpoints=every_n_checkpoints))
+    experiment = Path(checkpoint_dir).parent  # HunyuanDiT's {results_dir}/{NNN}-{task_flag}: files as in the demo
+    (experiment / "logs").mkdir(parents=True, exist_ok=True)
     options.setdefault("mode", "background")
-    options.setdefault("log_file", Path(checkpoint_dir).parent / "evaluation_worker.log")
+    options.setdefault("log_file", experiment / "logs" / "evaluation_worker.log")
+    options.setdefault("tensorboard_dir", experiment / "tensorboard_logs")
     _active = TagRegistrar(TrainingEvaluation(checkpoint_dir, protocol, sampler, **options), checkpoint_dir)
     return _active
 
