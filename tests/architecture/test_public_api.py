@@ -65,6 +65,7 @@ EXPECTED: dict[str, list[str]] = {
     "bestckpt.demo.model": ["DiTConfig", "TextEncoder", "TinyDiT", "timestep_embedding"],
     "bestckpt.demo.recipe": ["add_arguments", "available_cores", "default_threads", "resolve_defaults"],
     "bestckpt.demo.sampler": ["DemoSampler", "euler_sample", "initial_noise", "load_model", "make_sampler", "to_uint8"],
+    "bestckpt.demo.tag_sampler": ["TagSampler", "config_from_args", "load_tag_model", "make_sampler"],
     "bestckpt.demo.train": [
         "DEMO_BACKBONES", "SAMPLER_SPEC", "TrainObserver", "TrainResult", "add_arguments", "build_protocol",
         "default_threads", "find_resume_checkpoint", "flow_matching_loss", "load_resume_checkpoint", "main",
@@ -115,6 +116,14 @@ EXPECTED: dict[str, list[str]] = {
     "bestckpt.integrations.deepspeed": [
         "MODEL_STATES", "is_tag_complete", "load_model_states", "mark_complete", "read_latest_tag",
         "save_checkpoint", "tag_name",
+    ],
+    "bestckpt.integrations.hunyuandit": [
+        "EPOCH_TAG", "TagRegistrar", "UNTOUCHED_TAGS", "ZERO3_MODEL_STATES", "active", "close",
+        "consolidate_zero3", "is_zero3", "load_tag_weights", "model_states_file", "read_client_state", "start",
+        "tag_kind", "tags_saved",
+    ],
+    "bestckpt.integrations.hunyuandit_sampler": [
+        "End2EndSampler", "INSTALL_HINT", "import_end2end", "make_sampler", "predict_kwargs", "to_uint8_images",
     ],
     "bestckpt.integrations.loop": ["EvaluationOutcome", "MODES", "TrainingEvaluation", "best_when_recorded"],
     "bestckpt.integrations.transformers": [
