@@ -120,8 +120,10 @@ def main(args: Namespace) -> None:
         schedule=EvalSchedule(args.eval_every_n_checkpoints, checkpoint_every_steps=args.ckpt_every),  # bestckpt
         save_top_k=args.save_top_k, keep_every_n_steps=args.keep_every_n_steps,  # bestckpt
         tensorboard_dir=out / "tensorboard_logs", log_file=out / "logs" / "evaluation_worker.log")  # bestckpt
+    # a batch without dropped captions leaves the null-caption embedding unused: DDP must be told
+    strategy = "ddp_find_unused_parameters_true" if args.strategy == "ddp" else args.strategy
     trainer = L.Trainer(
-        accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, max_steps=args.steps,
+        accelerator=args.accelerator, devices=args.devices, strategy=strategy, max_steps=args.steps,
         callbacks=[checkpointing, best], plugins=[AsyncCheckpointIO()] if args.async_io else None,
         logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=out)
     trainer.fit(module, loader, ckpt_path=args.resume)

@@ -33,6 +33,7 @@ settings), so it is never deleted.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from pathlib import Path
@@ -144,9 +145,9 @@ class BestCheckpointCallback(Callback):
         resume = trainer.ckpt_path
         if not resume:
             return {}
-        path = Path(resume).absolute()
+        path = Path(os.path.realpath(resume))  # ckpt_path="last" with save_last="link": the step file it names
         step = self.config.step_from_name(path.name)
-        if step is None or path.parent != ckpt_dir.absolute():
+        if step is None or path.parent != Path(os.path.realpath(ckpt_dir)):
             return {}  # not a checkpoint of this directory: bestckpt never deletes it anyway
         from bestckpt.tracking.settings import DELETION_SETTINGS
         from bestckpt.tracking.tracker import BestCheckpointTracker
