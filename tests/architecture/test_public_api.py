@@ -113,6 +113,7 @@ EXPECTED: dict[str, list[str]] = {
         "MODEL_STATES", "is_tag_complete", "load_model_states", "mark_complete", "read_latest_tag",
         "save_checkpoint", "tag_name",
     ],
+    "bestckpt.integrations.lightning": ["BestCheckpointCallback", "DEFAULT_TEMPLATE", "load_lightning_state_dict"],
     "bestckpt.integrations.loop": ["EvaluationOutcome", "MODES", "TrainingEvaluation", "best_when_recorded"],
     "bestckpt.metrics": [
         "CLIP_CONVENTIONS", "CompositeUnavailableError", "DEFAULT_METRICS", "DEFAULT_WEIGHTS",

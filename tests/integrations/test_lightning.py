@@ -144,3 +144,28 @@ def test_async_checkpoint_io_registers_only_written_files(tmp_path: Path) -> Non
     tracker = BestCheckpointTracker.open(ckpt_dir)
     assert [r.step for r in sorted(tracker.records, key=lambda r: r.seq)] == [5, 10, 15, 20]
     assert _steps_on_disk(ckpt_dir) == [20] and len(cb.blocked_s) == 4
+
+
+def test_checkpoint_directories_are_marked_registered_and_pruned_whole(tmp_path: Path) -> None:
+    """The DeepSpeed strategy's checkpoint is a directory; the strategy needs a GPU (not run here), so a
+    CheckpointIO writing its layout stands in for the write. The callback's directory path runs for real."""
+    from lightning_kit import DirectoryIO
+
+    from bestckpt.integrations.lightning import load_lightning_state_dict
+    from bestckpt.tracking.layout import COMPLETE_MARKER
+
+    ckpt_dir = tmp_path / "checkpoints"
+    cb = BestCheckpointCallback(make_protocol(tmp_path, num_samples=4), make_sampler(), mode="inline",
+                                scorer_spec="pipeline_kit:make_kit_scorer", schedule=EvalSchedule(1),
+                                save_top_k=1, keep_every_n_steps=0)
+    _trainer(ckpt_dir, [cb], steps=15, plugins=[DirectoryIO()]).fit(TinyLit(), loader())
+    tracker = BestCheckpointTracker.open(ckpt_dir)
+    scored = {r.step: r.score("composite_score") for r in tracker.records if r.status == "evaluated"}
+    best = max(scored, key=lambda s: (scored[s], -s))
+    assert (ckpt_dir / "best.pt").resolve() == (ckpt_dir / f"step={best:07d}.ckpt").resolve()
+    kept = {p.name for p in ckpt_dir.glob("step=*.ckpt")}
+    assert kept == {f"step={s:07d}.ckpt" for s in {best, 15}}
+    for name in kept:
+        assert (ckpt_dir / name).is_dir() and (ckpt_dir / name / COMPLETE_MARKER).is_file()
+    state, ckpt = load_lightning_state_dict(ckpt_dir / "step=0000015.ckpt")
+    assert set(state) == {"w"} and ckpt["global_step"] == 15

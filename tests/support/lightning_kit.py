@@ -71,3 +71,20 @@ class GatedIO(TorchCheckpointIO):
         if Path(path).name == self.hold and not self.gate.wait(timeout=300):
             raise TimeoutError(f"the test never opened the gate for {path}")
         super().save_checkpoint(checkpoint, path, storage_options)
+
+
+class DirectoryIO(TorchCheckpointIO):
+    """Writes each checkpoint as a directory in the layout of Lightning's DeepSpeed strategy
+    (``<name>.ckpt/checkpoint/mp_rank_00_model_states.pt``: ``module`` weights under ``_forward_module.``,
+    the rest of the checkpoint at the top level). The strategy itself needs a GPU; this runs the
+    callback's directory path with the real Trainer on CPU."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        folder = Path(path) / "checkpoint"
+        folder.mkdir(parents=True)
+        state = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
+        state["module"] = {f"_forward_module.{k}": v for k, v in checkpoint["state_dict"].items()}
+        torch.save(state, folder / "mp_rank_00_model_states.pt")
+
+    def remove_checkpoint(self, path: Any) -> None:
+        raise AssertionError(f"Lightning tried to delete {path}")
