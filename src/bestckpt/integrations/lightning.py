@@ -218,17 +218,22 @@ class BestCheckpointCallback(Callback):
             self._register_written(wait=True)
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        """Finish the queued evaluations (summary, results JSON), then make ``ckpt_path="best"`` bestckpt's best."""
-        if self.evaluation is None:
-            return
-        self._register_written(wait=True)
-        self.evaluation.close(wait=True)
-        best = self.evaluation.tracker.best
+        """Finish the queued evaluations (summary, results JSON), then make ``ckpt_path="best"`` bestckpt's best
+        on every rank (rank 0's answer is broadcast: the other ranks wait here until its evaluations finished)."""
+        best: tuple[str, float | None] | None = None
+        if self.evaluation is not None:
+            self._register_written(wait=True)
+            self.evaluation.close(wait=True)
+            record = self.evaluation.tracker.best
+            if record is not None:
+                best = (str(Path(self.evaluation.tracker.dir) / record.path),
+                        record.score(self.evaluation.tracker.metric_name))
+        if trainer.world_size > 1:
+            best = trainer.strategy.broadcast(best, src=0)
         mc = self._model_checkpoint
         if best is not None and mc is not None:
-            mc.best_model_path = str(Path(self.evaluation.tracker.dir) / best.path)
-            score = best.score(self.evaluation.tracker.metric_name)
-            mc.best_model_score = _tensor(score) if score is not None else None
+            mc.best_model_path = best[0]
+            mc.best_model_score = _tensor(best[1]) if best[1] is not None else None
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         """Stop at once: queued checkpoints stay pending, the next run (or ``bestckpt evaluate``) scores them."""
