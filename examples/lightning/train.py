@@ -127,6 +127,8 @@ def main(args: Namespace) -> None:
         callbacks=[checkpointing, best], plugins=[AsyncCheckpointIO()] if args.async_io else None,
         logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=out)
     trainer.fit(module, loader, ckpt_path=args.resume)
+    # after fit, Lightning's "best" (trainer.test(ckpt_path="best")) is bestckpt's best on every rank
+    logging.info("rank %d: ckpt_path='best' -> %s", trainer.global_rank, checkpointing.best_model_path)
 
     if args.timings_out is not None and trainer.is_global_zero:
         args.timings_out.write_text(json.dumps({"stack": "lightning", "blocked_s": best.blocked_s}))

@@ -90,3 +90,5 @@ def test_example_two_ddp_processes_gloo(tmp_path: Path) -> None:
     assert {r.step for r in tracker.records} == {5, 10, 15, 20}
     assert {r.step for r in tracker.records if r.pruned} == {5, 15}
     assert len(json.loads((out / "timings.json").read_text())["blocked_s"]) == 4
+    for rank in (0, 1):  # Lightning's ckpt_path="best" agrees with best.pt on both ranks
+        assert f"rank {rank}: ckpt_path='best' -> {ckpt_dir / f'step={best:07d}.ckpt'}" in text

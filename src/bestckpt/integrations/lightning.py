@@ -80,6 +80,7 @@ class BestCheckpointCallback(Callback):
         self._waiting: deque[tuple[Any, int, Path, int]] = deque()  # async saves: (marker future, step, path, epoch)
         self._carry = 0.0  # seconds spent in bestckpt since the last checkpoint (polls), added to the next one
         self._warned: set[str] = set()
+        self._closed = False
 
     # ------------------------------------------------------------------ set-up: check ModelCheckpoint, hook its save
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -127,8 +128,8 @@ class BestCheckpointCallback(Callback):
         return mc
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        if self.evaluation is not None or (self.mode != "inline" and not trainer.is_global_zero):
-            return
+        if (self.evaluation is not None and not self._closed) or (self.mode != "inline" and not trainer.is_global_zero):
+            return  # (a second fit with this callback starts a new TrainingEvaluation)
         mc = self._model_checkpoint
         assert mc is not None and mc.dirpath is not None
         ckpt_dir = Path(mc.dirpath)
@@ -136,6 +137,7 @@ class BestCheckpointCallback(Callback):
         kwargs = dict(self.kwargs, filename_template=self.config.filename_template)
         kwargs.update(self._resume_pin(trainer, ckpt_dir, kwargs))
         self.evaluation = TrainingEvaluation(ckpt_dir, self.protocol, self.sampler, **kwargs)
+        self._closed = False
 
     def _resume_pin(self, trainer: Any, ckpt_dir: Path, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Settings that pin the step of the checkpoint ``fit(ckpt_path=...)`` resumed from (none for a fresh run).
@@ -165,7 +167,7 @@ class BestCheckpointCallback(Callback):
     # ------------------------------------------------------------------ saves
     def _saved(self, trainer: Any, path: Path) -> None:
         """Right after ``ModelCheckpoint`` saved ``path`` (every rank, after the save's barrier)."""
-        if self.evaluation is None:
+        if self.evaluation is None or self._closed:  # not this rank's, or a save after an exception closed it
             return
         t0 = time.perf_counter()
         step = self.config.step_from_name(path.name)
@@ -206,7 +208,7 @@ class BestCheckpointCallback(Callback):
 
     # ------------------------------------------------------------------ during and after training
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.evaluation is None:
+        if self.evaluation is None or self._closed:
             return
         t0 = time.perf_counter()
         self._register_written(wait=False)
@@ -214,16 +216,17 @@ class BestCheckpointCallback(Callback):
         self._carry += time.perf_counter() - t0
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.evaluation is not None:
+        if self.evaluation is not None and not self._closed:
             self._register_written(wait=True)
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         """Finish the queued evaluations (summary, results JSON), then make ``ckpt_path="best"`` bestckpt's best
         on every rank (rank 0's answer is broadcast: the other ranks wait here until its evaluations finished)."""
         best: tuple[str, float | None] | None = None
-        if self.evaluation is not None:
+        if self.evaluation is not None and not self._closed:
             self._register_written(wait=True)
             self.evaluation.close(wait=True)
+            self._closed = True
             record = self.evaluation.tracker.best
             if record is not None:
                 best = (str(Path(self.evaluation.tracker.dir) / record.path),
@@ -237,8 +240,9 @@ class BestCheckpointCallback(Callback):
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         """Stop at once: queued checkpoints stay pending, the next run (or ``bestckpt evaluate``) scores them."""
-        if self.evaluation is not None:
+        if self.evaluation is not None and not self._closed:
             self.evaluation.close(wait=False)
+            self._closed = True
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         mc = self._model_checkpoint
