@@ -60,7 +60,7 @@ class BestCheckpointCallback(Callback):
 
     ``protocol`` and ``sampler`` (a ``"module:factory"`` spec in ``"background"`` mode) and every other keyword
     (``mode``, ``schedule``, ``tensorboard_dir``, ``log_file``, ``save_top_k``, ``keep_every_n_steps``, ...)
-    go to :class:`~bestckpt.integrations.loop.TrainingEvaluation`. ``checkpoint_dir`` defaults to the
+    go to :class:`~bestckpt.integrations.loop.TrainingEvaluation`; the checkpoint directory is the
     ``ModelCheckpoint``'s ``dirpath``. ``blocked_s`` lists, per registered checkpoint, the seconds training
     spent in bestckpt for it (the benchmark's measure); ``evaluation`` is the run's TrainingEvaluation (on the
     ranks that own one: global rank 0, every rank in ``"inline"`` mode).
@@ -90,7 +90,7 @@ class BestCheckpointCallback(Callback):
         self._model_checkpoint = mc
         if not hasattr(mc, "_save_checkpoint"):
             raise RuntimeError("this Lightning's ModelCheckpoint has no _save_checkpoint (bestckpt was written "
-                               "against lightning 2.6); pin lightning>=2.1,<3")
+                               "and tested against lightning 2.6); use lightning 2.6")
         if not getattr(mc._save_checkpoint, _WRAPPED, False):
             original = mc._save_checkpoint
 
