@@ -125,6 +125,7 @@ EXPECTED: dict[str, list[str]] = {
     "bestckpt.integrations.hunyuandit_sampler": [
         "End2EndSampler", "INSTALL_HINT", "import_end2end", "make_sampler", "predict_kwargs", "to_uint8_images",
     ],
+    "bestckpt.integrations.lightning": ["BestCheckpointCallback", "DEFAULT_TEMPLATE", "load_lightning_state_dict"],
     "bestckpt.integrations.loop": ["EvaluationOutcome", "MODES", "TrainingEvaluation", "best_when_recorded"],
     "bestckpt.integrations.transformers": [
         "BestCheckpointCallback", "CHECKPOINT_TEMPLATE", "check_training_arguments", "load_state_dict",
