@@ -139,7 +139,7 @@ class GuideAPI:
         name = self.config.metric_name
         clean, error = clean_metrics(metrics, name)
         if error is not None:
-            logger.warning("Warning: Metric '%s' not usable in metrics (%s)", name, error)
+            logger.warning("Metric '%s' not usable in metrics (%s): should_save_checkpoint says False", name, error)
             return False
         score = clean[name]
         assert score is not None  # no error: a finite number
