@@ -254,3 +254,26 @@ def test_a_template_that_cannot_identify_steps_is_refused_at_construction(tmp_pa
 ])
 def test_templates_that_identify_steps(tmp_path: Path, template: str, name: str, step: int):
     assert TrackerConfig(tmp_path, filename_template=template).step_from_name(name) == step
+
+
+def test_accelerate_folders_without_markers_are_evaluated_once_a_later_one_exists(tmp_path: Path):
+    """A plain ``accelerator.save_state`` run (no bestckpt in the trainer, no marker): the sidecar takes a
+    ``checkpoint-{step}`` folder once a later one exists (the earlier save has returned), then retention prunes."""
+    t = BestCheckpointTracker(tmp_path, M, True, 1, keep_every_n_steps=None, filename_template=DIFFUSERS)
+    seen: list[int] = []
+
+    def evaluate_and_record(tracker, step, path, epoch):
+        seen.append(step)
+        tracker.update_checkpoint(step, epoch, str(path), {M: {100: 0.2, 200: 0.8, 300: 0.5}[step]})
+
+    watcher = SidecarWatcher(t, SimpleNamespace(protocol=SimpleNamespace(hash="p" * 64),
+                                                evaluate_and_record=evaluate_and_record), adopt_after=0)
+    for step in (100, 200, 300):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"w")
+        (folder / "random_states_0.pkl").write_bytes(b"rng")
+        watcher.run_once()
+    assert seen == [100, 200]  # checkpoint-300 may still be being written
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-200", "checkpoint-300"]
+    assert os.readlink(tmp_path / "best.pt") == "checkpoint-200"
