@@ -155,6 +155,7 @@ def test_the_marker_records_the_step_and_old_markers_still_mean_complete(tmp_pat
     assert layout.marker_step(old) is None
     assert layout.is_checkpoint_complete(old, later_exists=False)
     layout.mark_complete(old)
+    assert (old / layout.COMPLETE_MARKER).read_text() == "complete\n"  # without a step: the marker as ever
     assert layout.marker_step(old) is None and layout.is_checkpoint_complete(old, later_exists=False)
     for bad in (-1, True, "5", 1.0):
         with pytest.raises(ValueError, match="non-negative int"):

@@ -354,7 +354,8 @@ def mark_complete(tag_dir: str | Path, step: int | None = None) -> Path:
     ``step``: the training step the checkpoint holds, recorded in the marker (a few bytes of JSON,
     written atomically). A directory whose name is outside ``filename_template`` (HunyuanDiT's epoch
     tag ``e0003.pt``) is then that step's checkpoint for every scan (sidecar, restart, reconcile)
-    without loading it. Markers without a step (older ones hold ``complete``) still mean complete.
+    without loading it. Without ``step`` the marker holds ``complete`` as it always did; every
+    marker, with a step or not, means complete.
     A tag that is a symlink is refused: the marker would land wherever it points (and a symlinked
     tag is never taken as complete anyway).
     """
@@ -370,6 +371,7 @@ def mark_complete(tag_dir: str | Path, step: int | None = None) -> Path:
     if not tag_dir.is_dir():
         raise FileNotFoundError(f"checkpoint directory {str(tag_dir)!r} does not exist; save the checkpoint first")
     marker = tag_dir / COMPLETE_MARKER
-    body = {"bestckpt": "complete"} if step is None else {"bestckpt": "complete", "step": step}
-    fsio.atomic_write_text(marker, json.dumps(body) + "\n")
+    # without a step: the marker every version wrote; with one, a tiny JSON document scans can read
+    text = "complete\n" if step is None else json.dumps({"bestckpt": "complete", "step": step}) + "\n"
+    fsio.atomic_write_text(marker, text)
     return marker
