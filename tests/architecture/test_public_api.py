@@ -191,12 +191,14 @@ EXPECTED: dict[str, list[str]] = {
     "bestckpt.tracking.entries": [
         "UnsafePathError", "cleanup_temporaries", "confine", "delete_entry", "entry_stat", "move_aside",
     ],
+    "bestckpt.tracking.guide_api": ["CLEANUP_DEPRECATION", "GuideAPI"],
     "bestckpt.tracking.journal": ["StateFile", "read_state"],
     "bestckpt.tracking.layout": [
         "BEST_LINK", "COMPLETE_MARKER", "JOURNAL_FILE", "LATEST_FILE", "LOCK_FILE", "OWN_NAMES",
         "POINTER_MAX_BYTES", "POINTER_SUFFIX", "RESULTS_FILE", "STATE_FILE", "STATE_MAX_BYTES", "check_not_own",
         "checkpoint_relpath", "find_checkpoints", "is_checkpoint_complete", "legacy_relpath", "mark_complete",
-        "own_file", "read_latest_tag", "read_pointer_file", "real_relpath", "step_entries", "warn_once",
+        "marker_step", "own_file", "read_latest_tag", "read_pointer_file", "real_relpath", "step_entries",
+        "warn_once",
     ],
     "bestckpt.tracking.locking": ["DirectoryLock", "StateLockTimeout", "lock"],
     "bestckpt.tracking.pending": ["check_releasable", "format_age", "is_stale", "pending_age", "release", "warn_stale"],

@@ -249,7 +249,8 @@ def test_reader_writes_nothing(tmp_path: Path):
     save_file(tmp_path, 2)
     assert reader.update_checkpoint(2, 0, None, {"composite_score": 0.9}) is True  # same answer, in memory
     reader.prune()
-    reader.export_results()
+    assert reader.write_results() == tmp_path / "best_checkpoint_results.json"
+    assert reader.export_results()["summary"]["best_step"] == 2  # the reader's view, returned, not written
     after = {n: (tmp_path / n).stat().st_mtime_ns for n in os.listdir(tmp_path) if n != "0000002.pt"}
     assert after == before
     assert writer.best.step == 1  # the writer never saw the reader's update

@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
             failed += 0 if result.ok else 1
             progress.advance(task)
     evaluator.close()
-    tracker.export_results()
+    tracker.write_results()
     tracker.log_summary()
     print(f"{len(todo)} checkpoint(s) evaluated under protocol {protocol.short_hash}, {failed} failed")
     return 1 if failed else 0

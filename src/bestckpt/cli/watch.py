@@ -53,6 +53,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"watching {args.checkpoint_dir} (protocol {protocol.short_hash}); Ctrl-C to stop", file=sys.stderr)
 
     n = watcher.run(once=args.once, idle_timeout=args.idle_timeout, on_ready=ready)
-    tracker.export_results()
+    tracker.write_results()
     print(f"evaluated {n} checkpoint(s)", file=sys.stderr)
     return 0

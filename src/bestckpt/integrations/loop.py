@@ -218,7 +218,7 @@ class TrainingEvaluation:
         self.poll()  # results that arrived while the worker finished
         if self.tracker.is_writer:
             self.tracker.log_summary()
-            self.tracker.export_results()
+            self.tracker.write_results()
 
     def __enter__(self) -> TrainingEvaluation:
         return self

@@ -58,7 +58,9 @@ class SidecarWatcher:
         self._stop.set()
 
     def due(self) -> Iterator[tuple[int, Path, int | None]]:
-        """Complete checkpoints that still need an evaluation, ascending by step."""
+        """Complete checkpoints that still need an evaluation, ascending by step: named by the template, or
+        directories whose completion marker records their step (HunyuanDiT's epoch tags, ``docs/layouts.md``);
+        no other name is looked at, and no checkpoint is opened to find its step."""
         config = self.tracker.config
         records = {r.step: r for r in self.tracker.records}
         for step, path, complete in find_checkpoints(config.checkpoint_dir, config.step_from_name):

@@ -36,6 +36,8 @@ def protected_steps(st: TrackerState, config: TrackerConfig) -> dict[int, str]:
     out: dict[int, str] = {}
     tag = layout.read_latest_tag(st.dir)
     step = config.step_from_name(tag) if tag else None
+    if tag and step is None:  # a tag outside the template (an epoch tag) registered by its path
+        step = next((r.step for r in st.live() if r.path == tag), None)
     if step is not None:
         out[step] = "named by DeepSpeed 'latest'"
     for r in st.live():

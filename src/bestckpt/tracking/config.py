@@ -47,7 +47,8 @@ class TrackerConfig:
             more than this (in the metric's own units); ``0.0`` means strictly better.
         dry_run: plan deletions and log them, but never delete anything.
         filename_template: ``str.format`` template with one ``{step...}`` field naming a step's
-            checkpoint inside ``checkpoint_dir``.
+            checkpoint inside ``checkpoint_dir``, and optionally one ``{epoch}`` field (Lightning's
+            ``epoch={epoch}-step={step}.ckpt``; see ``docs/layouts.md``).
         pending_stale_after: seconds after which a checkpoint still pending evaluation is shown as
             stale (``bestckpt status``, a warning at start); ``None``: never. Display only: a pending
             checkpoint stays protected until it is scored or released (``bestckpt release``).
@@ -128,17 +129,32 @@ class TrackerConfig:
             set_("pending_stale_after", float(stale))
 
     # -- file names ---------------------------------------------------------------------------
-    def step_filename(self, step: int) -> str:
-        """Name of step ``step``'s checkpoint inside ``checkpoint_dir`` (e.g. ``0002000.pt``)."""
-        return self.filename_template.format(step=step)
+    @property
+    def has_epoch_field(self) -> bool:
+        """Whether ``filename_template`` names the epoch too (``epoch={epoch}-step={step}.ckpt``)."""
+        return "epoch" in _compile_template(self.filename_template).groupindex
+
+    def step_filename(self, step: int, epoch: int | None = None) -> str:
+        """Name of step ``step``'s checkpoint inside ``checkpoint_dir`` (e.g. ``0002000.pt``).
+
+        A template with an ``{epoch}`` field needs ``epoch``: without it the name is unknown, and a
+        :class:`ConfigError` says to pass the checkpoint's path instead."""
+        if epoch is None and self.has_epoch_field:
+            raise ConfigError(
+                f"filename_template {self.filename_template!r} names the epoch too, so the checkpoint of step "
+                f"{step} has no name without it; pass the checkpoint's path (checkpoint_path=...)"
+            )
+        return self.filename_template.format(step=step, epoch=epoch)
 
     def step_from_name(self, name: str) -> int | None:
-        """The step encoded in a directory entry name, or ``None`` if the name is not a step checkpoint."""
+        """The step encoded in a directory entry name, or ``None`` if the name is not a step checkpoint
+        (an ``{epoch}`` field must hold digits but is not part of the checkpoint's identity)."""
         match = _compile_template(self.filename_template).fullmatch(name)
         if match is None:
             return None
         step = int(match.group("step"))
-        return step if self.step_filename(step) == name else None
+        epoch = int(match.group("epoch")) if "epoch" in match.re.groupindex else None
+        return step if self.filename_template.format(step=step, epoch=epoch) == name else None
 
     # -- (de)serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -173,10 +189,26 @@ def default_of(name: str) -> Any:
 
 
 _TEMPLATE_CACHE: dict[str, re.Pattern[str]] = {}
+#: the steps and epochs a template must round-trip (format, then parse back) to be accepted
+_PROBE_STEPS = (0, 7, 1234, 98765432)
+_PROBE_EPOCHS = (0, 3, 12345)
+
+
+def _template_error(template: str, why: str) -> ConfigError:
+    return ConfigError(
+        f"filename_template {template!r} cannot identify a checkpoint's step: {why}. Use exactly one '{{step}}' "
+        f"field (decimal, e.g. '{{step:07d}}'), optionally one '{{epoch}}' field, each separated from the next "
+        f"field by a non-digit literal: e.g. '{DEFAULT_FILENAME_TEMPLATE}', 'checkpoint-{{step}}' or "
+        f"'epoch={{epoch}}-step={{step}}.ckpt'"
+    )
 
 
 def _compile_template(template: str) -> re.Pattern[str]:
-    """Regex matching the names produced by ``template`` (exactly one ``{step}`` field)."""
+    """Regex matching the names produced by ``template``: exactly one ``{step}`` field, at most one
+    ``{epoch}`` field (matched as digits, not part of a checkpoint's identity: Lightning's
+    ``epoch={epoch}-step={step}.ckpt``). Refused with a :class:`ConfigError` naming the fix when the
+    step cannot be read back from every name the template makes (a field glued to the next one, a
+    non-decimal format, a name that is not a plain entry)."""
     cached = _TEMPLATE_CACHE.get(template)
     if cached is not None:
         return cached
@@ -188,18 +220,32 @@ def _compile_template(template: str) -> re.Pattern[str]:
         raise ConfigError(f"filename_template {template!r} is not a valid format string ({exc}); "
                          f"use e.g. '{DEFAULT_FILENAME_TEMPLATE}'") from None
     fields = [p[1] for p in parts if p[1] is not None]
-    if fields != ["step"]:
-        raise ConfigError(
-            f"filename_template must contain exactly one '{{step}}' field (e.g. '{DEFAULT_FILENAME_TEMPLATE}'), "
-            f"got {template!r}"
-        )
-    sample = template.format(step=1234)
+    if fields.count("step") != 1 or fields.count("epoch") > 1 or set(fields) - {"step", "epoch"}:
+        hint = ("; an epoch-only name (HunyuanDiT's 'e{epoch:04d}.pt') carries no step: keep a step template and "
+                "register epoch tags by their path with their step, see docs/layouts.md") if "step" not in fields else ""
+        raise _template_error(template, f"it must have exactly one '{{step}}' field, it has {fields}{hint}")
+    if any(conv for _, fld, _, conv in parts if fld is not None):
+        raise _template_error(template, "a field has a '!' conversion")
+    for i, (_, fld, _, _) in enumerate(parts[:-1]):
+        literal = parts[i + 1][0]
+        if fld is not None and parts[i + 1][1] is not None and (literal == "" or literal.isdigit()):
+            raise _template_error(template, f"the field {{{fld}}} is not delimited from the following field")
+    try:
+        sample = template.format(step=1234, epoch=5)
+    except (ValueError, TypeError) as exc:
+        raise _template_error(template, f"formatting an int fails ({exc})") from None
     if "/" in sample or "\\" in sample or sample in (".", "..") or sample.startswith("."):
         raise ConfigError(
             f"filename_template {template!r} must name a plain entry inside checkpoint_dir "
             "(no path separators, not hidden)"
         )
-    pattern = "".join(re.escape(lit) + ("(?P<step>[0-9]+)" if fld else "") for lit, fld, _, _ in parts)
+    pattern = "".join(re.escape(lit) + (f"(?P<{fld}>[0-9]+)" if fld else "") for lit, fld, _, _ in parts)
     compiled = re.compile(pattern)
+    for step in _PROBE_STEPS:
+        for epoch in _PROBE_EPOCHS:
+            match = compiled.fullmatch(template.format(step=step, epoch=epoch))
+            if match is None or int(match.group("step")) != step:
+                raise _template_error(template, f"the name of step {step} does not give the step back "
+                                      "(only decimal formats such as '{step}' or '{step:07d}' can)")
     _TEMPLATE_CACHE[template] = compiled
     return compiled

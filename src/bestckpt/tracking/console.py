@@ -50,5 +50,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         lines.append(f"  #{i}: Step {rec['step']}, Epoch {'-' if epoch is None else epoch}")
         lines.append(f"      Path: {rec['checkpoint_path']}")
         lines.append(f"      Metrics: {format_metrics(rec.get('metrics', {}))}")
+    if not ranking:
+        lines.append("  No checkpoints saved yet")
     lines.append(SUMMARY_RULE)
     return "\n".join(lines)

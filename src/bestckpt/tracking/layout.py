@@ -3,9 +3,12 @@
 - The files bestckpt keeps beside the checkpoints (:data:`STATE_FILE`, :data:`RESULTS_FILE`,
   :data:`LOCK_FILE`, :data:`JOURNAL_FILE`, :data:`BEST_LINK` and its pointer-file fallback).
 - Which entries are step checkpoints (:func:`step_entries`, the one scan of the directory, with
-  the config's ``step_from_name`` as the one name parser) and whether each is completely written
-  (:func:`find_checkpoints`, :func:`is_checkpoint_complete`; DeepSpeed's ``latest`` pointer,
-  :func:`read_latest_tag`; the completion marker, :func:`mark_complete`).
+  the config's ``step_from_name`` as the one name parser, plus directories outside the template
+  whose completion marker records their step, :func:`marker_step`) and whether each is completely
+  written (:func:`find_checkpoints`, :func:`is_checkpoint_complete`; DeepSpeed's ``latest`` pointer,
+  :func:`read_latest_tag`; the completion marker, :func:`mark_complete`). Every other name
+  (``latest``, ``latest.pt``, ``final.pt``, ``random_states_*.pkl``, ``last.ckpt``, a user's file)
+  is outside the layout: never a checkpoint, never touched (``docs/layouts.md``).
 - Paths handed to the tracker, expressed relative to the directory (:func:`checkpoint_relpath`,
   :func:`legacy_relpath`, :func:`real_relpath`), never one of our own files (:func:`own_file`).
 - Size bounds of what bestckpt reads there (:data:`STATE_MAX_BYTES`, :data:`POINTER_MAX_BYTES`) and
@@ -16,8 +19,10 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import os
+import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +52,7 @@ __all__ = [
     "step_entries",
     "find_checkpoints",
     "mark_complete",
+    "marker_step",
     "STATE_MAX_BYTES",
     "POINTER_MAX_BYTES",
     "read_pointer_file",
@@ -248,19 +254,63 @@ def is_checkpoint_complete(path: str | Path, *, later_exists: bool, latest_tag: 
     return later_exists
 
 
-def step_entries(checkpoint_dir: str | Path, step_from_name: Callable[[str], int | None]) -> list[tuple[int, str]]:
-    """``(step, name)`` of every entry of the directory named like a step checkpoint, sorted by name.
+#: HunyuanDiT's epoch tags (``e{epoch:04d}.pt``): named without their step, so a scan that meets one
+#: without a step-recording marker says how to register it (once per process)
+_EPOCH_TAG = re.compile(r"e[0-9]+\.pt")
 
-    Files, directories and symlinks count (the state may track a symlinked checkpoint); callers
-    filter. A FIFO, socket or device named like a checkpoint is left out with a warning: it can
-    never be a checkpoint, and reading it could block. Raises ``OSError`` when the directory cannot
-    be listed.
+
+def marker_step(tag_dir: str | Path) -> int | None:
+    """The step recorded in a checkpoint directory's completion marker, or ``None``: no marker, a marker
+    written without a step (older bestckpt, ``mark_complete(tag)``), or one that is not ours (a link,
+    more than :data:`POINTER_MAX_BYTES`, not the JSON :func:`mark_complete` writes). Reads one tiny
+    file, never the checkpoint."""
+    try:
+        raw = fsio.read_regular(Path(tag_dir) / COMPLETE_MARKER, POINTER_MAX_BYTES, error=UnsafeFileError)
+        data = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    step = data.get("step") if isinstance(data, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
+
+
+def _marked_entry(entry: os.DirEntry[str]) -> int | None:
+    """The step of a directory outside the template that holds our marker with a step; else ``None``,
+    with one warning when the entry is a checkpoint bestckpt cannot place (marked without a step, or
+    named like HunyuanDiT's epoch tag)."""
+    if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+        return None
+    step = marker_step(entry.path)
+    if step is not None:
+        return step
+    if os.path.lexists(os.path.join(entry.path, COMPLETE_MARKER)) or _EPOCH_TAG.fullmatch(entry.name):
+        warn_once(f"ignoring {entry.path}: its name is outside filename_template and no completion marker records "
+                  "its step, so bestckpt neither evaluates nor deletes it. To track it, register it with its training "
+                  "step (tracker.checkpoint_saved(step, path) or update_checkpoint) or write "
+                  "mark_complete(path, step=STEP) after saving it")
+    return None
+
+
+def step_entries(checkpoint_dir: str | Path, step_from_name: Callable[[str], int | None]) -> list[tuple[int, str]]:
+    """``(step, name)`` of every entry of the directory that is a step checkpoint, sorted by name.
+
+    Named by the template (``step_from_name``): files, directories and symlinks count (the state may
+    track a symlinked checkpoint); callers filter. A FIFO, socket or device named like a checkpoint is
+    left out with a warning: it can never be a checkpoint, and reading it could block.
+    Outside the template: a real directory whose completion marker records a step (:func:`mark_complete`
+    with ``step``, e.g. HunyuanDiT's epoch tag ``e0003.pt``) is that step's checkpoint, unless a
+    template-named entry has the same step (that one wins, logged once). Every other name is left out.
+    Raises ``OSError`` when the directory cannot be listed.
     """
     found = []
+    marked = []
     with os.scandir(checkpoint_dir) as it:
         for entry in it:
             step = step_from_name(entry.name)
             if step is None:
+                if own_file(entry.name) is None and not entry.name.endswith(".tmp"):
+                    step = _marked_entry(entry)
+                    if step is not None:
+                        marked.append((step, entry.name))
                 continue
             if not (entry.is_symlink() or entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False)):
                 try:
@@ -270,6 +320,13 @@ def step_entries(checkpoint_dir: str | Path, step_from_name: Callable[[str], int
                 warn_once(f"ignoring {entry.path}: it is {kind}, not a checkpoint; remove it")
                 continue
             found.append((step, entry.name))
+    named = {step for step, _ in found}
+    for step, name in marked:
+        if step in named:
+            warn_once(f"ignoring {Path(checkpoint_dir) / name} as the checkpoint of step {step}: an entry named by "
+                      "filename_template holds that step")
+        else:
+            found.append((step, name))
     return sorted(found, key=lambda pair: pair[1])
 
 
@@ -291,13 +348,20 @@ def find_checkpoints(checkpoint_dir: str | Path, step_from_name: Callable[[str],
     ]
 
 
-def mark_complete(tag_dir: str | Path) -> Path:
+def mark_complete(tag_dir: str | Path, step: int | None = None) -> Path:
     """Write the completion marker into a checkpoint directory (rank 0, after the save returned).
 
+    ``step``: the training step the checkpoint holds, recorded in the marker (a few bytes of JSON,
+    written atomically). A directory whose name is outside ``filename_template`` (HunyuanDiT's epoch
+    tag ``e0003.pt``) is then that step's checkpoint for every scan (sidecar, restart, reconcile)
+    without loading it. Without ``step`` the marker holds ``complete`` as it always did; every
+    marker, with a step or not, means complete.
     A tag that is a symlink is refused: the marker would land wherever it points (and a symlinked
     tag is never taken as complete anyway).
     """
     tag_dir = Path(tag_dir)
+    if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 0):
+        raise ValueError(f"step must be a non-negative int (the checkpoint's training step), got {step!r}")
     if tag_dir.is_symlink():
         raise UnsafePathError(
             f"checkpoint directory {str(tag_dir)!r} is a symbolic link (to {os.readlink(tag_dir)}); bestckpt writes "
@@ -307,5 +371,7 @@ def mark_complete(tag_dir: str | Path) -> Path:
     if not tag_dir.is_dir():
         raise FileNotFoundError(f"checkpoint directory {str(tag_dir)!r} does not exist; save the checkpoint first")
     marker = tag_dir / COMPLETE_MARKER
-    fsio.atomic_write_text(marker, "complete\n")
+    # without a step: the marker every version wrote; with one, a tiny JSON document scans can read
+    text = "complete\n" if step is None else json.dumps({"bestckpt": "complete", "step": step}) + "\n"
+    fsio.atomic_write_text(marker, text)
     return marker

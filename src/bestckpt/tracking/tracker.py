@@ -67,6 +67,7 @@ from bestckpt.tracking import (
 from bestckpt.tracking.aliasing import check_new_path
 from bestckpt.tracking.config import TrackerConfig
 from bestckpt.tracking.console import format_score, format_summary
+from bestckpt.tracking.guide_api import GuideAPI
 from bestckpt.tracking.policies import Decision
 from bestckpt.tracking.ranking import Ranking
 from bestckpt.tracking.rescoring import failed_again, pending_again
@@ -94,8 +95,11 @@ _T = TypeVar("_T")
 _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
 
 
-class BestCheckpointTracker:
+class BestCheckpointTracker(GuideAPI):
     """Rank evaluated checkpoints, keep the right ones, point ``best.pt`` at the best.
+
+    The guide's methods (``get_best_score``, ``should_save_checkpoint``, ``export_results``, ...) come
+    from :class:`~bestckpt.tracking.guide_api.GuideAPI`, a drop-in for code written for the guide.
 
     ``BestCheckpointTracker(checkpoint_dir, metric_name, higher_is_better, save_top_k, *, keep_latest,
     keep_every_n_steps, pinned_steps, min_improvement, filename_template, pending_stale_after, dry_run, reconfigure=False,
@@ -212,7 +216,7 @@ class BestCheckpointTracker:
         step, epoch = check_step(step), check_epoch(epoch)
 
         def mutate() -> None:
-            rel = self._checked_path(step, path)
+            rel = self._checked_path(step, path, epoch)
             old = self._st.records.get(step)
             if old is not None and not old.pruned and old.status in ("evaluated", "failed"):
                 logger.info("step %d saved again: its earlier %s record is replaced", step, old.status)
@@ -237,7 +241,7 @@ class BestCheckpointTracker:
         before: list[int | None] = [None]
 
         def mutate() -> bool:
-            rel = self._checked_path(step, checkpoint_path)
+            rel = self._checked_path(step, checkpoint_path, epoch)
             before[0] = self._rank.best_step()
             old = self._st.records.get(step)
             if error and failed_again(self._st, old, error, protocol_hash, self.metric_name):
@@ -278,7 +282,7 @@ class BestCheckpointTracker:
         def mutate() -> None:
             old = self._st.records.get(step)
             path = checkpoint_path if checkpoint_path is not None else (old.path if old and not old.pruned else None)
-            rel = self._checked_path(step, path)
+            rel = self._checked_path(step, path, epoch)
             if failed_again(self._st, old, str(error), protocol_hash, self.metric_name):
                 return
             self._st.put(Record(step=step, epoch=epoch if epoch is not None else (old.epoch if old else None),
@@ -358,8 +362,8 @@ class BestCheckpointTracker:
         """Log the guide's ``=== Best Checkpoint Summary ===`` block (one log record)."""
         logger.info("%s", format_summary(self.summary()))
 
-    def export_results(self) -> Path:
-        """Write ``best_checkpoint_results.json`` (the guide's summary export) and return its path.
+    def write_results(self) -> Path:
+        """Write ``best_checkpoint_results.json`` now and return its path (``export_results`` returns the dict).
 
         Only the writer writes (a non-writer rank just gets the path). The file is also refreshed
         by every call that changes what it shows; it lists the ranking's first 100 records.
@@ -419,10 +423,11 @@ class BestCheckpointTracker:
             return result
 
     # ------------------------------------------------------------------ state I/O
-    def _checked_path(self, step: int, path: str | Path | None) -> str:
-        """``path`` relative to the directory: inside it, on disk, not one of our files, and sharing no
-        entry with another live step (:mod:`~bestckpt.tracking.aliasing`; call under the lock)."""
-        rel = layout.checkpoint_relpath(self.dir, path, self.config.step_filename(step), step, must_exist=True)
+    def _checked_path(self, step: int, path: str | Path | None, epoch: int | None = None) -> str:
+        """``path`` (default: the template's name) relative to the directory: inside it, on disk, not one of
+        our files, sharing no entry with another live step (:mod:`~bestckpt.tracking.aliasing`; under the lock)."""
+        default = self.config.step_filename(step, epoch) if path is None else ""
+        rel = layout.checkpoint_relpath(self.dir, path, default, step, must_exist=True)
         check_new_path(self.dir, self._st.live_paths, step, rel)
         return rel
 
