@@ -169,3 +169,18 @@ def test_checkpoint_directories_are_marked_registered_and_pruned_whole(tmp_path:
         assert (ckpt_dir / name).is_dir() and (ckpt_dir / name / COMPLETE_MARKER).is_file()
     state, ckpt = load_lightning_state_dict(ckpt_dir / "step=0000015.ckpt")
     assert set(state) == {"w"} and ckpt["global_step"] == 15
+
+
+def test_lightning_default_names_work_with_an_epoch_template(tmp_path: Path) -> None:
+    """ModelCheckpoint's default ``epoch=X-step=Y.ckpt`` names, kept by bestckpt with the matching template."""
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    best = BestCheckpointCallback(None, None, mode="off", filename_template="epoch={epoch}-step={step}.ckpt",
+                                  save_top_k=1, keep_every_n_steps=None)
+    mc = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, every_n_train_steps=5)  # Lightning's default filename
+    trainer = _trainer(ckpt_dir, [best], steps=15, mc=mc)
+    trainer.fit(TinyLit(), loader())
+    tracker = BestCheckpointTracker.open(ckpt_dir)
+    assert sorted(r.step for r in tracker.records) == [5, 10, 15]
+    assert [r.path for r in tracker.records if r.step == 15] == ["epoch=0-step=15.ckpt"]
+    # mode="off" scores nothing: only the newest save (the resume point) must stay
+    assert (ckpt_dir / "epoch=0-step=15.ckpt").is_file()

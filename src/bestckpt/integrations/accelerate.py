@@ -177,7 +177,7 @@ class AccelerateCheckpoints:
                     raise FileNotFoundError(
                         f"checkpoint_saved({step}): {str(folder)!r} is not a directory; call it after "
                         f"accelerator.save_state(os.path.join(output_dir, 'checkpoint-{step}')) (or pass path=)")
-                mark_complete(folder)
+                mark_complete(folder, step=int(step))
                 answer = self.evaluation.checkpoint_saved(int(step), folder, epoch=epoch)
             except Exception as exc:  # told to every process below, then raised here
                 error = exc

@@ -97,7 +97,7 @@ def save_checkpoint(engine: Any, checkpoint_dir: str | Path, step: int, *, clien
     rank = tdist.get_rank() if tdist.is_available() and tdist.is_initialized() else 0
     tag_dir = Path(checkpoint_dir) / tag
     if rank == 0:
-        mark_complete(tag_dir)
+        mark_complete(tag_dir, step=step)
     if tdist.is_available() and tdist.is_initialized():
         tdist.barrier()  # every rank sees the marker before any evaluation starts
     if runner is not None:

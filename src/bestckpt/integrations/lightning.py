@@ -191,7 +191,7 @@ class BestCheckpointCallback(Callback):
         assert self.evaluation is not None
         t0 = time.perf_counter()
         if path.is_dir() and getattr(self.evaluation.tracker, "is_writer", True):
-            mark_complete(path)  # a DeepSpeed-strategy directory, whole now: tell sidecars too
+            mark_complete(path, step=step)  # a DeepSpeed-strategy directory, whole now: tell sidecars too
         self.evaluation.checkpoint_saved(step, path, epoch=epoch)
         self.blocked_s.append(time.perf_counter() - t0 + self._carry)
         self._carry = 0.0
