@@ -172,7 +172,7 @@ class TagRegistrar:
                             name, train_steps, self.registered[train_steps])
                 continue
             tag_dir = self.checkpoint_dir / name
-            mark_complete(tag_dir, step=train_steps)  # the save returned on every rank: the tag is whole (its step: for a sidecar)
+            mark_complete(tag_dir, step=train_steps)  # saved on every rank: whole; the step is for sidecars
             self.evaluation.checkpoint_saved(train_steps, tag_dir, epoch)
             self.registered[train_steps] = name
             done.append(name)
