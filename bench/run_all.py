@@ -20,6 +20,7 @@ BENCHES = {
     "fid": ["bench_fid.py"],
     "eval": ["bench_eval.py"],
     "background": ["bench_background.py"],
+    "intervals": ["bench_intervals.py"],
 }
 
 

@@ -178,3 +178,16 @@ def test_composite_config_and_custom_metric(data: dict[str, Any]) -> None:
         {**data["feats"], "clip_text": data["feats"]["clip_text"] * float("nan")}, None)
     assert nan["clip_score"] is None and "NaN" in nan.failures["clip_score"].error
     assert nan["composite_score"] is None and "clip_score" in nan.failures["composite_score"].error
+
+
+def test_scores_carry_bootstrap_intervals(data: dict[str, Any]) -> None:
+    scorer: Scorer = data["scorer"]
+    scores = scorer.score(data["feats"], data["ref"], seed=7, strict=True)
+    # N=4 in 2 IS splits: some resamples leave a split empty, so IS (and the composite that needs it) get no
+    # interval rather than one from the lucky resamples (tests/metrics/test_intervals.py covers them at real N)
+    assert set(scores.intervals) == {"clip_score", "lpips", "fid", "kid"}
+    for name, (lo, hi) in scores.intervals.items():
+        assert lo <= scores[name] <= hi, (name, lo, scores[name], hi)
+    assert scorer.score(data["feats"], data["ref"], seed=7).intervals == scores.intervals  # seeded
+    quiet = Scorer(backbones=RANDOM, metric_options=OPTS, intervals=False)
+    assert quiet.score(data["feats"], data["ref"], seed=7).intervals == {}
