@@ -158,7 +158,9 @@ EXPECTED: dict[str, list[str]] = {
     "bestckpt.runners.worker": ["background_main"],
     "bestckpt.sinks": [],
     "bestckpt.sinks.report": ["ReportError", "find_checkpoint_dir", "render_report", "write_report"],
-    "bestckpt.sinks.report.data": ["METRIC_ORDER", "RunData", "find_checkpoint_dir", "load_run", "reference_paths"],
+    "bestckpt.sinks.report.data": [
+        "METRIC_ORDER", "RunData", "find_checkpoint_dir", "interval_of", "load_run", "reference_paths",
+    ],
     "bestckpt.sinks.report.sections": ["best_samples", "checkpoints", "header", "metric_curves", "progress_grid"],
     "bestckpt.sinks.report.svg": ["Point", "fmt", "svg_plot", "svg_timeline"],
     "bestckpt.sinks.tensorboard": ["TAGS", "TensorBoardSink"],
