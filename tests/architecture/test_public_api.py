@@ -193,7 +193,7 @@ EXPECTED: dict[str, list[str]] = {
     "bestckpt.tracking.pending": ["check_releasable", "format_age", "is_stale", "pending_age", "release", "warn_stale"],
     "bestckpt.tracking.policies": [
         "AnyOf", "Candidate", "Decision", "EveryNSteps", "LatestN", "PendingEvaluation", "Pinned", "Policy",
-        "TopK", "rank", "retention_policy", "select_best",
+        "TopK", "interval_from_info", "noise_margin", "rank", "retention_policy", "select_best",
     ],
     "bestckpt.tracking.ranking": ["Ranking"],
     "bestckpt.tracking.reconcile": [
