@@ -186,3 +186,10 @@ def test_metric_intervals_hold_every_builtin_metric_and_the_composite() -> None:
     no_comp = metric_intervals({**scores, "fid": None}, feats, ref, seed=3, options=opts,
                                composite=(weights, mappings), resamples=300)
     assert "fid" not in no_comp and "composite_score" not in no_comp  # no partial composite, no made-up bound
+
+
+def test_inception_score_replicates_leave_out_a_split_no_sample_fell_in() -> None:
+    z = np.random.default_rng(8).normal(size=(6, 4)) * 2
+    counts = np.array([[2.0, 1.0, 3.0, 0.0, 0.0, 0.0]])  # split 2 (rows 3-5) empty in this resample
+    got = inception_score_replicates(z, counts, splits=2, shuffle=False)[0]
+    assert got == pytest.approx(inception_score_replicates(z[:3], counts[:, :3], splits=1, shuffle=False)[0])

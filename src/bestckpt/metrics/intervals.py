@@ -10,7 +10,8 @@ How each metric is resampled, and why (cost matters: B = 1000 resamples must sta
 
 - Per-sample means (CLIP score, LPIPS): exact, ``W @ v / W @ 1`` (samples without a value are left out).
 - Inception Score: exact. The counts are permuted and split exactly like the rows of the metric, and each split's
-  class marginal and entropy term are count-weighted means: three matrix products, no loop over resamples.
+  class marginal and entropy term are count-weighted means: three matrix products, no loop over resamples. (At
+  tiny N a resample can miss every sample of a split; that split is left out of that resample's mean.)
 - FID: linearised (influence-function) bootstrap. A naive bootstrap recomputes Σ and a D×D eigenvalue problem per
   resample (1000 × ≈1 s at D = 2048). FID is a smooth function of the sample mean and covariance, so to first
   order a resample's FID is ``FID + W[b] @ ψ / N`` with ψ the empirical influence of each sample::
@@ -176,7 +177,8 @@ def inception_score_replicates(logits: Any, counts: np.ndarray, splits: int = 10
     log_p = log_p - np.log(np.exp(log_p).sum(axis=1, keepdims=True))
     p = np.exp(log_p)
     neg_entropy = np.where(p > 0, p * log_p, 0.0).sum(axis=1)  # Σ_c p log p per sample
-    scores = np.zeros(w.shape[0])
+    total = np.zeros(w.shape[0])
+    used = np.zeros(w.shape[0])
     with np.errstate(invalid="ignore", divide="ignore"):
         for i in range(splits):
             lo, hi = i * n // splits, (i + 1) * n // splits
@@ -184,9 +186,11 @@ def inception_score_replicates(logits: Any, counts: np.ndarray, splits: int = 10
             tot = ws.sum(axis=1)
             q = (ws @ p[lo:hi]) / tot[:, None]  # [B, C] count-weighted class marginal
             q_log_q = np.where(q > 0, q * np.log(np.where(q > 0, q, 1.0)), 0.0).sum(axis=1)
-            kl = (ws @ neg_entropy[lo:hi]) / tot - q_log_q
-            scores += np.exp(kl)  # a split drawn empty gives NaN: that resample has no value
-    return scores / splits
+            split_is = np.exp((ws @ neg_entropy[lo:hi]) / tot - q_log_q)
+            drawn = tot > 0  # a split no sample of this resample falls in is left out of its mean (tiny N only)
+            total += np.where(drawn, split_is, 0.0)
+            used += drawn
+        return np.asarray(total / used)  # NaN only if a resample drew no sample at all (impossible: rows sum to N)
 
 
 def composite_replicates(replicates: Mapping[str, np.ndarray], weights: Mapping[str, float],
