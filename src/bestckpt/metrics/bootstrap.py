@@ -139,7 +139,7 @@ def metric_intervals(
             reps["composite_score"] = comp
     out: dict[str, tuple[float, float]] = {}
     for name, r in reps.items():
-        ci = percentile_interval(r, level)
+        ci = percentile_interval(r, level, center=scores[name])
         if ci is None:
             logger.warning("no interval for %s: a resample has no finite value (too few samples?)", name)
         else:

@@ -4,7 +4,7 @@ A resample is a row of multinomial counts ``W[b, i]`` (how often sample i — on
 each row sums to N), made once per evaluation by :func:`resample_counts` and used by every metric, so the
 composite's own replicates come from the same resamples and its interval is the composite's, not a combination of
 its parts' intervals. Each metric gives B replicate values; the interval is their percentile interval
-(:func:`percentile_interval`, 95% by default).
+(:func:`percentile_interval`, 95% by default), re-centred on the score (the replicates' mean shifted onto it).
 
 How each metric is resampled, and why (cost matters: B = 1000 resamples must stay small next to sampling):
 
@@ -64,13 +64,22 @@ def resample_counts(n: int, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -
     return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
 
 
-def percentile_interval(replicates: Any, level: float = DEFAULT_LEVEL) -> tuple[float, float] | None:
-    """(lo, hi) percentile interval of the replicates; None when a replicate is not finite (no made-up bound)."""
+def percentile_interval(replicates: Any, level: float = DEFAULT_LEVEL,
+                        center: float | None = None) -> tuple[float, float] | None:
+    """(lo, hi) percentile interval of the replicates; None when a replicate is not finite (no made-up bound).
+
+    ``center`` (the score itself): the replicates are first shifted so that their mean is the score. A resample
+    repeats samples, which biases some statistics (IS: a split's class marginal looks less diverse, so IS* runs
+    low); that bias belongs to the resampling, not to the score, and without the shift it moves the interval off
+    the score (at small N, IS fell outside its own interval). The spread and skew are kept.
+    """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
     r = np.asarray(replicates, dtype=np.float64)
     if r.size < 2 or not np.all(np.isfinite(r)):
         return None
+    if center is not None:
+        r = r + (float(center) - float(r.mean()))
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(r, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
