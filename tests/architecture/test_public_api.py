@@ -132,15 +132,16 @@ EXPECTED: dict[str, list[str]] = {
         "resume_step", "zero3_weights_missing",
     ],
     "bestckpt.metrics": [
-        "CLIP_CONVENTIONS", "CompositeUnavailableError", "DEFAULT_METRICS", "DEFAULT_WEIGHTS",
-        "FEATURE_CLIP_IMAGE", "FEATURE_CLIP_TEXT", "FEATURE_INCEPTION_LOGITS", "FEATURE_INCEPTION_POOL",
-        "FEATURE_LPIPS", "InverseMap", "LinearMap", "LogisticMap", "METRICS", "MetricError", "MetricSpec",
-        "NumericalError", "REFERENCE_FID_STATISTICS", "REFERENCE_INCEPTION_POOL", "RatioMap",
-        "ReciprocalComplementMap", "ReferenceStatistics", "ScoreMap", "check_composite_weights", "clip_cosines",
-        "clip_score", "composite_defaults", "composite_score", "default_mappings", "fid_from_features",
-        "fid_from_statistics", "inception_score_from_logits", "kid_from_features", "lpips_from_features",
-        "register_metric", "unregister_metric",
+        "CLIP_CONVENTIONS", "CompositeUnavailableError", "DEFAULT_LEVEL", "DEFAULT_METRICS",
+        "DEFAULT_RESAMPLES", "DEFAULT_WEIGHTS", "FEATURE_CLIP_IMAGE", "FEATURE_CLIP_TEXT",
+        "FEATURE_INCEPTION_LOGITS", "FEATURE_INCEPTION_POOL", "FEATURE_LPIPS", "InverseMap", "LinearMap",
+        "LogisticMap", "METRICS", "MetricError", "MetricSpec", "NumericalError", "REFERENCE_FID_STATISTICS",
+        "REFERENCE_INCEPTION_POOL", "RatioMap", "ReciprocalComplementMap", "ReferenceStatistics", "ScoreMap",
+        "check_composite_weights", "clip_cosines", "clip_score", "composite_defaults", "composite_score",
+        "default_mappings", "fid_from_features", "fid_from_statistics", "inception_score_from_logits",
+        "kid_from_features", "lpips_from_features", "metric_intervals", "register_metric", "unregister_metric",
     ],
+    "bestckpt.metrics.bootstrap": ["RESAMPLED_METRICS", "metric_intervals", "metric_replicates"],
     "bestckpt.metrics.clip_score": ["CLIP_CONVENTIONS", "clip_cosines", "clip_score"],
     "bestckpt.metrics.composite": [
         "DEFAULT_WEIGHTS", "InverseMap", "LinearMap", "LogisticMap", "RatioMap", "ReciprocalComplementMap",
@@ -148,6 +149,11 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "bestckpt.metrics.fid": ["ReferenceStatistics", "fid_from_features", "fid_from_statistics", "warn_if_small_sample"],
     "bestckpt.metrics.inception_score": ["MIN_SAMPLES_PER_SPLIT", "inception_score_from_logits"],
+    "bestckpt.metrics.intervals": [
+        "DEFAULT_LEVEL", "DEFAULT_RESAMPLES", "composite_replicates", "fid_influence", "fid_replicates",
+        "inception_score_replicates", "kid_influence", "kid_replicates", "mean_replicates",
+        "percentile_interval", "resample_counts",
+    ],
     "bestckpt.metrics.kid": ["kid_from_features", "mmd2_unbiased", "polynomial_kernel"],
     "bestckpt.metrics.lpips": ["lpips_from_features", "normalize_channels"],
     "bestckpt.metrics.registry": [
@@ -169,7 +175,9 @@ EXPECTED: dict[str, list[str]] = {
     "bestckpt.runners.worker": ["background_main"],
     "bestckpt.sinks": [],
     "bestckpt.sinks.report": ["ReportError", "find_checkpoint_dir", "render_report", "write_report"],
-    "bestckpt.sinks.report.data": ["METRIC_ORDER", "RunData", "find_checkpoint_dir", "load_run", "reference_paths"],
+    "bestckpt.sinks.report.data": [
+        "METRIC_ORDER", "RunData", "find_checkpoint_dir", "interval_of", "load_run", "reference_paths",
+    ],
     "bestckpt.sinks.report.sections": ["best_samples", "checkpoints", "header", "metric_curves", "progress_grid"],
     "bestckpt.sinks.report.svg": ["Point", "fmt", "svg_plot", "svg_timeline"],
     "bestckpt.sinks.tensorboard": ["TAGS", "TensorBoardSink"],
@@ -204,7 +212,7 @@ EXPECTED: dict[str, list[str]] = {
     "bestckpt.tracking.pending": ["check_releasable", "format_age", "is_stale", "pending_age", "release", "warn_stale"],
     "bestckpt.tracking.policies": [
         "AnyOf", "Candidate", "Decision", "EveryNSteps", "LatestN", "PendingEvaluation", "Pinned", "Policy",
-        "TopK", "rank", "retention_policy", "select_best",
+        "TopK", "interval_from_info", "noise_margin", "rank", "retention_policy", "select_best",
     ],
     "bestckpt.tracking.ranking": ["Ranking"],
     "bestckpt.tracking.reconcile": [

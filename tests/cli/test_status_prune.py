@@ -91,3 +91,20 @@ def test_status_all_and_bad_input_messages(tmp_path: Path, run_dir: Path, capsys
     assert in_process("prune", str(run_dir), "--dry-run", "--metric-name", "fid") == 2
     assert "re-ranking by 'fid' is impossible" in capsys.readouterr().err
     assert (run_dir / "0000500.pt").exists()
+
+
+def test_status_and_results_show_stored_intervals(run_dir: Path):
+    """A record scored with intervals (info["intervals"], as evaluations store them) next to older ones without."""
+    tracker = BestCheckpointTracker(run_dir, save_top_k=3, keep_every_n_steps=None)
+    (run_dir / "0000700.pt").write_bytes(b"x")
+    tracker.update_checkpoint(700, 7, None, {"composite_score": 0.95, "clip_score": 0.31},
+                              info={"intervals": {"composite_score": [0.93, 0.97], "clip_score": [0.3, 0.32]}})
+    table = cli("status", str(run_dir))
+    assert table.returncode == 0, table.stderr
+    assert "0.95 [0.93, 0.97]" in table.stdout, table.stdout
+    data = json.loads(cli("status", str(run_dir), "--json").stdout)
+    rows = {r["step"]: r for r in data["records"]}
+    assert rows[700]["interval"] == [0.93, 0.97] and rows[200]["interval"] is None  # older record: none, no error
+    results = json.loads((run_dir / "best_checkpoint_results.json").read_text(encoding="utf-8"))
+    best = results["best_checkpoints"][0]
+    assert best["step"] == 700 and best["info"]["intervals"]["composite_score"] == [0.93, 0.97]

@@ -80,6 +80,11 @@ def test_best_link_and_json_files_agree(demo_run: tuple[Path, str]) -> None:
         m = records[s]["metrics"]
         assert set(m) >= {"clip_score", "lpips", "inception_score", "fid", "kid", "composite_score"}
         assert records[s]["info"]["weights"] == "ema" and records[s]["protocol_hash"]
+        # every score's 95% interval, stored by the background worker's evaluation, holds the score
+        intervals = records[s]["info"]["intervals"]
+        assert set(intervals) == {"clip_score", "lpips", "inception_score", "fid", "kid", "composite_score"}
+        for name, (lo, hi) in intervals.items():
+            assert lo <= m[name] <= hi, (s, name, lo, m[name], hi)
     # retention: top-3 + latest + every-30-steps kept on disk, the rest pruned, and the state says so
     on_disk = sorted(int(p.name[:7]) for p in ckpt.glob("0*.pt"))
     assert on_disk == sorted(set(ranking) | {60, 30})
@@ -111,6 +116,8 @@ def test_samples_and_tensorboard(demo_run: tuple[Path, str]) -> None:
     for tag in GUIDE_TAGS + ["Evaluation/KID"]:
         assert tag in tags, (tag, tags)
         assert sorted(e.step for e in acc.Scalars(tag)) == EVAL_STEPS
+    for tag in ("Evaluation/Composite_Score_CI_low", "Evaluation/Composite_Score_CI_high", "Evaluation/FID_CI_low"):
+        assert sorted(e.step for e in acc.Scalars(tag)) == EVAL_STEPS
     losses = [e.value for e in acc.Scalars("Train/Loss")]
     assert losses[-1] < losses[0]
     state, _ = _state(run_dir)
@@ -123,6 +130,7 @@ def test_report_has_no_broken_images(demo_run: tuple[Path, str]) -> None:
     text = (run_dir / "report.html").read_text(encoding="utf-8")
     c = check_images(text, run_dir)
     assert len(c.imgs) >= 8 * len(EVAL_STEPS) + 2 * 20
+    assert text.count('class="ci"/>') == 6 * len(EVAL_STEPS)  # an error bar per metric and evaluation
     assert text.count('class="plot"') >= 6
     # the report says what the scores were measured with, and that demo numbers are demo-only
     assert "backbones clip=demo-clip, inception=demo-classifier, lpips=demo-lpips" in text

@@ -178,3 +178,14 @@ def test_composite_config_and_custom_metric(data: dict[str, Any]) -> None:
         {**data["feats"], "clip_text": data["feats"]["clip_text"] * float("nan")}, None)
     assert nan["clip_score"] is None and "NaN" in nan.failures["clip_score"].error
     assert nan["composite_score"] is None and "clip_score" in nan.failures["composite_score"].error
+
+
+def test_scores_carry_bootstrap_intervals(data: dict[str, Any]) -> None:
+    scorer: Scorer = data["scorer"]
+    scores = scorer.score(data["feats"], data["ref"], seed=7, strict=True)
+    assert set(scores.intervals) == {"clip_score", "lpips", "inception_score", "fid", "kid", "composite_score"}
+    for name, (lo, hi) in scores.intervals.items():
+        assert lo <= scores[name] <= hi, (name, lo, scores[name], hi)
+    assert scorer.score(data["feats"], data["ref"], seed=7).intervals == scores.intervals  # seeded
+    quiet = Scorer(backbones=RANDOM, metric_options=OPTS, intervals=False)
+    assert quiet.score(data["feats"], data["ref"], seed=7).intervals == {}

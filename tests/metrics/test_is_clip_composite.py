@@ -195,6 +195,7 @@ def test_public_api_is_pinned_and_metrics_import_nothing_else_of_ours() -> None:
         "FEATURE_CLIP_IMAGE", "FEATURE_CLIP_TEXT", "FEATURE_INCEPTION_LOGITS", "FEATURE_INCEPTION_POOL",
         "FEATURE_LPIPS", "METRICS", "REFERENCE_FID_STATISTICS", "REFERENCE_INCEPTION_POOL", "MetricSpec",
         "composite_defaults", "register_metric", "unregister_metric",
+        "DEFAULT_LEVEL", "DEFAULT_RESAMPLES", "metric_intervals",
     ])
     assert all(hasattr(metrics, name) for name in metrics.__all__)
     code = ("import sys, bestckpt.metrics; "

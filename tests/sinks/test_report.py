@@ -93,6 +93,23 @@ def test_report_warns_when_scores_come_from_different_protocols(tmp_path: Path) 
     assert "Warning: scores come from 2 different evaluation protocols" in render_report(run)
 
 
+def test_report_shows_stored_intervals_as_error_bars(tmp_path: Path) -> None:
+    """Step 40 re-scored with intervals (as an evaluation now stores them); older records have none and get no bar."""
+    run = make_run(tmp_path)
+    assert 'class="ci"' not in render_report(run) and "95% interval" not in render_report(run)
+    tracker = BestCheckpointTracker(run / "checkpoints", save_top_k=2, keep_every_n_steps=40)
+    metrics = {"clip_score": 0.505, "lpips": 0.295, "inception_score": 3.44, "fid": 31.2, "kid": 0.0195,
+               "composite_score": 0.61}
+    tracker.update_checkpoint(40, 2, run / "checkpoints" / "0000040.pt", metrics, protocol_hash="abc",
+                              info={"intervals": {"composite_score": [0.59, 0.63], "fid": [28.5, 34.0],
+                                                  "kid": ["bad"]}})
+    text = render_report(run)
+    assert text.count('class="ci"/>') == 2  # composite and FID of step 40; the malformed KID entry is ignored
+    assert "step 40: 31.2 (95% interval 28.5 to 34)" in text
+    assert "<span class='ci'>[0.59, 0.63]</span>" in text and "(95% interval 0.59 to 0.63)" in text
+    assert "Error bars: 95% bootstrap intervals" in text
+
+
 def test_report_without_protocol_uses_comparison_images_and_handles_empty_runs(tmp_path: Path) -> None:
     run = make_run(tmp_path)
     shutil.rmtree(run / "protocol")

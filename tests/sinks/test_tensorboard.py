@@ -47,3 +47,14 @@ def test_failed_metrics_leave_a_gap_not_a_fake_value(tmp_path: Path) -> None:
     assert written == ["Evaluation/CLIP_Score"]
     scalars = _read(tmp_path).Tags()["scalars"]
     assert "Evaluation/FID" not in scalars and "Evaluation/KID" not in scalars
+
+
+def test_intervals_go_next_to_their_metric(tmp_path: Path) -> None:
+    with TensorBoardSink(tmp_path) as sink:
+        written = sink.write(5, {"fid": 120.0, "kid": None, "lpips": 0.4},
+                             intervals={"fid": (110.0, 131.0), "kid": (0.0, 0.1), "lpips": (0.38, float("nan"))})
+    assert written == ["Evaluation/FID", "Evaluation/FID_CI_low", "Evaluation/FID_CI_high", "Evaluation/LPIPS"]
+    acc = _read(tmp_path)
+    assert [(e.step, e.value) for e in acc.Scalars("Evaluation/FID_CI_low")] == [(5, 110.0)]
+    assert [(e.step, e.value) for e in acc.Scalars("Evaluation/FID_CI_high")] == [(5, 131.0)]
+    assert "Evaluation/KID_CI_low" not in acc.Tags()["scalars"]  # no value, no interval

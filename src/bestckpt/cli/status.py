@@ -6,6 +6,10 @@ Columns: step, epoch, status, the tracked score, the other metrics, ``★`` on t
 for longer than the run's ``pending_stale_after`` shows as ``pending (stale, 3.2 d)``: it stays
 protected until it is scored or released (``bestckpt release DIR STEP``). ``--json`` gives every
 pending row its age (``pending_age_s``) and a ``stale`` flag.
+
+A score the evaluation stored a confidence interval for shows it: ``0.6123 [0.601, 0.624]`` (95% bootstrap
+interval over the evaluation's prompts and seeds; ``--json``: ``interval`` of the tracked metric, and every
+metric's under ``info.intervals``). Scores whose intervals overlap are not reliably ranked by that evaluation.
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ def collect(checkpoint_dir: Path) -> dict[str, Any]:
         row = rec.to_json()
         row["best"] = rec.step == best
         row["score"] = rec.score(tracker.metric_name)
+        row["interval"] = stored_interval(rec.info, tracker.metric_name)
         row["pending_age_s"] = pending.pending_age(rec, now)
         row["stale"] = pending.is_stale(rec, stale_after, now)
         d = decisions.get(rec.step)
@@ -61,6 +66,21 @@ def collect(checkpoint_dir: Path) -> dict[str, Any]:
         "best_link": bestlink.read_pointer(Path(checkpoint_dir) / layout.BEST_LINK),
         "records": rows,
     }
+
+
+def stored_interval(info: dict[str, Any], metric: str) -> list[float] | None:
+    """``[lo, hi]`` of ``metric`` from a record's ``info["intervals"]``, or None (older records have none)."""
+    raw = info.get("intervals")
+    pair = raw.get(metric) if isinstance(raw, dict) else None
+    if (isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, (int, float)) for v in pair)
+            and pair[0] <= pair[1]):
+        return [float(pair[0]), float(pair[1])]
+    return None
+
+
+def _with_interval(value: Any, interval: list[float] | None) -> str:
+    text = format_score(value)
+    return text if interval is None or value is None else f"{text} [{interval[0]:.4g}, {interval[1]:.4g}]"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,13 +114,16 @@ def _print_table(data: dict[str, Any], *, show_all: bool) -> None:
         fate_style = {"keep": "green", "delete": "red", "pruned": "dim", "ignored": "yellow"}[row["fate"]]
         table.add_row(
             "★" if row["best"] else "", str(row["step"]), "-" if row["epoch"] is None else str(row["epoch"]),
-            _status_cell(row), format_score(tracked), format_metrics(others), f"[{fate_style}]{row['fate']}[/]",
+            _status_cell(row), _with_interval(tracked, row["interval"]), format_metrics(others),
+            f"[{fate_style}]{row['fate']}[/]",
             "; ".join(row["reasons"] + ([f"error: {row['error']}"] if row.get("error") else [])),
         )
     console = Console()
     console.print(table)
     best = summary["best_checkpoint"]
-    console.print(f"best: {best or '-'} (score {format_score(summary['best_score'])}); best.pt -> "
+    best_row = next((r for r in data["records"] if r["best"]), None)
+    best_ci = best_row["interval"] if best_row else None
+    console.print(f"best: {best or '-'} (score {_with_interval(summary['best_score'], best_ci)}); best.pt -> "
                   f"{data['best_link'] or '-'}; on disk {summary['on_disk']}, pending {len(summary['pending'])}, "
                   f"failed {len(summary['failed'])}, records {summary['records_total']}", markup=False)
     stale = [str(r["step"]) for r in data["records"] if r["stale"]]

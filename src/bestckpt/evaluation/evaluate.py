@@ -61,6 +61,8 @@ class EvaluationResult:
     error: None when the evaluation succeeded; otherwise why it failed (then it must be recorded
       with ``tracker.record_failure`` so it can never become best).
     preview: uint8 ``Tensor[K, 3, H, W]`` of the saved samples on rank 0 (for sinks), else None.
+    intervals: metric name -> (lo, hi) bootstrap confidence interval (the scorer's ``Scores.intervals``); a metric
+      without one is absent. Stored by the tracker in the record's ``info["intervals"]`` as ``[lo, hi]``.
     """
 
     step: int
@@ -72,6 +74,7 @@ class EvaluationResult:
     num_samples: int = 0
     samples_dir: Path | None = None
     failures: Mapping[str, str] = field(default_factory=dict)
+    intervals: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     preview: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -86,6 +89,7 @@ class EvaluationResult:
             "num_samples": self.num_samples,
             "samples_dir": None if self.samples_dir is None else str(self.samples_dir),
             **({"metric_failures": dict(self.failures)} if self.failures else {}),
+            **({"intervals": {k: [lo, hi] for k, (lo, hi) in self.intervals.items()}} if self.intervals else {}),
         }
 
 
@@ -225,14 +229,14 @@ def evaluate_checkpoint(
         logger.error("evaluation of step %d failed: %s", step, agreed.error)
         return run.result(scores={}, weights=agreed.weights, error=agreed.error)
     features, preview = _gather(run, agreed.layout)
-    scores, score_error, failures = _score(run, scorer, features, reference_stats)
+    scores, score_error, failures, intervals = _score(run, scorer, features, reference_stats)
     written: Path | None = None
     if run.rank == 0 and score_error is None and samples_dir is not None and preview.shape[0] > 0:
         written = _write_samples(run, samples_dir, preview)
     if score_error is not None:
         logger.error("scoring step %d failed: %s", step, score_error)
     return run.result(scores=scores, weights=agreed.weights, error=score_error, samples_dir=written,
-                      failures=failures, preview=preview if run.rank == 0 else None)
+                      failures=failures, intervals=intervals, preview=preview if run.rank == 0 else None)
 
 
 def _sample_and_featurise(run: _Run, sampler: Sampler, scorer: Any, batch_size: int) -> None:
@@ -314,17 +318,20 @@ def _gather(run: _Run, layout: _Layout) -> tuple[dict[str, torch.Tensor], torch.
     return gathered, all_gather_padded(preview_local, run.ctx)
 
 
-def _score(run: _Run, scorer: Any, features: dict[str, torch.Tensor],
-           reference_stats: Any) -> tuple[dict[str, float | None], str | None, dict[str, str]]:
-    """Rank 0 scores; every rank receives the same ``(scores, error, failures)`` (one broadcast)."""
-    outcome: tuple[dict[str, float | None], str | None, dict[str, str]] | None = None
+_Outcome = tuple[dict[str, float | None], str | None, dict[str, str], dict[str, tuple[float, float]]]
+
+
+def _score(run: _Run, scorer: Any, features: dict[str, torch.Tensor], reference_stats: Any) -> _Outcome:
+    """Rank 0 scores; every rank receives the same ``(scores, error, failures, intervals)`` (one broadcast)."""
+    outcome: _Outcome | None = None
     if run.rank == 0:
         try:
-            scores, failures = _checked_scores(scorer.score(features, reference_stats, seed=run.protocol.seed))
-            outcome = (scores, None, failures)
+            raw = scorer.score(features, reference_stats, seed=run.protocol.seed)
+            scores, failures = _checked_scores(raw)
+            outcome = (scores, None, failures, _checked_intervals(getattr(raw, "intervals", None), scores))
         except Exception as exc:
             logger.debug("scoring step %d failed", run.step, exc_info=True)
-            outcome = ({}, _describe(exc), {})
+            outcome = ({}, _describe(exc), {}, {})
     outcome = broadcast_object(outcome, run.ctx)
     assert outcome is not None
     return outcome
@@ -347,6 +354,16 @@ def _checked_scores(raw_scores: Any) -> tuple[dict[str, float | None], dict[str,
             raise ValueError(f"scorer returned non-finite {name}={value}")
         scores[name] = value
     return scores, failures
+
+
+def _checked_intervals(raw: Any, scores: Mapping[str, float | None]) -> dict[str, tuple[float, float]]:
+    """The scorer's intervals as finite ``(lo, hi)`` float pairs, only for metrics that have a value."""
+    out: dict[str, tuple[float, float]] = {}
+    for name, pair in dict(raw or {}).items():
+        lo, hi = (float(v) for v in pair)
+        if scores.get(name) is not None and math.isfinite(lo) and math.isfinite(hi) and lo <= hi:
+            out[str(name)] = (lo, hi)
+    return out
 
 
 def _write_samples(run: _Run, samples_dir: str | Path, preview: torch.Tensor) -> Path | None:

@@ -23,6 +23,10 @@ set, degenerate input, numerical failure) appears in the result as ``None`` and 
 component. With ``strict=True`` the first failure raises :class:`~bestckpt.metrics.MetricError` instead. The
 tracker stores ``None`` as a failed value that can never become best.
 
+Intervals: ``score`` also gives ``Scores.intervals`` — ``{metric: (lo, hi)}`` 95% bootstrap intervals from the same
+features, seeded by the evaluation's seed (:mod:`bestckpt.metrics.intervals`; the composite's from its own
+replicates). A metric without an interval is absent from it, never given a made-up one. ``intervals=False`` skips it.
+
 Composite: :class:`CompositeConfig` (weights and mappings). By default the weights are the guide's (and any custom
 metric registered with a composite weight) restricted to the metrics this scorer computes, and the CLIP mapping
 follows the CLIP convention in use.
@@ -47,7 +51,9 @@ from bestckpt.backbones import DEFAULT_BACKBONES, get_backbone
 from bestckpt.backbones.images import check_uint8_images
 from bestckpt.fsio import atomic_write_bytes
 from bestckpt.metrics import (
+    DEFAULT_LEVEL,
     DEFAULT_METRICS,
+    DEFAULT_RESAMPLES,
     FEATURE_CLIP_IMAGE,
     FEATURE_CLIP_TEXT,
     FEATURE_INCEPTION_LOGITS,
@@ -64,6 +70,7 @@ from bestckpt.metrics import (
     composite_defaults,
     composite_score,
     default_mappings,
+    metric_intervals,
 )
 
 __all__ = ["Scorer", "CompositeConfig", "MetricFailure", "Scores", "ReferenceSet", "DEFAULT_METRICS"]
@@ -103,11 +110,13 @@ class MetricFailure:
 
 
 class Scores(dict):
-    """``dict[str, float | None]`` of metric values (None = failed) with ``failures: dict[str, MetricFailure]``."""
+    """``dict[str, float | None]`` of metric values (None = failed) with ``failures: dict[str, MetricFailure]`` and
+    ``intervals: dict[str, tuple[float, float]]`` (bootstrap confidence intervals; absent = none)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.failures: dict[str, MetricFailure] = {}
+        self.intervals: dict[str, tuple[float, float]] = {}
 
 
 @dataclass
@@ -155,6 +164,9 @@ class Scorer:
         *,
         clip_convention: str = "cosine",
         metric_options: Mapping[str, Mapping[str, Any]] | None = None,
+        intervals: bool = True,
+        interval_resamples: int = DEFAULT_RESAMPLES,
+        interval_level: float = DEFAULT_LEVEL,
     ) -> None:
         self.metrics = tuple(dict.fromkeys(metrics))
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -175,6 +187,9 @@ class Scorer:
         self._composite_resolved = (
             self.composite.resolve(self.metrics, clip_convention) if "composite_score" in self.metrics else None
         )
+        self.intervals = bool(intervals)
+        self.interval_resamples = int(interval_resamples)
+        self.interval_level = float(interval_level)
         self.needed_features = {f for m in self.metrics for f in METRICS[m].needs}
         self._memory_refs: dict[tuple[str, str], ReferenceSet] = {}
 
@@ -332,7 +347,20 @@ class Scorer:
                     raise CompositeUnavailableError(str(exc)) from exc
                 scores["composite_score"] = None
                 scores.failures["composite_score"] = MetricFailure("composite_score", f"{type(exc).__name__}: {exc}")
+        if self.intervals:
+            scores.intervals = self._intervals(scores, features, reference, seed)
         return scores
+
+    def _intervals(self, scores: Scores, features: Mapping[str, torch.Tensor], reference: Mapping[str, Any] | None,
+                   seed: int) -> dict[str, tuple[float, float]]:
+        """Bootstrap intervals of the scores; a failure costs the intervals (logged), never the scores."""
+        try:
+            return metric_intervals(scores, features, reference, seed=seed, options=self.metric_options,
+                                    composite=self._composite_resolved, resamples=self.interval_resamples,
+                                    level=self.interval_level)
+        except Exception as exc:
+            logger.warning("no confidence intervals for this evaluation: %s: %s", type(exc).__name__, exc)
+            return {}
 
     def evaluate(self, images: torch.Tensor, prompts: Sequence[str] | None = None,
                  paired_references: Any = None, reference_images: torch.Tensor | None = None,

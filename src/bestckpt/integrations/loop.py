@@ -56,18 +56,19 @@ def best_when_recorded(tracker: Any, step: int) -> bool:
 
     Results reach the training process a little after the worker records them, so "best now" may
     already name a later step: replay the tracker's best-selection rule on the records made up to
-    that moment instead (ties keep the earlier step; ``min_improvement`` applies).
+    that moment instead (ties keep the earlier step; ``min_improvement`` and ``best_beyond_noise`` apply).
     """
-    from bestckpt.tracking.policies import Candidate, select_best
+    from bestckpt.tracking.policies import Candidate, interval_from_info, select_best
 
     name = tracker.metric_name
     records = tracker.records  # one consistent snapshot (reloaded under the tracker's lock)
     mine = next((r for r in records if r.step == step), None)
     if mine is None or mine.score(name) is None:
         return False
-    earlier = [Candidate(r.step, r.path, r.status, r.score(name), r.time)
+    earlier = [Candidate(r.step, r.path, r.status, r.score(name), r.time, interval=interval_from_info(r.info, name))
                for r in records if r.score(name) is not None and r.time <= mine.time]
-    best = select_best(earlier, tracker.higher_is_better, tracker.config.min_improvement)
+    best = select_best(earlier, tracker.higher_is_better, tracker.config.min_improvement,
+                       beyond_noise=tracker.config.best_beyond_noise)
     return best is not None and best.step == step
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bestckpt.errors import CompositeUnavailableError, MetricError, NumericalError
 
+from .bootstrap import metric_intervals
 from .clip_score import CLIP_CONVENTIONS, clip_cosines, clip_score
 from .composite import (
     DEFAULT_WEIGHTS,
@@ -23,6 +24,7 @@ from .composite import (
 )
 from .fid import ReferenceStatistics, fid_from_features, fid_from_statistics
 from .inception_score import inception_score_from_logits
+from .intervals import DEFAULT_LEVEL, DEFAULT_RESAMPLES
 from .kid import kid_from_features
 from .lpips import lpips_from_features
 from .registry import (
@@ -48,6 +50,7 @@ __all__ = [
     "CompositeUnavailableError", "MetricError", "NumericalError",
     "ReferenceStatistics", "fid_from_features", "fid_from_statistics",
     "inception_score_from_logits", "kid_from_features", "lpips_from_features",
+    "DEFAULT_LEVEL", "DEFAULT_RESAMPLES", "metric_intervals",
     "FEATURE_CLIP_IMAGE", "FEATURE_CLIP_TEXT", "FEATURE_INCEPTION_LOGITS", "FEATURE_INCEPTION_POOL", "FEATURE_LPIPS",
     "METRICS", "REFERENCE_FID_STATISTICS", "REFERENCE_INCEPTION_POOL", "MetricSpec", "composite_defaults",
     "register_metric", "unregister_metric",

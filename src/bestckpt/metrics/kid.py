@@ -9,6 +9,10 @@ KID is unbiased at small N, which makes it the right ranking metric for in-loop 
 When a set is smaller than ``subset_size`` the subset size is reduced to the smaller set size with a warning (the
 estimate stays unbiased, its variance grows) rather than refusing.
 
+Small runs: when both sets are no larger than the subset size, every subset is the whole of both sets, all draws
+are the same and their std would be exactly 0.00 — not "no uncertainty" but "not measured". The std is then None
+(a log line says why); the bootstrap interval of :mod:`bestckpt.metrics.intervals` measures the spread instead.
+
 Speed: when the sets are small enough the three kernel matrices are computed once for all rows and each subset
 reads its sub-blocks, instead of recomputing three m×m×d products per subset.
 """
@@ -48,8 +52,10 @@ def kid_from_features(
     subsets: int = 100,
     subset_size: int = 1000,
     seed: int = 2020,
-) -> tuple[float, float]:
+) -> tuple[float, float | None]:
     """KID (mean, std) between features [N, D] and reference features [M, D].
+
+    The std is None when every subset is the whole of both sets (module docstring: a 0.00 would be misleading).
 
     ``seed`` picks the subsets (default 2020, torch-fidelity's default). Raises ValueError when either set has
     fewer than 2 samples or the dimensions differ.
@@ -74,6 +80,7 @@ def kid_from_features(
         )
         m = min(n, m_ref)
 
+    whole = m >= n and m >= m_ref
     rng = np.random.RandomState(seed)
     draws = [(rng.choice(n, m, replace=False), rng.choice(m_ref, m, replace=False)) for _ in range(subsets)]
     full = n * n + m_ref * m_ref + n * m_ref <= _FULL_KERNEL_MAX_ENTRIES
@@ -86,4 +93,9 @@ def kid_from_features(
         else:
             xs, ys = x[ix], y[iy]
             mmds[i] = mmd2_unbiased(polynomial_kernel(xs, xs), polynomial_kernel(xs, ys), polynomial_kernel(ys, ys))
+    if whole:
+        logger.info("KID from N=%d and reference=%d with subset_size=%d: every subset is the whole of both sets, so "
+                    "the spread over subsets is not measured (reported as None, not 0.00); use the bootstrap interval",
+                    n, m_ref, m)
+        return float(mmds.mean()), None
     return float(mmds.mean()), float(mmds.std())

@@ -78,10 +78,11 @@ def _fid(features: Mapping[str, Any], reference: Mapping[str, Any] | None, seed:
 
 def _kid(features: Mapping[str, Any], reference: Mapping[str, Any] | None, seed: int,
          subsets: int = 100, subset_size: int = 1000) -> dict[str, float]:
+    """{"kid": mean, "kid_std": std}; no "kid_std" when every subset is the whole set (its 0.00 means nothing)."""
     ref = _need_reference(reference, REFERENCE_INCEPTION_POOL, "kid")
     mean, std = kid_from_features(features[FEATURE_INCEPTION_POOL], ref, subsets=subsets,
                                   subset_size=subset_size, seed=seed)
-    return {"kid": mean, "kid_std": std}
+    return {"kid": mean} if std is None else {"kid": mean, "kid_std": std}
 
 
 def _inception_score(features: Mapping[str, Any], reference: Mapping[str, Any] | None, seed: int,

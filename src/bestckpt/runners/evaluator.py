@@ -169,7 +169,8 @@ class Evaluator:
                     from bestckpt.sinks.tensorboard import TensorBoardSink
 
                     self._sink = TensorBoardSink(self.tensorboard_dir, filename_suffix=f".eval{os.getpid()}")
-                self._sink.write(result.step, result.scores, is_best=is_best, images=result.preview)
+                self._sink.write(result.step, result.scores, is_best=is_best, images=result.preview,
+                                 intervals=result.intervals)
             except Exception:
                 logger.exception("could not write TensorBoard scalars for step %d", result.step)
         return is_best

@@ -4,6 +4,9 @@ Only metrics that were actually computed are written: a failed or missing metric
 the curve instead of a made-up 0.0 (which would look like a real, terrible score).
 TensorBoard is optional: importing this module is free, constructing the sink without the
 ``tensorboard`` package raises an ImportError that names the extra to install.
+
+Confidence intervals (when given) go to ``<tag>_CI_low`` / ``<tag>_CI_high`` next to the metric's own tag
+(e.g. ``Evaluation/FID_CI_low``); the guide's tags are unchanged.
 """
 from __future__ import annotations
 
@@ -52,10 +55,12 @@ class TensorBoardSink:
         *,
         is_best: bool | None = None,
         images: torch.Tensor | None = None,
+        intervals: Mapping[str, tuple[float, float]] | None = None,
     ) -> list[str]:
         """Write scalars for ``step`` (and an image grid of uint8 ``images[K,3,H,W]``); returns tags written.
 
-        Values that are not finite numbers (None for a failed metric, NaN, anything else) are skipped.
+        Values that are not finite numbers (None for a failed metric, NaN, anything else) are skipped; so is the
+        interval of a metric that was not written.
         """
         written: list[str] = []
         for name, value in scores.items():
@@ -67,6 +72,11 @@ class TensorBoardSink:
                 continue
             self._writer.add_scalar(tag, float(value), global_step=int(step))
             written.append(tag)
+            bounds = (intervals or {}).get(name)
+            if bounds is not None and all(math.isfinite(float(b)) for b in bounds):
+                for suffix, bound in zip(("_CI_low", "_CI_high"), bounds):
+                    self._writer.add_scalar(tag + suffix, float(bound), global_step=int(step))
+                    written.append(tag + suffix)
         if is_best is not None:
             self._writer.add_scalar(IS_BEST_TAG, 1.0 if is_best else 0.0, global_step=int(step))
             written.append(IS_BEST_TAG)

@@ -45,6 +45,10 @@ class TrackerConfig:
         pinned_steps: steps that are never deleted.
         min_improvement: a checkpoint becomes the new best only if it beats the current best by
             more than this (in the metric's own units); ``0.0`` means strictly better.
+        best_beyond_noise: a checkpoint becomes the new best only if it beats the current best by more
+            than the noise of both scores (their stored 95% intervals, :func:`~bestckpt.tracking.policies.
+            noise_margin`; docs/intervals.md says what it costs and buys). Off by default; scores without
+            an interval fall back to ``min_improvement``.
         dry_run: plan deletions and log them, but never delete anything.
         filename_template: ``str.format`` template with one ``{step...}`` field naming a step's
             checkpoint inside ``checkpoint_dir``, and optionally one ``{epoch}`` field (Lightning's
@@ -65,6 +69,7 @@ class TrackerConfig:
     dry_run: bool = False
     filename_template: str = DEFAULT_FILENAME_TEMPLATE
     pending_stale_after: float | None = 86400.0
+    best_beyond_noise: bool = False
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -116,6 +121,8 @@ class TrackerConfig:
                 f"min_improvement must be a finite number >= 0 (in the metric's units), got {imp!r}"
             )
         set_("min_improvement", float(imp))
+        if not isinstance(self.best_beyond_noise, bool):
+            raise TypeError(f"best_beyond_noise must be True or False, got {self.best_beyond_noise!r}")
         if not isinstance(self.dry_run, bool):
             raise TypeError(f"dry_run must be True or False, got {self.dry_run!r}")
         _compile_template(self.filename_template)  # validates

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = [
     "Candidate",
@@ -33,6 +33,8 @@ __all__ = [
     "PendingEvaluation",
     "AnyOf",
     "rank",
+    "interval_from_info",
+    "noise_margin",
     "select_best",
     "retention_policy",
 ]
@@ -48,6 +50,8 @@ class Candidate:
     ``score`` is the tracked metric of an evaluated checkpoint, or ``None`` when it has none
     that can be ranked (pending, saved-only, failed, non-finite). ``seq`` is its place in the save
     order (higher: saved later; 0 for records of older states, which then fall back to step order).
+    ``interval`` is the score's stored confidence interval ``(lo, hi)`` (``None``: none stored), used only by
+    the "better beyond noise" rule of :func:`select_best`.
     """
 
     step: int
@@ -56,6 +60,7 @@ class Candidate:
     score: float | None = None
     time: float = 0.0
     seq: int = 0
+    interval: tuple[float, float] | None = None
 
     @property
     def rankable(self) -> bool:
@@ -96,17 +101,56 @@ def rank(candidates: Iterable[Candidate], higher_is_better: bool) -> list[Candid
     return sorted((c for c in candidates if c.rankable), key=_sort_key(higher_is_better))
 
 
-def select_best(candidates: Iterable[Candidate], higher_is_better: bool, min_improvement: float = 0.0) -> Candidate | None:
+def interval_from_info(info: Any, metric_name: str) -> tuple[float, float] | None:
+    """The ``(lo, hi)`` an evaluation stored for ``metric_name`` in a record's ``info["intervals"]``, or None
+    (older records, a metric without one, a malformed entry: never a made-up interval)."""
+    raw = info.get("intervals") if isinstance(info, dict) else None
+    pair = raw.get(metric_name) if isinstance(raw, dict) else None
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair):
+        return None
+    lo, hi = float(pair[0]), float(pair[1])
+    return (lo, hi) if lo <= hi else None
+
+
+def noise_margin(cand: Candidate, incumbent: Candidate, higher_is_better: bool) -> float | None:
+    """How much ``cand`` must beat ``incumbent`` by to be better beyond noise: √(h_c² + h_i²), with h_c the
+    candidate's half-interval on the side towards the incumbent and h_i the incumbent's towards the candidate
+    (the 95% half-width of the difference of two independent estimates). None when either has no interval.
+
+    The two evaluations use the same prompts and seeds, so their errors are positively correlated and the
+    difference is less noisy than this: the rule is conservative (docs/intervals.md)."""
+    if cand.interval is None or incumbent.interval is None:
+        return None
+    c, i = _value(cand), _value(incumbent)
+    if higher_is_better:
+        h_c, h_i = c - cand.interval[0], incumbent.interval[1] - i
+    else:
+        h_c, h_i = cand.interval[1] - c, i - incumbent.interval[0]
+    return math.hypot(max(h_c, 0.0), max(h_i, 0.0))
+
+
+def select_best(candidates: Iterable[Candidate], higher_is_better: bool, min_improvement: float = 0.0,
+                beyond_noise: bool = False) -> Candidate | None:
     """The best checkpoint: replay rankable candidates in step order; one replaces the incumbent
     only if it is better by more than ``min_improvement`` (strictly better when 0, so ties keep
-    the earlier step). With ``min_improvement == 0`` this is simply ``rank(...)[0]``."""
+    the earlier step). With ``min_improvement == 0`` this is simply ``rank(...)[0]``.
+
+    ``beyond_noise``: the margin is also at least :func:`noise_margin` (when both have intervals;
+    without them only ``min_improvement`` applies)."""
     best: Candidate | None = None
     for cand in sorted((c for c in candidates if c.rankable), key=lambda c: c.step):
         if best is None:
             best = cand
-        elif higher_is_better and _value(cand) > _value(best) + min_improvement:
+            continue
+        margin = min_improvement
+        if beyond_noise:
+            noise = noise_margin(cand, best, higher_is_better)
+            margin = margin if noise is None else max(margin, noise)
+        if higher_is_better and _value(cand) > _value(best) + margin:
             best = cand
-        elif not higher_is_better and _value(cand) < _value(best) - min_improvement:
+        elif not higher_is_better and _value(cand) < _value(best) - margin:
             best = cand
     return best
 

@@ -7,7 +7,7 @@ rankable ones as a sorted list of ``(key, step)`` (key: the score with its direc
 explicit, ties broken by the earlier step, exactly :func:`bestckpt.tracking.policies.rank`'s order),
 and updates both from the steps :class:`~bestckpt.tracking.state.TrackerState` says were touched.
 Results are the pure policies' answers: :func:`~bestckpt.tracking.policies.select_best` is used as is
-when ``min_improvement > 0`` (with 0 it is, by definition, the ranking's head).
+when ``min_improvement > 0`` or ``best_beyond_noise`` (otherwise it is, by definition, the ranking's head).
 No disk access here.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import bisect
 from typing import Any
 
 from bestckpt.tracking.config import TrackerConfig
-from bestckpt.tracking.policies import Candidate, select_best
+from bestckpt.tracking.policies import Candidate, interval_from_info, select_best
 from bestckpt.tracking.state import Record, TrackerState
 
 __all__ = ["Ranking"]
@@ -88,7 +88,9 @@ class Ranking:
         self._loose.discard(cand.step)
 
     def _candidate(self, r: Record) -> Candidate:
-        return Candidate(r.step, r.path, r.status, r.score(self._config.metric_name), r.time, r.seq)
+        name = self._config.metric_name
+        interval = interval_from_info(r.info, name) if self._config.best_beyond_noise else None
+        return Candidate(r.step, r.path, r.status, r.score(name), r.time, r.seq, interval)
 
     def _memoized(self, key: str, compute: Any) -> Any:
         self._sync()
@@ -103,9 +105,10 @@ class Ranking:
 
     def best_step(self) -> int | None:
         def compute() -> int | None:
-            if self._config.min_improvement == 0:
+            if self._config.min_improvement == 0 and not self._config.best_beyond_noise:
                 return self._ranked[0][1] if self._ranked else None
-            best = select_best(self._cands.values(), self._config.higher_is_better, self._config.min_improvement)
+            best = select_best(self._cands.values(), self._config.higher_is_better, self._config.min_improvement,
+                               beyond_noise=self._config.best_beyond_noise)
             return None if best is None else best.step
 
         return self._memoized("best", compute)

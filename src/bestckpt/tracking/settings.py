@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 #: the settings that decide what is deleted: one value per directory
 DELETION_SETTINGS = ("metric_name", "higher_is_better", "save_top_k", "keep_latest", "keep_every_n_steps",
-                     "pinned_steps", "min_improvement", "filename_template")
+                     "pinned_steps", "min_improvement", "filename_template", "best_beyond_noise")
 _PER_PROCESS = ("dry_run",)  # never taken from the store
 _FIELDS = tuple(f.name for f in dataclasses.fields(TrackerConfig) if f.name != "checkpoint_dir")
 
@@ -75,7 +75,8 @@ def _show(value: Any) -> str:
 def cli_option(name: str) -> str:
     """The ``bestckpt prune`` option that sets ``name`` (for messages)."""
     return {"higher_is_better": "--higher-is-better/--lower-is-better", "pinned_steps": "--pin STEP",
-            "filename_template": "filename_template (API only)"}.get(name, "--" + name.replace("_", "-") + " VALUE")
+            "filename_template": "filename_template (API only)",
+            "best_beyond_noise": "best_beyond_noise (API only)"}.get(name, "--" + name.replace("_", "-") + " VALUE")
 
 
 def _normalized(name: str, value: Any) -> Any:

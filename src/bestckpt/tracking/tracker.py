@@ -102,7 +102,8 @@ class BestCheckpointTracker(GuideAPI):
     from :class:`~bestckpt.tracking.guide_api.GuideAPI`, a drop-in for code written for the guide.
 
     ``BestCheckpointTracker(checkpoint_dir, metric_name, higher_is_better, save_top_k, *, keep_latest,
-    keep_every_n_steps, pinned_steps, min_improvement, filename_template, pending_stale_after, dry_run, reconfigure=False,
+    keep_every_n_steps, pinned_steps, min_improvement, filename_template, pending_stale_after, best_beyond_noise, dry_run,
+    reconfigure=False,
     is_writer=None, config=None)``: settings as in :class:`~bestckpt.tracking.config.TrackerConfig`;
     one configuration per directory (:mod:`~bestckpt.tracking.settings`: a setting not passed comes
     from the stored config). ``config`` shares one config object (all its settings count as passed).
@@ -121,6 +122,7 @@ class BestCheckpointTracker(GuideAPI):
         min_improvement: float = NOT_PASSED,
         filename_template: str = NOT_PASSED,
         pending_stale_after: float | None = NOT_PASSED,
+        best_beyond_noise: bool = NOT_PASSED,
         dry_run: bool = False,
         reconfigure: bool = False,
         is_writer: bool | None = None,
@@ -134,7 +136,7 @@ class BestCheckpointTracker(GuideAPI):
             passed: dict[str, Any] = dict(metric_name=metric_name, higher_is_better=higher_is_better, save_top_k=save_top_k,
                           keep_latest=keep_latest, keep_every_n_steps=keep_every_n_steps, pinned_steps=pinned_steps,
                           min_improvement=min_improvement, filename_template=filename_template,
-                          pending_stale_after=pending_stale_after, dry_run=dry_run)
+                          pending_stale_after=pending_stale_after, dry_run=dry_run, best_beyond_noise=best_beyond_noise)
             given = {k: v for k, v in passed.items() if v is not NOT_PASSED}
             config = TrackerConfig(checkpoint_dir=cast(Path, checkpoint_dir), **given)  # validates what was passed
         elif not isinstance(config, TrackerConfig):

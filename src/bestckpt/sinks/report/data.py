@@ -19,7 +19,7 @@ from bestckpt.fsio import float_from_json
 from bestckpt.tracking.journal import read_state
 from bestckpt.tracking.layout import STATE_FILE
 
-__all__ = ["METRIC_ORDER", "RunData", "find_checkpoint_dir", "load_run", "reference_paths"]
+__all__ = ["METRIC_ORDER", "RunData", "find_checkpoint_dir", "interval_of", "load_run", "reference_paths"]
 
 logger = logging.getLogger("bestckpt.sinks.report")  # the report's one logger, whichever module logs
 
@@ -73,6 +73,25 @@ class RunData:
         """(step, value) of every evaluated checkpoint with a finite value of ``metric``."""
         return [(r["step"], float(r["metrics"][metric])) for r in self.evaluated
                 if r["metrics"].get(metric) is not None and math.isfinite(r["metrics"][metric])]
+
+    @property
+    def has_intervals(self) -> bool:
+        return any(interval_of(r, m) is not None for r in self.evaluated for m in r["metrics"])
+
+
+def interval_of(record: dict[str, Any], metric: str) -> tuple[float, float] | None:
+    """The (lo, hi) confidence interval the evaluation stored for ``metric`` (``info["intervals"]``), if any.
+
+    Records of older runs have none; a malformed entry is ignored (the report never invents bounds)."""
+    raw = (record.get("info") or {}).get("intervals")
+    pair = raw.get(metric) if isinstance(raw, dict) else None
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+        return None
+    try:
+        lo, hi = float(pair[0]), float(pair[1])
+    except (TypeError, ValueError):
+        return None
+    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) and lo <= hi else None
 
 
 def find_checkpoint_dir(run_dir: Path) -> Path:

@@ -7,8 +7,9 @@ import re
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
-from bestckpt.sinks.report.data import RunData, reference_paths
+from bestckpt.sinks.report.data import RunData, interval_of, reference_paths
 from bestckpt.sinks.report.svg import Point, fmt, svg_plot, svg_timeline
 
 __all__ = ["best_samples", "checkpoints", "header", "metric_curves", "progress_grid"]
@@ -58,8 +59,11 @@ def header(data: RunData) -> str:
     out = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><link rel='icon' href='data:,'>"
            f"<title>bestckpt report – {e(run.name or str(run))}</title><style>\n{_css()}</style></head><body>",
            f"<h1>Best-checkpoint report: {e(str(run))}</h1>"]
+    best_ci = interval_of(best, metric) if best else None
     best_txt = (f"best: step {best['step']} ({e(best['path'])}), {e(metric)} = "
-                f"{fmt(best['metrics'].get(metric))}" if best else "no checkpoint could be ranked yet")
+                f"{fmt(best['metrics'].get(metric))}"
+                + (f" (95% interval {fmt(best_ci[0])} to {fmt(best_ci[1])})" if best_ci else "")
+                if best else "no checkpoint could be ranked yet")
     info_bits = []
     if best and best["info"].get("weights"):
         info_bits.append(f"sampled with {e(str(best['info']['weights']))} weights")
@@ -83,10 +87,15 @@ def metric_curves(data: RunData, names: list[str]) -> str:
     if not names:
         out.append("<p class='note'>No evaluated checkpoint yet.</p>")
     for m in names:
-        pts = [Point(step, value) for step, value in data.points(m)]
+        by_step = {r["step"]: r for r in data.evaluated}
+        pts = [Point(step, value, *(interval_of(by_step[step], m) or (None, None))) for step, value in data.points(m)]
         if pts:
             out.append(svg_plot(m, pts, data.best_step, m in _LOWER_IS_BETTER, data.x_range))
     out.append("</div>")
+    if data.has_intervals:
+        out.append("<p class='note'>Error bars: 95% bootstrap intervals over the evaluation's prompts and seeds "
+                   "(how far a score would move with another draw of samples at the same N). Checkpoints whose "
+                   "intervals overlap are not reliably ranked by this evaluation.</p>")
     return "".join(out)
 
 
@@ -103,9 +112,16 @@ def checkpoints(data: RunData, names: list[str]) -> str:
         out.append(f"<tr class='{cls}'><td>{r['step']}{' ★' if r['step'] == best_step else ''}</td>"
                    f"<td>{'' if r['epoch'] is None else r['epoch']}</td><td class='l'>{e(status)}</td>"
                    f"<td class='l'>{e(disk)}</td>"
-                   + "".join(f"<td>{fmt(r['metrics'].get(c))}</td>" for c in names) + "</tr>")
+                   + "".join(f"<td>{_cell(r, c)}</td>" for c in names) + "</tr>")
     out.append("</table>")
     return "".join(out)
+
+
+def _cell(record: dict[str, Any], metric: str) -> str:
+    """A table cell: the value, and its 95% interval underneath when stored."""
+    ci = interval_of(record, metric)
+    value = fmt(record["metrics"].get(metric))
+    return value if ci is None else f"{value}<br><span class='ci'>[{fmt(ci[0])}, {fmt(ci[1])}]</span>"
 
 
 def progress_grid(data: RunData, max_prompts: int, max_steps: int) -> str:

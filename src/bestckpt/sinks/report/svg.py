@@ -1,4 +1,5 @@
-"""Inline SVG for the report: a metric's curve over steps, and the kept/pruned checkpoint timeline."""
+"""Inline SVG for the report: a metric's curve over steps (with the 95% interval of each point as an error bar
+when the evaluation stored one), and the kept/pruned checkpoint timeline."""
 from __future__ import annotations
 
 import html
@@ -16,6 +17,12 @@ _STATUS_CLASS = {"evaluated": "ev", "pending": "pe", "saved": "sv", "failed": "f
 class Point:
     step: int
     value: float
+    lo: float | None = None  # the value's confidence interval, when one was stored
+    hi: float | None = None
+
+    @property
+    def has_interval(self) -> bool:
+        return self.lo is not None and self.hi is not None
 
 
 def fmt(v: float | None) -> str:
@@ -31,6 +38,7 @@ def svg_plot(title: str, points: Sequence[Point], best_step: int | None, lower_i
     left, right, top, bottom = 52, 12, 26, 30
     pw, ph = width - left - right, height - top - bottom
     ys = [p.value for p in points]
+    ys += [b for p in points for b in (p.lo, p.hi) if b is not None and p.has_interval]
     lo, hi = min(ys), max(ys)
     if hi - lo < 1e-12:
         lo, hi = lo - 0.5 * (abs(lo) or 1.0), hi + 0.5 * (abs(hi) or 1.0)
@@ -66,8 +74,15 @@ def svg_plot(title: str, points: Sequence[Point], best_step: int | None, lower_i
         path = " ".join(f"{sx(p.step):.1f},{sy(p.value):.1f}" for p in pts)
         parts.append(f'<polyline points="{path}" class="line"/>')
     for p in pts:
+        ci = ""
+        if p.has_interval:
+            assert p.lo is not None and p.hi is not None
+            x, y_lo, y_hi = sx(p.step), sy(p.lo), sy(p.hi)
+            parts.append(f'<path d="M{x:.1f},{y_lo:.1f}V{y_hi:.1f}M{x - 3:.1f},{y_lo:.1f}h6M{x - 3:.1f},{y_hi:.1f}h6" '
+                         f'class="ci"/>')
+            ci = f" (95% interval {fmt(p.lo)} to {fmt(p.hi)})"
         parts.append(f'<circle cx="{sx(p.step):.1f}" cy="{sy(p.value):.1f}" r="3" class="pt">'
-                     f"<title>step {p.step}: {fmt(p.value)}</title></circle>")
+                     f"<title>step {p.step}: {fmt(p.value)}{ci}</title></circle>")
     best = next((p for p in pts if p.step == best_step), None)
     if best is not None:
         bx, by = sx(best.step), sy(best.value)
