@@ -32,7 +32,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/bestckpt demo --run-dir runs/demo
 
 test: $(VENV)/.installed-test
-	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/ruff check src tests bench scripts examples
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 

@@ -21,6 +21,7 @@ BENCHES = {
     "eval": ["bench_eval.py"],
     "background": ["bench_background.py"],
     "intervals": ["bench_intervals.py"],
+    "integrations": ["bench_integrations.py"],
 }
 
 
