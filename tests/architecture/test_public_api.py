@@ -44,6 +44,7 @@ EXPECTED: dict[str, list[str]] = {
         "add_evaluation_options", "add_parser", "build_evaluator", "check_settings", "missing_metrics_extra",
         "open_tracker", "prepare", "run",
     ],
+    "bestckpt.cli.finalize": ["add_parser", "run"],
     "bestckpt.cli.prune": ["add_config_options", "add_parser", "config_overrides", "run"],
     "bestckpt.cli.release": ["add_parser", "run"],
     "bestckpt.cli.report": ["add_parser", "run"],
@@ -150,6 +151,10 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "bestckpt.runners.background": ["BackgroundRunner"],
     "bestckpt.runners.evaluator": ["Evaluator", "build_scorer", "default_device"],
+    "bestckpt.runners.finalize": [
+        "DECISION_FILE", "FinalDecision", "decide", "derive_protocol", "finalize", "read_decision",
+        "select_finalists",
+    ],
     "bestckpt.runners.inline": ["InlineRunner"],
     "bestckpt.runners.protocol_change": ["ON_PROTOCOL_CHANGE", "ProtocolChangedError", "reconcile_protocol"],
     "bestckpt.runners.records": ["record_of", "record_path", "status_of"],
@@ -182,6 +187,7 @@ EXPECTED: dict[str, list[str]] = {
     "bestckpt.tracking.entries": [
         "UnsafePathError", "cleanup_temporaries", "confine", "delete_entry", "entry_stat", "move_aside",
     ],
+    "bestckpt.tracking.finalized": ["FINAL", "carried", "choice_time", "final_of", "protected", "set_final"],
     "bestckpt.tracking.journal": ["StateFile", "read_state"],
     "bestckpt.tracking.layout": [
         "BEST_LINK", "COMPLETE_MARKER", "JOURNAL_FILE", "LATEST_FILE", "LOCK_FILE", "OWN_NAMES",
