@@ -82,6 +82,10 @@ def test_finalize_confirms_the_truly_better_one_and_later_training_evaluations_d
     assert scores[60] > scores[fc.LATE]  # type: ignore[operator]
     assert tracker.best.step == fc.LATE and _best_link(ckpt) == f"{fc.LATE:07d}.pt"  # type: ignore[union-attr]
     assert reconcile_protocol(tracker, tiny) == []  # a resumed training run under its protocol is not refused
+    tracker.mark_for_rescoring(fc.LATE)  # e.g. a changed training protocol: the choice holds while it is re-scored
+    assert tracker.best.step == fc.LATE  # type: ignore[union-attr]
+    assert main(["evaluate", str(ckpt), "--protocol", str(tmp_path / "tiny.json"), *common]) == 0
+    assert BestCheckpointTracker.open(ckpt).best.step == fc.LATE  # type: ignore[union-attr]
     assert main(["status", str(ckpt)]) == 0
 
 
@@ -176,3 +180,32 @@ def test_finalists_are_the_top_k_the_overlapping_and_the_best() -> None:
     with pytest.raises(ValueError, match="samples_factor"):
         derive_protocol(fc.full_protocol(4), 1)
     assert derive_protocol(fc.full_protocol(4), 3).num_samples == 12
+
+
+@pytest.mark.distributed
+def test_finalize_runs_distributed_like_evaluate(tmp_path: Path) -> None:
+    """`torchrun --nproc_per_node 2` (gloo): both ranks finalize alike, rank 0 records; same outcome as 1 process."""
+    from pipeline_kit import KitScorer, TinySampler, make_protocol, save_checkpoint
+    from torchrun_kit import run_script
+
+    final = make_protocol(tmp_path, num_samples=8)
+    final.to_file(tmp_path / "final.json")
+    runs = {}
+    for name in ("one", "two"):
+        ckpt = tmp_path / name / "checkpoints"
+        ckpt.mkdir(parents=True)
+        tracker = BestCheckpointTracker(ckpt, save_top_k=2, is_writer=True)
+        for step, score in ((10, 0.1), (20, 0.2)):
+            save_checkpoint(ckpt / f"{step:07d}.pt", step)
+            tracker.update_checkpoint(step, None, f"{step:07d}.pt", {"composite_score": score}, protocol_hash="train")
+        runs[name] = tracker
+    shutil.copy2(tmp_path / "final.json", tmp_path / "two" / "final.json")
+    one = finalize(runs["one"], Evaluator(final, TinySampler(), scorer=KitScorer(), device="cpu", dist=None))
+    run_script("dist_finalize_worker.py", tmp_path / "two")
+    outs = [json.loads((tmp_path / "two" / f"out_{r}.json").read_text()) for r in (0, 1)]
+    assert json.loads((tmp_path / "two" / "checkpoints" / DECISION_FILE).read_text())["chosen"] == one.chosen
+    for out in outs:
+        assert (out["chosen"], out["leader"], out["confirmed"]) == (one.chosen, one.leader, one.confirmed)
+    stored = {r.step: final_of(r)["scores"][final.hash]["metrics"] for r in BestCheckpointTracker.open(
+        tmp_path / "two" / "checkpoints").records}
+    assert stored == {r.step: final_of(r)["scores"][final.hash]["metrics"] for r in runs["one"].records}

@@ -11,6 +11,7 @@ Interrupted, run it again: finalists already scored are skipped. Details: docs/f
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from bestckpt.cli.evaluate import add_evaluation_options, check_settings, missing_metrics_extra, open_tracker
@@ -70,4 +71,8 @@ def run(args: argparse.Namespace) -> int:
     verdict = "best.pt moved to" if decision.moved else "best.pt stays on"
     print(f"finalize under protocol {final.short_hash} ({final.num_samples} samples): {decision.reason}; "
           f"{verdict} step {decision.chosen}")
-    return 0
+    unscored = [row["step"] for row in decision.finalists if row["final_score"] is None]
+    if unscored:
+        print(f"finalist(s) {unscored} could not be scored (see the log); run finalize again once the cause is fixed",
+              file=sys.stderr)
+    return 1 if unscored else 0

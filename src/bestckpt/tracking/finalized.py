@@ -26,6 +26,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from bestckpt.tracking.rescoring import RESCORING
 from bestckpt.tracking.state import Record, TrackerState
 
 __all__ = ["FINAL", "final_of", "choice_time", "carried", "protected", "set_final"]
@@ -41,8 +42,9 @@ def final_of(rec: Record) -> dict[str, Any]:
 
 
 def choice_time(rec: Record) -> float | None:
-    """When finalize chose ``rec`` (``None``: not chosen, or not a live evaluated record)."""
-    if rec.pruned or rec.status != "evaluated":
+    """When finalize chose ``rec`` (``None``: not chosen, or not a live record with a score: evaluated, or pending
+    a re-score under a changed training protocol, which keeps its choice meanwhile)."""
+    if rec.pruned or not (rec.status == "evaluated" or (rec.status == "pending" and RESCORING in rec.info)):
         return None
     value = final_of(rec).get("chosen")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

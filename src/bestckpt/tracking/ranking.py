@@ -39,7 +39,7 @@ class Ranking:
         self._by_status: dict[str, set[int]] = {}
         self._unranked_failed: set[int] = set()  # evaluated without a finite tracked value
         self._loose: set[int] = set()
-        self._chosen: dict[int, float] = {}  # step -> when finalize chose it (rankable records only)
+        self._chosen: dict[int, float] = {}  # step -> when finalize chose it (finalized.choice_time)
 
     # ------------------------------------------------------------------ maintenance
     def _key(self, cand: Candidate) -> tuple[float, int]:
@@ -79,7 +79,7 @@ class Ranking:
 
     def _index(self, cand: Candidate) -> None:
         self._by_status.setdefault(cand.status, set()).add(cand.step)
-        chosen = choice_time(self._st.records[cand.step]) if cand.rankable else None
+        chosen = choice_time(self._st.records[cand.step])
         if chosen is not None:
             self._chosen[cand.step] = chosen
         if not cand.rankable:
