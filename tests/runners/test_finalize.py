@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from bestckpt.cli import main
+from bestckpt.cli.status import collect
 from bestckpt.runners import Evaluator, reconcile_protocol
 from bestckpt.runners.finalize import DECISION_FILE, decide, derive_protocol, finalize, select_finalists
 from bestckpt.tracking.finalized import final_of
@@ -87,6 +88,7 @@ def test_finalize_confirms_the_truly_better_one_and_later_training_evaluations_d
     assert main(["evaluate", str(ckpt), "--protocol", str(tmp_path / "tiny.json"), *common]) == 0
     assert BestCheckpointTracker.open(ckpt).best.step == fc.LATE  # type: ignore[union-attr]
     assert main(["status", str(ckpt)]) == 0
+    assert collect(ckpt)["finalize"]["chosen"] == fc.LATE  # `bestckpt status --json` carries the decision
 
 
 class _Interrupted(Evaluator):

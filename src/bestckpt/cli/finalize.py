@@ -38,6 +38,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.checkpoint_dir.is_dir():
         return fail(f"{args.checkpoint_dir} is not a directory; pass the checkpoint directory of a run")
+    if args.tensorboard_dir is not None:
+        return fail("finalize writes no TensorBoard scalars (its scores are not the run's training curve); drop "
+                    "--tensorboard-dir: the decision and the scores go to finalize.json and `bestckpt status`")
     check_settings(args)
     missing = missing_metrics_extra()
     if missing is not None:
