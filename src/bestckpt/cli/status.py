@@ -10,6 +10,8 @@ pending row its age (``pending_age_s``) and a ``stale`` flag.
 A score the evaluation stored a confidence interval for shows it: ``0.6123 [0.601, 0.624]`` (95% bootstrap
 interval over the evaluation's prompts and seeds; ``--json``: ``interval`` of the tracked metric, and every
 metric's under ``info.intervals``). Scores whose intervals overlap are not reliably ranked by that evaluation.
+
+After ``bestckpt finalize`` a last line gives its decision (``--json``: ``finalize``, the ``finalize.json``).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def collect(checkpoint_dir: Path) -> dict[str, Any]:
     """Everything `status` shows, as a JSON-ready dict (read-only: nothing is written)."""
+    from bestckpt.runners.finalize import read_decision
     from bestckpt.tracking.tracker import BestCheckpointTracker
 
     tracker = BestCheckpointTracker.open(checkpoint_dir, is_writer=False)
@@ -65,6 +68,7 @@ def collect(checkpoint_dir: Path) -> dict[str, Any]:
         "summary": summary,
         "best_link": bestlink.read_pointer(Path(checkpoint_dir) / layout.BEST_LINK),
         "records": rows,
+        "finalize": read_decision(checkpoint_dir),
     }
 
 
@@ -126,6 +130,10 @@ def _print_table(data: dict[str, Any], *, show_all: bool) -> None:
     console.print(f"best: {best or '-'} (score {_with_interval(summary['best_score'], best_ci)}); best.pt -> "
                   f"{data['best_link'] or '-'}; on disk {summary['on_disk']}, pending {len(summary['pending'])}, "
                   f"failed {len(summary['failed'])}, records {summary['records_total']}", markup=False)
+    final = data.get("finalize")
+    if final:
+        console.print(f"finalize (protocol {str(final.get('protocol_hash'))[:12]}, {final.get('num_samples')} samples): "
+                      f"{final.get('reason')}; chosen: step {final.get('chosen')}", markup=False)
     stale = [str(r["step"]) for r in data["records"] if r["stale"]]
     if stale:
         console.print(f"{len(stale)} stale pending: evaluate them, or stop protecting them with "

@@ -20,7 +20,7 @@ import logging
 import time
 from typing import Any
 
-from bestckpt.tracking import bestlink, entries, layout, reconcile
+from bestckpt.tracking import bestlink, entries, finalized, layout, reconcile
 from bestckpt.tracking.config import TrackerConfig
 from bestckpt.tracking.policies import Decision, retention_policy
 from bestckpt.tracking.ranking import Ranking
@@ -32,8 +32,8 @@ logger = logging.getLogger(__name__)
 
 
 def protected_steps(st: TrackerState, config: TrackerConfig) -> dict[int, str]:
-    """Steps kept for reasons outside the config: DeepSpeed's ``latest`` tag, recovered records."""
-    out: dict[int, str] = {}
+    """Steps kept for reasons outside the config: DeepSpeed's ``latest`` tag, recovered records, finalists."""
+    out: dict[int, str] = finalized.protected(st)
     tag = layout.read_latest_tag(st.dir)
     step = config.step_from_name(tag) if tag else None
     if tag and step is None:  # a tag outside the template (an epoch tag) registered by its path

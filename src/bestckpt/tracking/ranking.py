@@ -8,6 +8,7 @@ explicit, ties broken by the earlier step, exactly :func:`bestckpt.tracking.poli
 and updates both from the steps :class:`~bestckpt.tracking.state.TrackerState` says were touched.
 Results are the pure policies' answers: :func:`~bestckpt.tracking.policies.select_best` is used as is
 when ``min_improvement > 0`` or ``best_beyond_noise`` (otherwise it is, by definition, the ranking's head).
+A checkpoint ``bestckpt finalize`` chose outranks them all (:mod:`~bestckpt.tracking.finalized`).
 No disk access here.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import bisect
 from typing import Any
 
 from bestckpt.tracking.config import TrackerConfig
+from bestckpt.tracking.finalized import choice_time
 from bestckpt.tracking.policies import Candidate, interval_from_info, select_best
 from bestckpt.tracking.state import Record, TrackerState
 
@@ -37,6 +39,7 @@ class Ranking:
         self._by_status: dict[str, set[int]] = {}
         self._unranked_failed: set[int] = set()  # evaluated without a finite tracked value
         self._loose: set[int] = set()
+        self._chosen: dict[int, float] = {}  # step -> when finalize chose it (finalized.choice_time)
 
     # ------------------------------------------------------------------ maintenance
     def _key(self, cand: Candidate) -> tuple[float, int]:
@@ -52,7 +55,7 @@ class Ranking:
             self._generation = st.generation
             self._cands = {s: self._candidate(st.records[s]) for s in st.live_steps}
             self._ranked = sorted(self._key(c) for c in self._cands.values() if c.rankable)
-            self._by_status, self._unranked_failed, self._loose = {}, set(), set()
+            self._by_status, self._unranked_failed, self._loose, self._chosen = {}, set(), set(), {}
             for cand in self._cands.values():
                 self._index(cand)
         else:
@@ -76,6 +79,9 @@ class Ranking:
 
     def _index(self, cand: Candidate) -> None:
         self._by_status.setdefault(cand.status, set()).add(cand.step)
+        chosen = choice_time(self._st.records[cand.step])
+        if chosen is not None:
+            self._chosen[cand.step] = chosen
         if not cand.rankable:
             if cand.status == "evaluated":
                 self._unranked_failed.add(cand.step)
@@ -86,6 +92,7 @@ class Ranking:
         self._by_status[cand.status].discard(cand.step)
         self._unranked_failed.discard(cand.step)
         self._loose.discard(cand.step)
+        self._chosen.pop(cand.step, None)
 
     def _candidate(self, r: Record) -> Candidate:
         name = self._config.metric_name
@@ -105,6 +112,8 @@ class Ranking:
 
     def best_step(self) -> int | None:
         def compute() -> int | None:
+            if self._chosen:  # finalize's decision outranks every ordinary score; the latest choice wins
+                return max(self._chosen, key=lambda s: (self._chosen[s], s))
             if self._config.min_improvement == 0 and not self._config.best_beyond_noise:
                 return self._ranked[0][1] if self._ranked else None
             best = select_best(self._cands.values(), self._config.higher_is_better, self._config.min_improvement,

@@ -55,6 +55,7 @@ import filelock
 from bestckpt import errors
 from bestckpt.tracking import (
     commit,
+    finalized,
     journal,
     layout,
     locking,
@@ -102,9 +103,8 @@ class BestCheckpointTracker(GuideAPI):
     from :class:`~bestckpt.tracking.guide_api.GuideAPI`, a drop-in for code written for the guide.
 
     ``BestCheckpointTracker(checkpoint_dir, metric_name, higher_is_better, save_top_k, *, keep_latest,
-    keep_every_n_steps, pinned_steps, min_improvement, filename_template, pending_stale_after, best_beyond_noise, dry_run,
-    reconfigure=False,
-    is_writer=None, config=None)``: settings as in :class:`~bestckpt.tracking.config.TrackerConfig`;
+    keep_every_n_steps, pinned_steps, min_improvement, filename_template, pending_stale_after, best_beyond_noise,
+    dry_run, reconfigure=False, is_writer=None, config=None)``: settings as in :class:`~bestckpt.tracking.config.TrackerConfig`;
     one configuration per directory (:mod:`~bestckpt.tracking.settings`: a setting not passed comes
     from the stored config). ``config`` shares one config object (all its settings count as passed).
     """
@@ -257,10 +257,11 @@ class BestCheckpointTracker(GuideAPI):
                 logger.warning("step %d was evaluated with protocol %s, the current best (step %d) with %s: "
                                "their scores are not comparable; re-evaluate with one protocol", step,
                                protocol_hash, best_now.step, best_now.protocol_hash)
+            order = saveorder.fields(self._st, step, rel, self.is_writer)  # finalize's marks stay with the save
             self._st.put(Record(
                 step=step, epoch=epoch if epoch is not None else prev_epoch, path=rel, metrics=clean,
                 status="failed" if error else "evaluated", time=time.time(), protocol_hash=protocol_hash,
-                error=error, info=info, **saveorder.fields(self._st, step, rel, self.is_writer),
+                error=error, info=finalized.carried(old, info, old is not None and old.seq == order["seq"]), **order,
             ))
             if error:
                 logger.warning("step %d: evaluation recorded as failed (%s); it will never be best", step, error)
@@ -300,6 +301,10 @@ class BestCheckpointTracker(GuideAPI):
         protocol); if that fails, its earlier score comes back (:mod:`~bestckpt.tracking.rescoring`)."""
         step = check_step(step)
         self._transaction(lambda: self._st.put(pending_again(self._st.records.get(step), step)))
+
+    def set_final(self, entries: Mapping[int, Mapping[str, Any] | None]) -> None:
+        """Replace finalize's marks (``info["final"]``) of these live steps at once (:mod:`.finalized`)."""
+        self._transaction(lambda: finalized.set_final(self._st, {check_step(s): e for s, e in entries.items()}))
 
     @property
     def best(self) -> Record | None:
