@@ -66,6 +66,7 @@ EXPECTED: dict[str, list[str]] = {
     "bestckpt.demo.model": ["DiTConfig", "TextEncoder", "TinyDiT", "timestep_embedding"],
     "bestckpt.demo.recipe": ["add_arguments", "available_cores", "default_threads", "resolve_defaults"],
     "bestckpt.demo.sampler": ["DemoSampler", "euler_sample", "initial_noise", "load_model", "make_sampler", "to_uint8"],
+    "bestckpt.demo.tag_sampler": ["TagSampler", "config_from_args", "load_tag_model", "make_sampler"],
     "bestckpt.demo.train": [
         "DEMO_BACKBONES", "SAMPLER_SPEC", "TrainObserver", "TrainResult", "add_arguments", "build_protocol",
         "default_threads", "find_resume_checkpoint", "flow_matching_loss", "load_resume_checkpoint", "main",
@@ -110,11 +111,27 @@ EXPECTED: dict[str, list[str]] = {
         "temp_name", "to_strict_json", "unlink_quiet",
     ],
     "bestckpt.integrations": [],
+    "bestckpt.integrations.accelerate": [
+        "AccelerateCheckpoints", "CHECKPOINT_TEMPLATE", "check_total_limits", "load_unet",
+    ],
     "bestckpt.integrations.deepspeed": [
         "MODEL_STATES", "is_tag_complete", "load_model_states", "mark_complete", "read_latest_tag",
         "save_checkpoint", "tag_name",
     ],
+    "bestckpt.integrations.hunyuandit": [
+        "EPOCH_TAG", "TagRegistrar", "UNTOUCHED_TAGS", "ZERO3_MODEL_STATES", "active", "close",
+        "consolidate_zero3", "is_zero3", "load_tag_weights", "model_states_file", "read_client_state", "start",
+        "tag_kind", "tags_saved",
+    ],
+    "bestckpt.integrations.hunyuandit_sampler": [
+        "End2EndSampler", "INSTALL_HINT", "import_end2end", "make_sampler", "predict_kwargs", "to_uint8_images",
+    ],
+    "bestckpt.integrations.lightning": ["BestCheckpointCallback", "DEFAULT_TEMPLATE", "load_lightning_state_dict"],
     "bestckpt.integrations.loop": ["EvaluationOutcome", "MODES", "TrainingEvaluation", "best_when_recorded"],
+    "bestckpt.integrations.transformers": [
+        "BestCheckpointCallback", "CHECKPOINT_TEMPLATE", "check_training_arguments", "load_state_dict",
+        "resume_step", "zero3_weights_missing",
+    ],
     "bestckpt.metrics": [
         "CLIP_CONVENTIONS", "CompositeUnavailableError", "DEFAULT_LEVEL", "DEFAULT_METRICS",
         "DEFAULT_RESAMPLES", "DEFAULT_WEIGHTS", "FEATURE_CLIP_IMAGE", "FEATURE_CLIP_TEXT",
@@ -188,12 +205,14 @@ EXPECTED: dict[str, list[str]] = {
         "UnsafePathError", "cleanup_temporaries", "confine", "delete_entry", "entry_stat", "move_aside",
     ],
     "bestckpt.tracking.finalized": ["FINAL", "carried", "choice_time", "final_of", "protected", "set_final"],
+    "bestckpt.tracking.guide_api": ["CLEANUP_DEPRECATION", "GuideAPI"],
     "bestckpt.tracking.journal": ["StateFile", "read_state"],
     "bestckpt.tracking.layout": [
         "BEST_LINK", "COMPLETE_MARKER", "JOURNAL_FILE", "LATEST_FILE", "LOCK_FILE", "OWN_NAMES",
         "POINTER_MAX_BYTES", "POINTER_SUFFIX", "RESULTS_FILE", "STATE_FILE", "STATE_MAX_BYTES", "check_not_own",
         "checkpoint_relpath", "find_checkpoints", "is_checkpoint_complete", "legacy_relpath", "mark_complete",
-        "own_file", "read_latest_tag", "read_pointer_file", "real_relpath", "step_entries", "warn_once",
+        "marker_step", "own_file", "read_latest_tag", "read_pointer_file", "real_relpath", "step_entries",
+        "warn_once",
     ],
     "bestckpt.tracking.locking": ["DirectoryLock", "StateLockTimeout", "lock"],
     "bestckpt.tracking.pending": ["check_releasable", "format_age", "is_stale", "pending_age", "release", "warn_stale"],

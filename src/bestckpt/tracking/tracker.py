@@ -99,14 +99,9 @@ _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUO
 class BestCheckpointTracker(GuideAPI):
     """Rank evaluated checkpoints, keep the right ones, point ``best.pt`` at the best.
 
-    The guide's methods (``get_best_score``, ``should_save_checkpoint``, ``export_results``, ...) come
-    from :class:`~bestckpt.tracking.guide_api.GuideAPI`, a drop-in for code written for the guide.
-
-    ``BestCheckpointTracker(checkpoint_dir, metric_name, higher_is_better, save_top_k, *, keep_latest,
-    keep_every_n_steps, pinned_steps, min_improvement, filename_template, pending_stale_after, best_beyond_noise,
-    dry_run, reconfigure=False, is_writer=None, config=None)``: settings as in :class:`~bestckpt.tracking.config.TrackerConfig`;
-    one configuration per directory (:mod:`~bestckpt.tracking.settings`: a setting not passed comes
-    from the stored config). ``config`` shares one config object (all its settings count as passed).
+    Settings as in :class:`~bestckpt.tracking.config.TrackerConfig` (a setting not passed comes from the
+    directory's stored config, :mod:`~bestckpt.tracking.settings`; ``config=`` shares one object, all its settings
+    passed). The guide's methods (``get_best_score``, ``export_results``...) come from :class:`.guide_api.GuideAPI`.
     """
 
     def __init__(
