@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="save a checkpoint every N steps (default: 100, or 10 with --quick)")
     p.add_argument("--eval-every-n-checkpoints", type=int, default=2,
                    help="evaluate every Nth checkpoint in the background (the guide's default: 2)")
-    p.add_argument("--save-top-k", type=int, default=3, help="checkpoints kept by score (the guide's default: 3)")
+    p.add_argument("--save-top-k", type=int, default=3,
+                   help="checkpoints kept by score (the guide's default: 3; -1 keeps every evaluated one)")
     p.add_argument("--keep-every-n-steps", type=int, default=None,
                    help="also keep one checkpoint every N steps (the guide's 10,000 scaled to the demo: default 500, "
                         "or 30 with --quick; 0 disables)")
@@ -74,10 +75,12 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
 
         a.num_eval_prompts = 24 if quick else len(combinations("heldout"))
     for name in ("steps", "ckpt_every", "batch_size", "num_eval_prompts", "sample_steps", "eval_every_n_checkpoints",
-                 "samples_per_prompt", "save_top_k", "hidden", "depth"):
+                 "samples_per_prompt", "hidden", "depth"):
         value = getattr(a, name)
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"--{name.replace('_', '-')}={value!r}: must be a positive integer")
+    if not isinstance(a.save_top_k, int) or (a.save_top_k < 1 and a.save_top_k != -1):
+        raise ValueError(f"--save-top-k={a.save_top_k!r}: must be a positive integer, or -1 to keep every evaluated one")
     if not 0.0 <= a.caption_dropout < 1.0:
         raise ValueError(f"--caption-dropout={a.caption_dropout}: must be in [0, 1)")
     if not 0.0 <= a.ema_decay < 1.0:

@@ -53,8 +53,10 @@ def build_scorer(protocol: Protocol, *, device: str | torch.device = "cpu", weig
     )
     if options:
         kwargs["metric_options"] = {k: dict(v) for k, v in options.items()}
-    if protocol.composite_weights is not None:
-        kwargs["composite"] = scorer_mod.CompositeConfig(weights=dict(protocol.composite_weights))
+    if protocol.composite_weights is not None or protocol.composite_mappings is not None:
+        from bestckpt.evaluation.composite import protocol_composite_config
+
+        kwargs["composite"] = protocol_composite_config(protocol)
     return scorer_mod.Scorer(**kwargs)
 
 
