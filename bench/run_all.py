@@ -21,6 +21,7 @@ BENCHES = {
     "eval": ["bench_eval.py"],
     "background": ["bench_background.py"],
     "integrations": ["bench_integrations.py"],
+    "demo_ranking": ["bench_demo_ranking.py"],
 }
 
 

@@ -24,7 +24,7 @@ import torch
 
 from bestckpt.demo.data import ATTRIBUTE_NAMES, attrs_to_indices, combinations, render
 
-__all__ = ["ALL", "accuracy", "attribute_targets", "checkpoint_accuracy", "classifier_attributes", "exact_renders",
+__all__ = ["ALL", "accuracy", "attribute_targets", "checkpoint_accuracy", "classifier_attributes", "exact_renders", "spearman",
            "format_accuracy",
            "nearest_render_attributes", "prompt_accuracy"]
 
@@ -117,3 +117,31 @@ def checkpoint_accuracy(checkpoint: str | Path, protocol: Any, *, num_prompts: i
     with contextlib.suppress(Exception):  # the step is a label; a checkpoint without one is still measured
         step = int(torch.load(checkpoint, map_location="cpu", weights_only=False)["step"])
     return {"step": step, "num_prompts": n, "weights": batch.weights, **acc}
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation of two equally long sequences (ties get their mean rank); NaN if either is
+    constant or shorter than 2 (a correlation is then undefined, never made up)."""
+    if len(x) != len(y):
+        raise ValueError(f"spearman needs equally long sequences, got {len(x)} and {len(y)}")
+
+    def ranks(v: Sequence[float]) -> torch.Tensor:
+        t = torch.tensor([float(a) for a in v], dtype=torch.float64)
+        order = sorted(range(len(t)), key=lambda i: float(t[i]))
+        r = torch.empty(len(t), dtype=torch.float64)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and t[order[j + 1]] == t[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2.0
+            i = j + 1
+        return r
+
+    if len(x) < 2:
+        return float("nan")
+    rx, ry = ranks(x), ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = float(rx.norm() * ry.norm())
+    return float((rx * ry).sum()) / denom if denom > 0 else float("nan")

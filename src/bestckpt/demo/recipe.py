@@ -25,6 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3,
                    help="AdamW learning rate after a linear warm-up (default: 1e-3; small nets tolerate it)")
     p.add_argument("--warmup", type=int, default=50, help="linear learning-rate warm-up steps (default: 50)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="cosine",
+                   help="after the warm-up: constant, or cosine decay to --min-lr-ratio of --lr at the last step "
+                        "(default: cosine)")
+    p.add_argument("--min-lr-ratio", type=float, default=0.1,
+                   help="with --lr-schedule cosine: the final learning rate as a fraction of --lr (default: 0.1)")
     p.add_argument("--ema-decay", type=float, default=0.995,
                    help="EMA decay (default: 0.995, i.e. averaging over ~200 steps: a short run needs a short EMA)")
     p.add_argument("--caption-dropout", type=float, default=0.1,
@@ -81,6 +86,8 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
             raise ValueError(f"--{name.replace('_', '-')}={value!r}: must be a positive integer")
     if not isinstance(a.save_top_k, int) or (a.save_top_k < 1 and a.save_top_k != -1):
         raise ValueError(f"--save-top-k={a.save_top_k!r}: must be a positive integer, or -1 to keep every evaluated one")
+    if not 0.0 <= getattr(a, "min_lr_ratio", 0.1) <= 1.0:
+        raise ValueError(f"--min-lr-ratio={a.min_lr_ratio}: must be in [0, 1]")
     if not 0.0 <= a.caption_dropout < 1.0:
         raise ValueError(f"--caption-dropout={a.caption_dropout}: must be in [0, 1)")
     if not 0.0 <= a.ema_decay < 1.0:

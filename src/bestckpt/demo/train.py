@@ -61,6 +61,7 @@ __all__ = [
     "build_protocol",
     "find_resume_checkpoint",
     "flow_matching_loss",
+    "learning_rate",
     "default_threads",
     "load_resume_checkpoint",
     "main",
@@ -126,6 +127,16 @@ def flow_matching_loss(model: TinyDiT, x0: Tensor, tokens: Tensor, drop: Tensor,
     xt = (1 - tb) * x0 + tb * eps
     v = model(xt, t, tokens, drop)
     return (v - (eps - x0)).pow(2).mean()
+
+
+def learning_rate(step: int, args: argparse.Namespace) -> float:
+    """The recipe's learning rate at ``step`` (0-based): linear warm-up over ``--warmup`` steps, then constant or
+    (``--lr-schedule cosine``) a cosine decay to ``--min-lr-ratio`` of ``--lr`` at ``--steps``."""
+    lr = args.lr * min(1.0, (step + 1) / args.warmup)
+    if getattr(args, "lr_schedule", "constant") == "cosine":
+        floor = float(getattr(args, "min_lr_ratio", 0.1))
+        lr *= floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(step, args.steps) / args.steps))
+    return lr
 
 
 @torch.no_grad()
@@ -343,7 +354,7 @@ def main(args: argparse.Namespace, observer: TrainObserver | None = None) -> Tra
         while step < args.steps:
             x0, tokens, g = data.batch(step, args.batch_size)  # [B, 3, 32, 32] in [-1, 1], [B, L]
             drop = torch.rand(args.batch_size, generator=g) < args.caption_dropout  # [B]: CFG caption dropout
-            lr = args.lr * min(1.0, (step + 1) / args.warmup)
+            lr = learning_rate(step, args)
             for group in opt.param_groups:
                 group["lr"] = lr
             loss = flow_matching_loss(model, x0, tokens, drop, g)
