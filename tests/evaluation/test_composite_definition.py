@@ -84,3 +84,29 @@ def test_a_bad_mapping_is_refused_with_the_fix(bad: object) -> None:
 def test_mapping_json_round_trip() -> None:
     for m in (*default_mappings().values(), InverseMap(300.0)):
         assert mapping_from_dict(mapping_to_dict(m)) == m
+
+
+def test_a_resumed_run_recomputes_the_composite_instead_of_resampling(tmp_path: Path) -> None:
+    from bestckpt.errors import ProtocolChangedError
+    from bestckpt.runners.protocol_change import reconcile_protocol
+    from bestckpt.tracking.tracker import BestCheckpointTracker
+
+    old = _protocol(metrics=METRICS)
+    new = _protocol(metrics=METRICS, composite_mappings={"inception_score": {"type": "ratio", "scale": 5}})
+    ckpt_dir = tmp_path / "checkpoints"
+    ckpt_dir.mkdir()
+    tracker = BestCheckpointTracker(ckpt_dir, is_writer=True, save_top_k=3)
+    stored = {"clip_score": 0.6, "inception_score": 4.0}
+    for step, metrics_hash in ((100, old.metrics_hash), (200, "another-sampling")):
+        (ckpt_dir / f"{step:07d}.pt").write_bytes(b"weights")
+        tracker.update_checkpoint(step, 0, ckpt_dir / f"{step:07d}.pt",
+                                  {**stored, "composite_score": recompute_composite(stored, old)},
+                                  protocol_hash=old.hash, info={"metrics_hash": metrics_hash})
+    # 100 differs only in the composite: recomputed; 200 was sampled differently: refused as before
+    with pytest.raises(ProtocolChangedError, match=r"\[200\]"):
+        reconcile_protocol(tracker, new, "refuse")
+    recs = {r.step: r for r in tracker.records}
+    assert recs[100].protocol_hash == new.hash and recs[100].info["recomposed_from"] == old.hash
+    assert recs[100].metrics["composite_score"] == pytest.approx(recompute_composite(stored, new))
+    assert recs[100].metrics["clip_score"] == 0.6 and recs[200].protocol_hash == old.hash
+    assert reconcile_protocol(tracker, new, "rescore") == [200]

@@ -157,7 +157,9 @@ class Evaluator:
         if result.ok:
             try:
                 is_best = bool(tracker.update_checkpoint(result.step, epoch, str(path), dict(result.scores),
-                                                         protocol_hash=result.protocol_hash, info=result.info()))
+                                                         protocol_hash=result.protocol_hash,
+                                                         info={**result.info(),
+                                                               "metrics_hash": self.protocol.metrics_hash}))
             except ConfigError as exc:  # a metric that returned no number: a failed evaluation, not a lost one
                 error = f"unusable scores: {exc}"
         if error is not None:
