@@ -154,6 +154,8 @@ def _outputs_table(result: Any) -> Any:
                     f"(tensorboard --logdir {result.run_dir / 'tensorboard_logs'})")
     outputs.add_row("evaluation protocol", str(result.run_dir / "protocol" / "protocol.json"))
     outputs.add_row("evaluation worker log", str(result.run_dir / "logs" / "evaluation_worker.log"))
+    if result.accuracy is not None:
+        outputs.add_row("best checkpoint's attribute accuracy", str(result.run_dir / "accuracy.json"))
     if result.report is not None:
         outputs.add_row("report", str(result.report))
     return outputs
