@@ -200,7 +200,8 @@ def run(args: argparse.Namespace) -> int:
         "[bold]not the standard backbones[/bold] (Inception / OpenAI CLIP / LPIPS-alex, which need downloaded "
         "weights and mean little on 32x32 shapes). Their numbers are comparable within this demo only.\n"
         f"Run directory: {a.run_dir}  ({a.steps} steps, a checkpoint every {a.ckpt_every}, "
-        f"every {_ordinal(a.eval_every_n_checkpoints)} evaluated in the background, top-{a.save_top_k} kept)"
+        f"every {_ordinal(a.eval_every_n_checkpoints)} evaluated in the background, "
+        f"{'every evaluated one' if a.save_top_k == -1 else f'top-{a.save_top_k}'} kept)"
     )
     result = _train_with_progress(console, a)
 
