@@ -22,6 +22,7 @@ BENCHES = {
     "background": ["bench_background.py"],
     "integrations": ["bench_integrations.py"],
     "intervals": ["bench_intervals.py"],
+    "demo_ranking": ["bench_demo_ranking.py"],
 }
 
 

@@ -51,6 +51,10 @@ EXPECTED: dict[str, list[str]] = {
     "bestckpt.cli.status": ["add_parser", "collect", "run"],
     "bestckpt.cli.watch": ["add_parser", "run"],
     "bestckpt.demo": [],
+    "bestckpt.demo.accuracy": [
+        "ALL", "accuracy", "attribute_targets", "checkpoint_accuracy", "classifier_attributes", "exact_renders",
+        "format_accuracy", "nearest_render_attributes", "prompt_accuracy", "spearman",
+    ],
     "bestckpt.demo.data": [
         "ATTRIBUTES", "ATTRIBUTE_NAMES", "BACKGROUND_RGB", "COLOR_RGB", "HELDOUT_FRACTION", "IMAGE_SIZE",
         "Jitter", "Sample", "ShapesDataset", "Tokenizer", "attrs_to_indices", "caption", "combinations",
@@ -68,9 +72,10 @@ EXPECTED: dict[str, list[str]] = {
     "bestckpt.demo.sampler": ["DemoSampler", "euler_sample", "initial_noise", "load_model", "make_sampler", "to_uint8"],
     "bestckpt.demo.tag_sampler": ["TagSampler", "config_from_args", "load_tag_model", "make_sampler"],
     "bestckpt.demo.train": [
-        "DEMO_BACKBONES", "SAMPLER_SPEC", "TrainObserver", "TrainResult", "add_arguments", "build_protocol",
-        "default_threads", "find_resume_checkpoint", "flow_matching_loss", "load_resume_checkpoint", "main",
-        "resolve_defaults", "save_checkpoint", "start_evaluation", "update_ema",
+        "DEMO_BACKBONES", "DEMO_COMPOSITE_MAPPINGS", "SAMPLER_SPEC", "TrainObserver", "TrainResult",
+        "add_arguments", "best_accuracy", "build_protocol", "default_threads", "find_resume_checkpoint",
+        "flow_matching_loss", "learning_rate", "load_resume_checkpoint", "main", "resolve_defaults",
+        "save_checkpoint", "start_evaluation", "update_ema",
     ],
     "bestckpt.errors": [
         "BackboneError", "BestckptError", "BestckptWarning", "CompositeUnavailableError", "ConfigError",
@@ -79,6 +84,9 @@ EXPECTED: dict[str, list[str]] = {
         "StateLockTimeout", "UnsafeFileError", "UnsafePathError", "WeightsError",
     ],
     "bestckpt.evaluation": [],
+    "bestckpt.evaluation.composite": [
+        "composite_definition", "composite_shares", "protocol_composite_config", "recompute_composite",
+    ],
     "bestckpt.evaluation.contracts": ["ScorerLike"],
     "bestckpt.evaluation.distributed": [
         "DistContext", "agree_on_errors", "all_gather_padded", "broadcast_object", "current_context",
@@ -146,7 +154,8 @@ EXPECTED: dict[str, list[str]] = {
     "bestckpt.metrics.clip_score": ["CLIP_CONVENTIONS", "clip_cosines", "clip_score"],
     "bestckpt.metrics.composite": [
         "DEFAULT_WEIGHTS", "InverseMap", "LinearMap", "LogisticMap", "RatioMap", "ReciprocalComplementMap",
-        "ScoreMap", "check_composite_weights", "composite_score", "default_mappings",
+        "ScoreMap", "check_composite_weights", "composite_contributions", "composite_score", "default_mappings",
+        "mapping_from_dict", "mapping_to_dict",
     ],
     "bestckpt.metrics.fid": ["ReferenceStatistics", "fid_from_features", "fid_from_statistics", "warn_if_small_sample"],
     "bestckpt.metrics.inception_score": ["MIN_SAMPLES_PER_SPLIT", "inception_score_from_logits"],
@@ -183,6 +192,7 @@ EXPECTED: dict[str, list[str]] = {
     "bestckpt.sinks.report.data": [
         "METRIC_ORDER", "RunData", "find_checkpoint_dir", "interval_of", "load_run", "reference_paths",
     ],
+    "bestckpt.sinks.report.learned": ["ACCURACY_FILE", "accuracy", "composite_shares"],
     "bestckpt.sinks.report.sections": ["best_samples", "checkpoints", "header", "metric_curves", "progress_grid"],
     "bestckpt.sinks.report.svg": ["Point", "fmt", "svg_plot", "svg_timeline"],
     "bestckpt.sinks.tensorboard": ["TAGS", "TensorBoardSink"],

@@ -137,6 +137,25 @@ def test_report_has_no_broken_images(demo_run: tuple[Path, str]) -> None:
     assert "comparable within the demo only" in text
 
 
+def test_best_checkpoint_accuracy_in_table_report_and_file(demo_run: tuple[Path, str]) -> None:
+    """What the best checkpoint learned, per attribute and by both readers: the plumbing (a quick run learns little)."""
+    run_dir, out = demo_run
+    state, _ = _state(run_dir)
+    acc = json.loads((run_dir / "accuracy.json").read_text(encoding="utf-8"))
+    assert acc["step"] == state["best_step"] and acc["num_prompts"] == 24 and acc["weights"] == "ema"
+    for reader in ("classifier", "nearest_render"):
+        assert set(acc[reader]) == {"all", "size", "color", "shape", "position", "background"}
+        assert all(0.0 <= v <= 1.0 for v in acc[reader].values())
+    assert f"What the best checkpoint (step {state['best_step']}) learned" in out
+    assert "demo classifier" in out and "nearest exact render" in out and "all five" in out
+    text = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert "What the best checkpoint learned" in text and "nearest exact render" in text
+    # each component's share of the composite's change, under the protocol's demo-suited mappings
+    assert "What moved the composite" in text and "type=inverse, scale=300.0" in text
+    protocol = json.loads((run_dir / "protocol" / "protocol.json").read_text(encoding="utf-8"))
+    assert protocol["composite_mappings"]["fid"] == {"type": "inverse", "scale": 300.0}
+
+
 def test_rerun_resumes(demo_run: tuple[Path, str]) -> None:
     run_dir, _ = demo_run
     proc = _demo(run_dir, "--steps", "70")

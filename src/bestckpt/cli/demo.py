@@ -115,6 +115,27 @@ def _learned(tracker: Any) -> str | None:
     return "Learned: " + "; ".join(lines) if lines else None
 
 
+def _accuracy_table(accuracy: dict[str, Any] | None) -> Any:
+    """What the best checkpoint learned: the fraction of evaluation prompts drawn right, per attribute, by two
+    independent readers (``bestckpt.demo.accuracy``); None when there is no best checkpoint."""
+    if not accuracy:
+        return None
+    from rich.table import Table
+
+    from bestckpt.demo.accuracy import ALL
+    from bestckpt.demo.data import ATTRIBUTE_NAMES
+
+    table = Table(title=f"What the best checkpoint (step {accuracy.get('step')}) learned: fraction of the "
+                        f"{accuracy.get('num_prompts')} held-out prompts drawn right")
+    table.add_column("read by")
+    for name in (ALL, *ATTRIBUTE_NAMES):
+        table.add_column("all five" if name == ALL else name, justify="right")
+    for key, label in (("classifier", "demo classifier"), ("nearest_render", "nearest exact render")):
+        acc = accuracy.get(key) or {}
+        table.add_row(label, *(f"{acc[n]:.2f}" if n in acc else "–" for n in (ALL, *ATTRIBUTE_NAMES)))
+    return table
+
+
 def _outputs_table(result: Any) -> Any:
     """Where every output of the run is."""
     from rich.table import Table
@@ -133,6 +154,8 @@ def _outputs_table(result: Any) -> Any:
                     f"(tensorboard --logdir {result.run_dir / 'tensorboard_logs'})")
     outputs.add_row("evaluation protocol", str(result.run_dir / "protocol" / "protocol.json"))
     outputs.add_row("evaluation worker log", str(result.run_dir / "logs" / "evaluation_worker.log"))
+    if result.accuracy is not None:
+        outputs.add_row("best checkpoint's attribute accuracy", str(result.run_dir / "accuracy.json"))
     if result.report is not None:
         outputs.add_row("report", str(result.report))
     return outputs
@@ -177,7 +200,8 @@ def run(args: argparse.Namespace) -> int:
         "[bold]not the standard backbones[/bold] (Inception / OpenAI CLIP / LPIPS-alex, which need downloaded "
         "weights and mean little on 32x32 shapes). Their numbers are comparable within this demo only.\n"
         f"Run directory: {a.run_dir}  ({a.steps} steps, a checkpoint every {a.ckpt_every}, "
-        f"every {_ordinal(a.eval_every_n_checkpoints)} evaluated in the background, top-{a.save_top_k} kept)"
+        f"every {_ordinal(a.eval_every_n_checkpoints)} evaluated in the background, "
+        f"{'every evaluated one' if a.save_top_k == -1 else f'top-{a.save_top_k}'} kept)"
     )
     result = _train_with_progress(console, a)
 
@@ -186,6 +210,9 @@ def run(args: argparse.Namespace) -> int:
     learned = _learned(tracker)
     if learned:
         console.print(learned)
+    accuracy = _accuracy_table(result.accuracy)
+    if accuracy is not None:
+        console.print(accuracy)
     console.print(_outputs_table(result))
     console.print(f"Done in {time.time() - started:.0f} s (training {result.train_seconds:.0f} s, "
                   f"steps {result.start_step}->{result.final_step}).")

@@ -56,9 +56,12 @@ __all__ = [
     "TrainObserver",
     "TrainResult",
     "add_arguments",
+    "DEMO_COMPOSITE_MAPPINGS",
+    "best_accuracy",
     "build_protocol",
     "find_resume_checkpoint",
     "flow_matching_loss",
+    "learning_rate",
     "default_threads",
     "load_resume_checkpoint",
     "main",
@@ -72,6 +75,10 @@ logger = logging.getLogger(__name__)
 
 #: The built-in demo evaluators (``bestckpt.demo.evaluators``), selected explicitly: never the default.
 DEMO_BACKBONES = {"inception": "demo-classifier", "clip": "demo-clip", "lpips": "demo-lpips"}
+#: The demo protocol's composite mappings, with scales suited to the demo evaluators (``bestckpt.evaluation.composite``):
+#: their FID runs ~1,300 (noise) -> ~100 (a trained model) where Inception's good models score tens (default scale
+#: 50: the whole demo run would move the composite by ~0.02); their LPIPS runs ~0.9 -> ~0.1. Scale = value mapped to 0.5.
+DEMO_COMPOSITE_MAPPINGS = {"fid": {"type": "inverse", "scale": 300.0}, "lpips": {"type": "inverse", "scale": 0.25}}
 #: The sampler, named as a spec so the background worker process can build it.
 SAMPLER_SPEC = "bestckpt.demo.sampler:make_sampler"
 
@@ -102,6 +109,8 @@ class TrainResult:
     losses: list[tuple[int, float]]
     summary: dict[str, Any]
     report: Path | None
+    #: the best checkpoint's per-attribute accuracy (``accuracy.json``; None without evaluation or a best)
+    accuracy: dict[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------------- training pieces
@@ -118,6 +127,16 @@ def flow_matching_loss(model: TinyDiT, x0: Tensor, tokens: Tensor, drop: Tensor,
     xt = (1 - tb) * x0 + tb * eps
     v = model(xt, t, tokens, drop)
     return (v - (eps - x0)).pow(2).mean()
+
+
+def learning_rate(step: int, args: argparse.Namespace) -> float:
+    """The recipe's learning rate at ``step`` (0-based): linear warm-up over ``--warmup`` steps, then constant or
+    (``--lr-schedule cosine``) a cosine decay to ``--min-lr-ratio`` of ``--lr`` at ``--steps``."""
+    lr = args.lr * min(1.0, (step + 1) / args.warmup)
+    if getattr(args, "lr_schedule", "constant") == "cosine":
+        floor = float(getattr(args, "min_lr_ratio", 0.1))
+        lr *= floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(step, args.steps) / args.steps))
+    return lr
 
 
 @torch.no_grad()
@@ -228,7 +247,7 @@ def build_protocol(args: argparse.Namespace, protocol_dir: Path) -> Any:
             prompts=tuple(c for c, _ in prompts), reference_images=tuple(paths), reference_dir=ref_dir,
             num_samples=args.num_eval_prompts * args.samples_per_prompt, seed=args.seed,
             sampler=SamplerSettings(num_steps=args.sample_steps, guidance_scale=args.guidance, image_size=32),
-            backbones=dict(DEMO_BACKBONES), name="bestckpt-demo",
+            backbones=dict(DEMO_BACKBONES), name="bestckpt-demo", composite_mappings=DEMO_COMPOSITE_MAPPINGS,
         )
     protocol.to_file(protocol_dir / "protocol.json")
     return protocol
@@ -264,6 +283,29 @@ def start_evaluation(args: argparse.Namespace, obs: TrainObserver) -> Any:
         on_result=lambda r: obs.on_evaluated(r.step, dict(r.scores), r.new_best) if r.ok else None,
         **tracking,
     )
+
+
+def best_accuracy(args: argparse.Namespace, tracker: Any) -> dict[str, Any] | None:
+    """What the best checkpoint learned: per-attribute accuracy on the evaluation prompts by the demo classifier
+    and by the nearest exact render (``bestckpt.demo.accuracy``), written to ``RUN_DIR/accuracy.json`` for the
+    report. The images are the ones its evaluation drew (same prompts, seeds and sampler settings)."""
+    import json
+
+    from bestckpt.demo.accuracy import checkpoint_accuracy, format_accuracy
+    from bestckpt.evaluation.protocol import Protocol
+
+    best = tracker.best
+    path = None if best is None else Path(tracker.config.checkpoint_dir) / best.path
+    if path is None or not path.is_file():
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the protocol's sample-size warnings were shown when it was made
+        protocol = Protocol.from_file(args.run_dir / "protocol" / "protocol.json")
+    acc = checkpoint_accuracy(path, protocol, num_prompts=args.num_eval_prompts)
+    fsio.atomic_write_text(args.run_dir / "accuracy.json", json.dumps(acc, indent=2, sort_keys=True) + "\n")
+    logger.info("Best checkpoint (step %s) attribute accuracy: classifier %s; nearest exact render %s", acc["step"],
+                format_accuracy(acc["classifier"]), format_accuracy(acc["nearest_render"]))
+    return acc
 
 
 # --------------------------------------------------------------------------------- the script
@@ -312,7 +354,7 @@ def main(args: argparse.Namespace, observer: TrainObserver | None = None) -> Tra
         while step < args.steps:
             x0, tokens, g = data.batch(step, args.batch_size)  # [B, 3, 32, 32] in [-1, 1], [B, L]
             drop = torch.rand(args.batch_size, generator=g) < args.caption_dropout  # [B]: CFG caption dropout
-            lr = args.lr * min(1.0, (step + 1) / args.warmup)
+            lr = learning_rate(step, args)
             for group in opt.param_groups:
                 group["lr"] = lr
             loss = flow_matching_loss(model, x0, tokens, drop, g)
@@ -356,6 +398,7 @@ def main(args: argparse.Namespace, observer: TrainObserver | None = None) -> Tra
         evaluation.close(wait=finished)  # the guide's "=== Best Checkpoint Summary ===" block, the results JSON
 
     # ---- finish -----------------------------------------------------------------------------
+    accuracy = None if args.no_eval else best_accuracy(args, evaluation.tracker)
     report = None
     if not args.no_report:
         from bestckpt.sinks.report import write_report
@@ -363,7 +406,7 @@ def main(args: argparse.Namespace, observer: TrainObserver | None = None) -> Tra
         report = write_report(run_dir)
         logger.info("Report written to %s", report)
     return TrainResult(run_dir, ckpt_dir, start_step, step, train_seconds, losses, evaluation.tracker.summary(),
-                       report)
+                       report, accuracy)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from bestckpt.errors import ProtocolError, SmallSampleWarning
 from bestckpt.evaluation.prompts import load_prompt_file
 from bestckpt.evaluation.sampler import SamplerSettings
 from bestckpt.fsio import atomic_write_text, sha256_file
-from bestckpt.metrics.composite import check_composite_weights
+from bestckpt.metrics.composite import check_composite_weights, mapping_from_dict, mapping_to_dict
 from bestckpt.metrics.registry import DEFAULT_METRICS
 
 __all__ = [
@@ -83,6 +83,12 @@ class Protocol:
       composite always, LPIPS when every prompt has a paired reference, FID/KID with a reference set.
     seed: base seed of the per-sample seeds and of the metrics' random subsets.
     metric_options: per-metric keyword options for the scorer (IS splits, KID subsets...), hashed.
+    composite_weights, composite_mappings: the composite's definition (hashed when set). Mappings are JSON
+      (``{"fid": {"type": "inverse", "scale": 400}}``, see :func:`bestckpt.metrics.composite.mapping_to_dict`);
+      their scales must suit the backbone that produced the metric (FID's default 50 suits Inception features).
+      Metrics not named keep the default mapping. Changing only these gives a new :attr:`hash` but the same
+      :attr:`metrics_hash`: stored metrics then give the new composite without re-sampling
+      (:func:`bestckpt.evaluation.composite.recompute_composite`).
     """
 
     prompts: tuple[str, ...]
@@ -96,6 +102,7 @@ class Protocol:
     composite_weights: Mapping[str, float] | None = None
     metric_options: Mapping[str, Mapping[str, Any]] | None = None
     name: str = "default"
+    composite_mappings: Mapping[str, Mapping[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         # each helper checks one field (or one rule across fields) and returns the normalised value
@@ -116,6 +123,8 @@ class Protocol:
             set_("composite_weights", _checked_composite_weights(self.composite_weights))
         if self.metric_options is not None:
             set_("metric_options", _checked_metric_options(self.metric_options))
+        if self.composite_mappings is not None:
+            set_("composite_mappings", _checked_composite_mappings(self.composite_mappings))
         _check_metric_data(metrics, self.reference_images, self.reference_dir, len(self.prompts))
         _warn_small_samples(metrics, self.num_samples)
 
@@ -159,6 +168,8 @@ class Protocol:
             "metrics": list(self.metrics or ()),  # always set after __post_init__
             "composite_weights": None if self.composite_weights is None else dict(self.composite_weights),
             "metric_options": None if self.metric_options is None else {k: dict(v) for k, v in self.metric_options.items()},
+            "composite_mappings": None if self.composite_mappings is None
+            else {k: dict(v) for k, v in self.composite_mappings.items()},
         }
 
     @cached_property
@@ -168,8 +179,24 @@ class Protocol:
         Paths are not hashed (moving the reference folder keeps the hash); file bytes are, so
         replacing a reference image changes it. ``name`` is a label and is not hashed.
         """
+        return self._identity_hash(composite=True)
+
+    @cached_property
+    def metrics_hash(self) -> str:
+        """sha256 of what decides the *metric values* (everything but the composite's weights and mappings).
+
+        Two protocols with the same ``metrics_hash`` draw the same samples and compute the same metrics, so a
+        composite under one can be recomputed from the metrics stored under the other, without re-sampling."""
+        return self._identity_hash(composite=False)
+
+    def _identity_hash(self, *, composite: bool) -> str:
         ident = self.to_dict()
         ident.pop("name")
+        if ident["composite_mappings"] is None:  # absent: the hash of every protocol made before mappings existed
+            ident.pop("composite_mappings")
+        if not composite:
+            ident.pop("composite_weights")
+            ident.pop("composite_mappings", None)
         ident["hash_version"] = _HASH_VERSION
         ident["reference_images"] = (
             None
@@ -214,7 +241,7 @@ class Protocol:
             raise ProtocolError(f"protocol file {str(path)!r} must hold a JSON object")
         known = {
             "name", "prompts", "prompts_file", "reference_images", "reference_dir", "num_samples", "seed",
-            "sampler", "backbones", "metrics", "composite_weights", "metric_options",
+            "sampler", "backbones", "metrics", "composite_weights", "metric_options", "composite_mappings",
         }
         unknown = sorted(set(data) - known)
         if unknown:
@@ -240,7 +267,8 @@ class Protocol:
             kwargs["reference_images"] = [resolve(r) for r in data["reference_images"]]
         if data.get("reference_dir") is not None:
             kwargs["reference_dir"] = resolve(data["reference_dir"])
-        for key in ("num_samples", "seed", "backbones", "composite_weights", "metric_options", "name"):
+        for key in ("num_samples", "seed", "backbones", "composite_weights", "metric_options", "name",
+                    "composite_mappings"):
             if key in data and data[key] is not None:
                 kwargs[key] = data[key]
         if "metrics" in data:
@@ -349,6 +377,23 @@ def _checked_composite_weights(weights: Mapping[str, Any]) -> Mapping[str, float
     # zero drops a component; the rest obey the one rule of bestckpt.metrics (positive, finite)
     check_composite_weights({k: w for k, w in clean.items() if w != 0.0}, allow_empty=True, error=ProtocolError)
     return types.MappingProxyType(dict(sorted(clean.items())))
+
+
+def _checked_composite_mappings(mappings: Any) -> Mapping[str, Any]:
+    """Metric -> mapping JSON, each parsed by ``mapping_from_dict`` and stored in its canonical form (hashed)."""
+    if not isinstance(mappings, Mapping):
+        raise ProtocolError(f"composite_mappings must map metric -> mapping, e.g. "
+                            f"{{'fid': {{'type': 'inverse', 'scale': 400}}}}; got {mappings!r}")
+    out = {}
+    for name, data in sorted(mappings.items()):
+        if not isinstance(data, Mapping):
+            raise ProtocolError(f"composite_mappings[{name!r}] must be a mapping like {{'type': 'inverse', "
+                                f"'scale': 400}}, got {data!r}")
+        try:
+            out[str(name)] = types.MappingProxyType(mapping_to_dict(mapping_from_dict(data)))
+        except ValueError as exc:
+            raise ProtocolError(f"composite_mappings[{name!r}]: {exc}") from exc
+    return types.MappingProxyType(out)
 
 
 def _checked_metric_options(options: Any) -> Mapping[str, Any]:

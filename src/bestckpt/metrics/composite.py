@@ -19,6 +19,7 @@ Contract: if any weighted component is absent, ``None``, NaN or infinite, :class
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ from bestckpt.errors import CompositeUnavailableError
 
 __all__ = [
     "ScoreMap", "LinearMap", "InverseMap", "RatioMap", "ReciprocalComplementMap", "LogisticMap",
-    "check_composite_weights", "composite_score", "default_mappings", "DEFAULT_WEIGHTS",
+    "check_composite_weights", "composite_score", "composite_contributions", "default_mappings", "DEFAULT_WEIGHTS",
+    "mapping_from_dict", "mapping_to_dict",
 ]
 
 #: The guide's weights (all positive: the direction is handled by the mappings).
@@ -129,6 +131,44 @@ def default_mappings(clip_convention: str = "cosine") -> dict[str, ScoreMap]:
     }
 
 
+#: JSON name of each mapping type (a protocol stores its mappings as ``{"type": name, **fields}``).
+_MAP_TYPES: dict[str, type[ScoreMap]] = {"linear": LinearMap, "inverse": InverseMap, "ratio": RatioMap,
+                                         "reciprocal_complement": ReciprocalComplementMap, "logistic": LogisticMap}
+
+
+def mapping_to_dict(mapping: ScoreMap) -> dict[str, object]:
+    """JSON form of a built-in mapping, e.g. ``{"type": "inverse", "scale": 50.0}`` (what a protocol hashes)."""
+    for name, cls in _MAP_TYPES.items():
+        if type(mapping) is cls:
+            return {"type": name, **dataclasses.asdict(mapping)}  # type: ignore[call-overload]
+    raise ValueError(f"mapping {mapping!r} is not a built-in mapping ({sorted(_MAP_TYPES)}); a protocol can only "
+                     f"carry built-in mappings, so that its composite is reproducible from its JSON")
+
+
+def mapping_from_dict(data: Mapping[str, object]) -> ScoreMap:
+    """Inverse of :func:`mapping_to_dict`; raises ValueError naming the accepted types and fields."""
+    fields = dict(data)
+    kind = fields.pop("type", None)
+    if kind not in _MAP_TYPES:
+        raise ValueError(f"mapping {dict(data)!r} needs 'type' one of {sorted(_MAP_TYPES)}")
+    cls = _MAP_TYPES[str(kind)]
+    allowed = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        raise ValueError(f"mapping {dict(data)!r}: unknown field(s) {unknown}; {kind} takes {sorted(allowed)}")
+    try:
+        mapping = cls(**{k: (v if isinstance(v, bool) else float(v)) for k, v in fields.items()})  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"mapping {dict(data)!r}: {exc}") from exc
+    for name in ("scale",):
+        value = getattr(mapping, name, None)
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"mapping {dict(data)!r}: {name} must be positive and finite")
+    if isinstance(mapping, LinearMap) and not mapping.hi > mapping.lo:
+        raise ValueError(f"mapping {dict(data)!r}: hi must be greater than lo")
+    return mapping
+
+
 def check_composite_weights(
     weights: Mapping[str, float],
     mappings: Mapping[str, ScoreMap] | None = None,
@@ -203,3 +243,18 @@ def composite_score(
         acc += w * mappings[name](float(metrics[name]))  # type: ignore[arg-type]
         total_w += w
     return acc / total_w
+
+
+def composite_contributions(
+    metrics: Mapping[str, float | None],
+    weights: Mapping[str, float],
+    mappings: Mapping[str, ScoreMap],
+) -> dict[str, float]:
+    """Each weighted component's term ``w_k · m_k(x_k) / Σ w``; the terms sum to :func:`composite_score`.
+
+    The difference of two checkpoints' terms is each component's share of their composite's change (the report
+    shows it). Raises like :func:`composite_score`."""
+    composite_score(metrics, weights, mappings)  # the same checks and errors
+    total_w = sum(weights.values())
+    return {name: w * mappings[name](float(metrics[name])) / total_w  # type: ignore[arg-type]
+            for name, w in weights.items()}

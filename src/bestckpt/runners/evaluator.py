@@ -53,8 +53,10 @@ def build_scorer(protocol: Protocol, *, device: str | torch.device = "cpu", weig
     )
     if options:
         kwargs["metric_options"] = {k: dict(v) for k, v in options.items()}
-    if protocol.composite_weights is not None:
-        kwargs["composite"] = scorer_mod.CompositeConfig(weights=dict(protocol.composite_weights))
+    if protocol.composite_weights is not None or protocol.composite_mappings is not None:
+        from bestckpt.evaluation.composite import protocol_composite_config
+
+        kwargs["composite"] = protocol_composite_config(protocol)
     return scorer_mod.Scorer(**kwargs)
 
 
@@ -155,7 +157,9 @@ class Evaluator:
         if result.ok:
             try:
                 is_best = bool(tracker.update_checkpoint(result.step, epoch, str(path), dict(result.scores),
-                                                         protocol_hash=result.protocol_hash, info=result.info()))
+                                                         protocol_hash=result.protocol_hash,
+                                                         info={**result.info(),
+                                                               "metrics_hash": self.protocol.metrics_hash}))
             except ConfigError as exc:  # a metric that returned no number: a failed evaluation, not a lost one
                 error = f"unusable scores: {exc}"
         if error is not None:

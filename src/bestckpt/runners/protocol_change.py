@@ -8,7 +8,7 @@ the checkpoint becoming ``failed`` and prunable (:mod:`bestckpt.tracking.rescori
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bestckpt.errors import ProtocolChangedError
 
@@ -24,10 +24,33 @@ logger = logging.getLogger(__name__)
 ON_PROTOCOL_CHANGE = ("refuse", "rescore")
 
 
+def _recomposed(tracker: BestCheckpointTracker, record: Any, protocol: Protocol) -> bool:
+    """Re-record ``record`` under ``protocol`` if only the composite's definition changed (same
+    :attr:`~bestckpt.evaluation.protocol.Protocol.metrics_hash`): its composite is recomputed from the stored
+    metrics, nothing is sampled again. False when the metrics themselves would differ or one is missing."""
+    if record.info.get("metrics_hash") != protocol.metrics_hash or tracker.metric_name != "composite_score":
+        return False
+    from bestckpt.errors import CompositeUnavailableError
+    from bestckpt.evaluation.composite import recompute_composite
+
+    try:
+        composite = recompute_composite(record.metrics, protocol)
+    except (CompositeUnavailableError, ValueError):
+        return False
+    old = record.metrics.get("composite_score")
+    tracker.update_checkpoint(record.step, record.epoch, record.path, {**record.metrics, "composite_score": composite},
+                              protocol_hash=protocol.hash, info={**record.info, "recomposed_from": record.protocol_hash})
+    logger.info("step %d: composite %s -> %.6g under protocol %s, recomputed from the stored metrics (only the "
+                "composite's definition changed)", record.step, old, composite, protocol.hash[:12])
+    return True
+
+
 def reconcile_protocol(tracker: BestCheckpointTracker, protocol: Protocol, on_change: str = "refuse") -> list[int]:
     """Check that every scored checkpoint still on disk was scored under ``protocol``.
 
-    Scores from different protocols are never compared. ``"refuse"`` raises
+    Scores from different protocols are never compared. A checkpoint whose protocol differs only in the
+    composite's definition (weights, mapping scales) gets its composite recomputed from its stored metrics
+    under the new protocol, whatever ``on_change`` says: nothing is sampled again. For the others, ``"refuse"`` raises
     :class:`ProtocolChangedError` naming the steps and the ways out; ``"rescore"`` marks those
     checkpoints pending again (protected from pruning, their earlier scores kept for a failed
     re-scoring) and returns their steps, so the runner scores them under the new protocol.
@@ -36,6 +59,7 @@ def reconcile_protocol(tracker: BestCheckpointTracker, protocol: Protocol, on_ch
         raise ValueError(f"on_protocol_change must be one of {ON_PROTOCOL_CHANGE}, got {on_change!r}")
     stale = [r for r in tracker.records
              if not r.pruned and r.status == "evaluated" and r.protocol_hash not in (None, protocol.hash)]
+    stale = [r for r in stale if not _recomposed(tracker, r, protocol)]
     if not stale:
         return []
     steps = [r.step for r in stale]

@@ -23,7 +23,7 @@ from typing import Any
 
 from bestckpt.errors import ReportError
 from bestckpt.fsio import atomic_write_text
-from bestckpt.sinks.report import sections
+from bestckpt.sinks.report import learned, sections
 from bestckpt.sinks.report.data import find_checkpoint_dir, load_run
 
 __all__ = ["ReportError", "find_checkpoint_dir", "render_report", "write_report"]
@@ -46,6 +46,8 @@ def render_report(run_dir: str | Path, *, checkpoint_dir: str | Path | None = No
         sections.header(data),
         sections.metric_curves(data, names),
         sections.checkpoints(data, names),
+        learned.accuracy(data),
+        learned.composite_shares(data),
         sections.progress_grid(data, max_prompts, max_steps),
         sections.best_samples(data, max_pairs),
         "</body></html>\n",
