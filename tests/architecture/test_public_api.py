@@ -174,6 +174,10 @@ EXPECTED: dict[str, list[str]] = {
     "bestckpt.runners.sidecar": ["SidecarWatcher"],
     "bestckpt.runners.worker": ["background_main"],
     "bestckpt.sinks": [],
+    "bestckpt.sinks.base": [
+        "EXTRAS", "EvaluationEvent", "GuardedSink", "REGISTRY", "Sink", "SinkSpec", "evaluation_images",
+        "make_sinks",
+    ],
     "bestckpt.sinks.report": ["ReportError", "find_checkpoint_dir", "render_report", "write_report"],
     "bestckpt.sinks.report.data": [
         "METRIC_ORDER", "RunData", "find_checkpoint_dir", "interval_of", "load_run", "reference_paths",
