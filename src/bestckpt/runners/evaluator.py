@@ -95,7 +95,7 @@ class Evaluator:
         self._reference_stats: Mapping[str, Any] | None = None
         self._ready = False
         spec = SinkSpec.coerce(sinks)
-        if self.tensorboard_dir is not None and "tensorboard" not in spec.names:
+        if self.tensorboard_dir is not None:  # the long-standing option: the TensorBoard sink in that folder
             spec = spec.with_sink("tensorboard", log_dir=str(self.tensorboard_dir))
         self.sinks = spec
         self._sinks: list[Any] | None = None  # built on the first record (a sink's library loads only then)
