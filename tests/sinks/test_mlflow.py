@@ -201,3 +201,25 @@ def test_unreachable_server_warns_once_and_changes_nothing(tmp_path: Path, caplo
     assert [r.status for r in evaluation.tracker.records] == ["evaluated"] * 4
     assert (ckpt_dir / "best_checkpoint_results.json").is_file()
     assert all(r.ok for r in evaluation.results)
+
+
+def test_demo_logs_the_same_scores(tmp_path: Path, store: dict[str, Any]) -> None:
+    """`bestckpt demo --sink mlflow`: the demo's background worker logs every recorded score at its step."""
+    client = store["client"]
+    run_dir = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "bestckpt", "demo", "--quick", "--threads", "1", "--no-report",
+                           "--run-dir", str(run_dir), "--sink", "mlflow",
+                           "--sink-option", f"mlflow.tracking_uri={store['uri']}",
+                           "--sink-option", "mlflow.experiment_name=demo",
+                           "--sink-option", f"mlflow.artifact_location={store['root'] / 'demo'}"],
+                          capture_output=True, text=True, timeout=540, env=_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run,) = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
+    tracker = BestCheckpointTracker(run_dir / "checkpoints", is_writer=False)
+    evaluated = [r for r in tracker.records if r.status == "evaluated"]
+    assert evaluated
+    for name in evaluated[0].metrics:
+        got = _history(client, run.info.run_id, TAGS.get(name, f"Evaluation/{name}"))
+        want = {r.step: r.metrics[name] for r in evaluated if r.metrics.get(name) is not None}
+        assert got == pytest.approx(want), name
+    assert client.get_run(run.info.run_id).data.tags["bestckpt.best_step"] == str(tracker.best.step)
