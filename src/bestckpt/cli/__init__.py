@@ -15,7 +15,7 @@ from bestckpt.errors import BestckptError
 
 __all__ = ["COMMANDS", "build_parser", "fail", "main", "setup_logging"]
 
-COMMANDS = ("status", "prune", "release", "evaluate", "watch", "finalize", "demo", "report")
+COMMANDS = ("status", "prune", "release", "evaluate", "watch", "finalize", "demo", "report", "export")
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bestckpt.cli.prune import add_config_options, config_overrides
+from bestckpt.sinks.options import add_sink_options, sink_spec
 
 if TYPE_CHECKING:
     from bestckpt.evaluation.protocol import Protocol
@@ -36,6 +37,7 @@ def add_evaluation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples-dir", type=Path,
                    help="where evaluation_samples go (default: CKPT_DIR/../evaluation_samples)")
     p.add_argument("--tensorboard-dir", type=Path, help="write Evaluation/* scalars to this TensorBoard log dir")
+    add_sink_options(p)
     p.add_argument("--weights-dir", type=Path, help="folder with backbone weight files (default: standard caches)")
     p.add_argument("--cache-dir", type=Path, help="reference statistics cache (default: the scorer's)")
     p.add_argument("--batch-size", type=int, default=16, help="images per sampler call (default: 16)")
@@ -60,7 +62,8 @@ def build_evaluator(args: argparse.Namespace) -> tuple[Protocol, Evaluator]:
     samples_dir = args.samples_dir or (args.checkpoint_dir.resolve().parent / "evaluation_samples")
     evaluator = Evaluator(protocol, sampler, scorer=scorer, device=args.device, samples_dir=samples_dir,
                           tensorboard_dir=args.tensorboard_dir, weights_dir=args.weights_dir,
-                          cache_dir=args.cache_dir, dist=None, batch_size=args.batch_size)
+                          cache_dir=args.cache_dir, dist=None, batch_size=args.batch_size,
+                          sinks=sink_spec(args))
     return protocol, evaluator
 
 
@@ -172,8 +175,9 @@ def run(args: argparse.Namespace) -> int:
             result = evaluator.evaluate_and_record(tracker, step, path, None if rec is None else rec.epoch)
             failed += 0 if result.ok else 1
             progress.advance(task)
-    evaluator.close()
     tracker.write_results()
+    evaluator.finish(tracker)
+    evaluator.close()
     tracker.log_summary()
     print(f"{len(todo)} checkpoint(s) evaluated under protocol {protocol.short_hash}, {failed} failed")
     return 1 if failed else 0

@@ -10,6 +10,8 @@ import argparse
 import os
 from pathlib import Path
 
+from bestckpt.sinks.options import add_sink_options
+
 __all__ = ["add_arguments", "available_cores", "default_threads", "resolve_defaults"]
 
 
@@ -62,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=96, help="DiT width (default: 96)")
     p.add_argument("--depth", type=int, default=3, help="DiT blocks (default: 3)")
     p.add_argument("--no-eval", action="store_true", help="train and checkpoint without evaluation")
+    add_sink_options(p)
     p.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
     return p
 

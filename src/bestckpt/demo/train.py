@@ -49,6 +49,7 @@ from bestckpt.demo.recipe import (  # the options (torch-free)
     default_threads,
     resolve_defaults,
 )
+from bestckpt.sinks.options import sink_spec
 
 __all__ = [
     "DEMO_BACKBONES",
@@ -279,7 +280,7 @@ def start_evaluation(args: argparse.Namespace, obs: TrainObserver) -> Any:
         schedule=EvalSchedule(every_n_checkpoints=args.eval_every_n_checkpoints,
                               checkpoint_every_steps=args.ckpt_every),
         tensorboard_dir=run_dir / "tensorboard_logs", cache_dir=run_dir / "cache", batch_size=64,
-        worker_threads=1, log_file=run_dir / "logs" / "evaluation_worker.log",
+        worker_threads=1, log_file=run_dir / "logs" / "evaluation_worker.log", sinks=sink_spec(args),
         on_result=lambda r: obs.on_evaluated(r.step, dict(r.scores), r.new_best) if r.ok else None,
         **tracking,
     )

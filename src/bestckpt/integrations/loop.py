@@ -117,7 +117,10 @@ class TrainingEvaluation:
     evaluate``/``watch``); ``log_file`` sends the worker's log there, and this process then logs
     the guide's result lines itself. ``worker_threads`` is the worker's torch thread count;
     ``cache_dir`` holds reference statistics; ``batch_size`` bounds sampling batches;
-    ``scorer_spec`` (``"module:factory"``) replaces the protocol's default scorer.
+    ``scorer_spec`` (``"module:factory"``) replaces the protocol's default scorer. ``sinks`` chooses where
+    evaluations are also logged (:class:`~bestckpt.sinks.base.SinkSpec`: ``["mlflow"]``,
+    ``{"mlflow": {"tracking_uri": ..., "run_id": ...}}``; ``docs/sinks.md``); they are written by the process that
+    records the evaluation (the worker in ``"background"`` mode, the writer rank in ``"inline"`` mode).
     """
 
     def __init__(
@@ -139,6 +142,7 @@ class TrainingEvaluation:
         scorer_spec: str | None = None,
         on_result: Callable[[EvaluationOutcome], Any] | None = None,
         resume_pending: bool = True,
+        sinks: Any = None,
         tracker: Any = None,
         **tracker_kwargs: Any,
     ) -> None:
@@ -161,7 +165,7 @@ class TrainingEvaluation:
         self.runner = _make_runner(mode, tracker, protocol, sampler, schedule, dict(
             device=device, samples_dir=experiment / "evaluation_samples", tensorboard_dir=tensorboard_dir,
             weights_dir=weights_dir, cache_dir=cache_dir, batch_size=batch_size, worker_threads=worker_threads,
-            log_file=log_file, scorer_spec=scorer_spec))
+            log_file=log_file, scorer_spec=scorer_spec, sinks=sinks))
         if left:
             for step in self.runner.resume_pending(only=set(left)):
                 logger.info("[Step %d] Evaluating model performance at step %d (left pending by an earlier run)",

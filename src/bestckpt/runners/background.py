@@ -17,6 +17,7 @@ from bestckpt.runners.protocol_change import reconcile_protocol
 from bestckpt.runners.records import record_of, record_path
 from bestckpt.runners.schedule import EvalSchedule
 from bestckpt.runners.worker import background_main
+from bestckpt.sinks.base import SinkSpec
 
 __all__ = ["BackgroundRunner"]
 
@@ -29,7 +30,9 @@ class BackgroundRunner:
     The worker is started with the ``spawn`` method (safe with CUDA and threads) and builds its own
     sampler from ``sampler_spec`` ("module:factory"), scorer and tracker (same directory and
     config; every tracker call reloads state under the file lock). Only the global writer rank
-    should create a BackgroundRunner. ``scorer_spec`` ("module:factory") replaces the protocol's
+    should create a BackgroundRunner. ``sinks`` (a :class:`~bestckpt.sinks.base.SinkSpec` or
+    its short forms) are opened and written by the worker, which also calls their ``finish`` when training
+    closes the runner with ``wait=True``. ``scorer_spec`` ("module:factory") replaces the protocol's
     default :class:`~bestckpt.evaluation.scorer.Scorer` with a custom one. The worker logs (the
     guide's lines included) at ``log_level`` to ``log_file`` when given, else to stderr (unless the
     sampler factory set up logging itself). The worker is a daemon process (it dies with training
@@ -56,6 +59,7 @@ class BackgroundRunner:
         on_protocol_change: str = "refuse",
         log_file: str | Path | None = None,
         log_level: int = logging.INFO,
+        sinks: Any = None,
     ) -> None:
         from bestckpt.evaluation.sampler import SamplerError
 
@@ -77,6 +81,7 @@ class BackgroundRunner:
             "batch_size": batch_size, "threads": worker_threads, "scorer": scorer_spec,
             "log_file": None if log_file is None else str(log_file),
             "log_level": log_level,
+            "sinks": SinkSpec.coerce(sinks).to_dict(),
         }
         self._ctx = mp.get_context("spawn")
         self._jobs: Any = self._ctx.Queue()

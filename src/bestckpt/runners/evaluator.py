@@ -21,10 +21,10 @@ if TYPE_CHECKING:  # torch-heavy modules: imported for annotations only
     from bestckpt.evaluation.protocol import Protocol
     from bestckpt.evaluation.sampler import Sampler
     from bestckpt.evaluation.scorer import Scorer
-    from bestckpt.sinks.tensorboard import TensorBoardSink
     from bestckpt.tracking.tracker import BestCheckpointTracker
 
 from bestckpt.errors import ConfigError
+from bestckpt.sinks.base import EvaluationEvent, SinkSpec, evaluation_images, make_sinks
 
 __all__ = ["Evaluator", "build_scorer", "default_device"]
 
@@ -82,6 +82,7 @@ class Evaluator:
         cache_dir: str | Path | None = None,
         dist: DistContext | Literal["auto"] | None = "auto",
         batch_size: int = 16,
+        sinks: SinkSpec | Any = None,
     ) -> None:
         self.protocol = protocol
         self.sampler = sampler
@@ -95,7 +96,11 @@ class Evaluator:
         self.batch_size = batch_size
         self._reference_stats: Mapping[str, Any] | None = None
         self._ready = False
-        self._sink: TensorBoardSink | None = None
+        spec = SinkSpec.coerce(sinks)
+        if self.tensorboard_dir is not None:  # the long-standing option: the TensorBoard sink in that folder
+            spec = spec.with_sink("tensorboard", log_dir=str(self.tensorboard_dir))
+        self.sinks = spec
+        self._sinks: list[Any] | None = None  # built on the first record (a sink's library loads only then)
 
     def _ctx(self) -> DistContext | None:
         from bestckpt.evaluation.distributed import current_context
@@ -167,16 +172,8 @@ class Evaluator:
                                    protocol_hash=result.protocol_hash)
             is_best = False
         ctx = self._ctx()
-        if self.tensorboard_dir is not None and (ctx is None or ctx.rank == 0) and error is None:
-            try:
-                if self._sink is None:
-                    from bestckpt.sinks.tensorboard import TensorBoardSink
-
-                    self._sink = TensorBoardSink(self.tensorboard_dir, filename_suffix=f".eval{os.getpid()}")
-                self._sink.write(result.step, result.scores, is_best=is_best, images=result.preview,
-                                 intervals=result.intervals)
-            except Exception:
-                logger.exception("could not write TensorBoard scalars for step %d", result.step)
+        if self.sinks and (ctx is None or ctx.rank == 0):
+            self._log_to_sinks(tracker, result, path=path, epoch=epoch, is_best=is_best, error=error)
         return is_best
 
     def evaluate_and_record(self, tracker: BestCheckpointTracker, step: int, path: str | Path,
@@ -199,8 +196,48 @@ class Evaluator:
             logger.error("[Step %d] evaluation failed (recorded, training continues): %s", step, result.error)
         return result
 
+    def _open_sinks(self, tracker: BestCheckpointTracker) -> list[Any]:
+        if self._sinks is None:
+            context = {"filename_suffix": f".eval{os.getpid()}", "checkpoint_dir": str(tracker.dir),
+                       "experiment_dir": str(self.samples_dir.parent if self.samples_dir is not None
+                                             else Path(tracker.dir).parent)}
+            self._sinks = make_sinks(self.sinks, context=context)
+        return self._sinks
+
+    def _log_to_sinks(self, tracker: BestCheckpointTracker, result: EvaluationResult, *, path: str | Path,
+                      epoch: int | None, is_best: bool, error: str | None) -> None:
+        """Send the recorded evaluation to every sink (guarded: a failing sink only logs a warning)."""
+        images = evaluation_images(self.samples_dir, result.step) if self.samples_dir is not None else []
+        event = EvaluationEvent(
+            step=result.step, scores=dict(result.scores) if error is None else {}, epoch=epoch,
+            intervals=dict(result.intervals) if error is None else {}, protocol_hash=result.protocol_hash,
+            weights=None if result.weights == "unknown" else result.weights, is_best=is_best,
+            images=images if error is None else [], error=error, path=str(path), preview=result.preview)
+        for sink in self._open_sinks(tracker):
+            sink.log_evaluation(event)
+            if is_best:
+                sink.log_best(result.step, str(path), dict(result.scores))
+
+    def finish(self, tracker: BestCheckpointTracker) -> None:
+        """End of the run for the sinks: the tracker's summary and ``best_checkpoint_results.json``.
+
+        Called by whichever process owns the sinks (the background worker when training closes it, the inline
+        writer rank, ``bestckpt evaluate``/``watch``). Does nothing when no sink is configured or opened."""
+        if not self._sinks or not getattr(tracker, "is_writer", True):
+            return
+        from bestckpt.tracking import layout
+
+        try:
+            summary = tracker.summary()
+        except Exception:
+            logger.exception("could not build the summary for the sinks")
+            return
+        results = Path(tracker.dir) / layout.RESULTS_FILE
+        for sink in self._sinks:
+            sink.finish(summary, results if results.is_file() else None)
+
     def close(self) -> None:
-        """Close the TensorBoard sink, if one was opened."""
-        if self._sink is not None:
-            self._sink.close()
-            self._sink = None
+        """Close the sinks that were opened."""
+        for sink in self._sinks or []:
+            sink.close()
+        self._sinks = None

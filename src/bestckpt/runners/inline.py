@@ -49,5 +49,6 @@ class InlineRunner:
         return self.evaluator.evaluate_and_record(self.tracker, step, path, epoch)
 
     def close(self, wait: bool = True) -> None:
-        """Release the evaluator's sinks (``wait`` exists for symmetry with the background runner)."""
+        """Finish and release the evaluator's sinks (``wait`` exists for symmetry with the background runner)."""
+        self.evaluator.finish(self.tracker)
         self.evaluator.close()

@@ -116,6 +116,7 @@ class SidecarWatcher:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            self.evaluator.finish(self.tracker)  # the sinks get the summary (a no-op without sinks)
             self.evaluator.close()
         return total
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from bestckpt.runners.evaluator import Evaluator
 from bestckpt.runners.records import status_of
+from bestckpt.sinks.base import SinkSpec
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
@@ -76,7 +77,7 @@ def background_main(jobs: Queue[Job], results: Queue[dict[str, Any]], spec: dict
         evaluator = Evaluator(spec["protocol"], load_sampler(spec["sampler"]), scorer=scorer, device=spec["device"],
                               samples_dir=spec["samples_dir"], tensorboard_dir=spec["tensorboard_dir"],
                               weights_dir=spec["weights_dir"], cache_dir=spec["cache_dir"], dist=None,
-                              batch_size=spec["batch_size"])
+                              batch_size=spec["batch_size"], sinks=SinkSpec.from_dict(spec.get("sinks") or {}))
     except Exception as exc:  # every job will fail the same way: record it, do not die silently
         logger.exception("background evaluator could not start")
         setup_error = f"background evaluator setup failed: {type(exc).__name__}: {exc}"
@@ -91,7 +92,9 @@ def background_main(jobs: Queue[Job], results: Queue[dict[str, Any]], spec: dict
                     logger.warning("training process is gone; background evaluator exits (pending stays pending)")
                     return
                 continue
-            if job is None:
+            if job is None:  # training closed the runner and waited: the run is over for the sinks
+                if evaluator is not None:
+                    evaluator.finish(tracker)
                 return
             step, path, epoch = job
             if status_of(tracker, step) not in (None, "pending"):

@@ -14,8 +14,12 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from bestckpt.sinks.base import EvaluationEvent
 
 __all__ = ["TAGS", "TensorBoardSink"]
 
@@ -37,7 +41,13 @@ SAMPLES_TAG = "Evaluation/Samples"
 class TensorBoardSink:
     """Writes evaluation results into a TensorBoard log directory (real event files)."""
 
-    def __init__(self, log_dir: str | Path, *, filename_suffix: str = "") -> None:
+    def __init__(self, log_dir: str | Path | None = None, *, filename_suffix: str = "",
+                 experiment_dir: str | Path | None = None) -> None:
+        if log_dir is None:
+            if experiment_dir is None:
+                raise ValueError("the tensorboard sink needs a log directory: set tensorboard_dir (or "
+                                 "--sink-option tensorboard.log_dir=DIR)")
+            log_dir = Path(experiment_dir) / "tensorboard_logs"
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -89,6 +99,20 @@ class TensorBoardSink:
             written.append(SAMPLES_TAG)
         self._writer.flush()
         return written
+
+    def log_evaluation(self, event: EvaluationEvent) -> None:
+        """The :class:`~bestckpt.sinks.base.Sink` call: :meth:`write` of a successful evaluation (a failed one
+        leaves a gap in the curves)."""
+        if event.ok:
+            self.write(event.step, event.scores, is_best=event.is_best, images=event.preview,
+                       intervals=event.intervals)
+
+    def log_best(self, step: int, path: str, scores: Mapping[str, float | None]) -> None:
+        """Nothing more to write: ``Evaluation/IsBest`` already marks the step."""
+
+    def finish(self, summary: Mapping[str, object], results_file: Path | None) -> None:
+        """Nothing to add at the end: the summary is in the results JSON and the report."""
+        self._writer.flush()
 
     def close(self) -> None:
         """Flush and close the event file."""
