@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from wandb_offline import OfflineRun, find_offline_runs, read_offline_run
+from wandb_offline import CLEARED, OfflineRun, offline_env, read_offline_runs
 
 from bestckpt.sinks.base import EvaluationEvent, make_sinks
 from bestckpt.sinks.wandb import BEST_KEY, COMPARISONS_KEY, GRID_KEY, STEP_METRIC, WandbSink
@@ -28,18 +28,10 @@ pytest.importorskip("wandb")
 @pytest.fixture
 def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Offline W&B confined to tmp_path (no network, no user settings or credentials read)."""
-    home = tmp_path / "home"
-    home.mkdir()
-    for key in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_RUN_ID",
-                "WANDB_RESUME", "WANDB_RUN_GROUP"):
+    for key in CLEARED:
         monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(home / ".config"))
-    monkeypatch.setenv("WANDB_CACHE_DIR", str(home / ".cache"))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
+    for key, value in offline_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
     yield tmp_path
     import wandb
 
@@ -70,13 +62,8 @@ def _event(step: int, fid: float, *, is_best: bool, images: Sequence[tuple[Path,
 
 
 def _only_run(wandb_dir: Path) -> OfflineRun:
-    """The one offline run under wandb_dir, read once W&B's service has shut down: the service writes the
-    transaction log in the background, and finish() may return before the last records are on disk."""
-    import wandb
-
-    wandb.teardown()
-    (folder,) = find_offline_runs(wandb_dir)
-    return read_offline_run(folder)
+    (run,) = read_offline_runs(wandb_dir)
+    return run
 
 
 def _eval_rows(run: OfflineRun) -> dict[int, dict[str, object]]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OfflineRun", "find_offline_runs", "read_offline_run"]
+__all__ = ["OfflineRun", "find_offline_runs", "offline_env", "read_offline_run", "read_offline_runs"]
 
 _HEADER = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
 _BLOCK = 32768
@@ -30,6 +30,7 @@ class OfflineRun:
 
     folder: Path
     run_id: str = ""
+    name: str = ""
     project: str = ""
     group: str = ""
     job_type: str = ""
@@ -98,7 +99,8 @@ def read_offline_run(folder: str | Path) -> OfflineRun:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             r = record.run
-            run.run_id, run.project, run.group, run.job_type = r.run_id, r.project, r.run_group, r.job_type
+            run.run_id, run.name, run.project = r.run_id, r.display_name, r.project
+            run.group, run.job_type = r.run_group, r.job_type
             for item in r.config.update:
                 run.config[_key(item)] = json.loads(item.value_json)
         elif kind == "config":
@@ -133,3 +135,28 @@ def read_offline_run(folder: str | Path) -> OfflineRun:
 def find_offline_runs(wandb_dir: str | Path) -> list[Path]:
     """The ``offline-run-*`` folders under ``wandb_dir/wandb`` (oldest first)."""
     return sorted((Path(wandb_dir) / "wandb").glob("offline-run-*"))
+
+
+def offline_env(root: Path) -> dict[str, str]:
+    """Environment for offline W&B confined to ``root``: no network, no user settings or credentials read
+    (HOME, config and cache under ``root``; the variables that would pick a server or a run are cleared)."""
+    home = root / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    return {"HOME": str(home), "WANDB_MODE": "offline", "WANDB_DIR": str(root),
+            "WANDB_CONFIG_DIR": str(home / ".config"), "WANDB_CACHE_DIR": str(home / ".cache"),
+            "WANDB_DATA_DIR": str(home / ".data"), "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true"}
+
+
+#: variables that would send runs to a server or into a given run: removed for the tests
+CLEARED = ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_RUN_ID", "WANDB_RESUME",
+           "WANDB_RUN_GROUP", "WANDB_SERVICE")
+
+
+def read_offline_runs(wandb_dir: str | Path) -> list[OfflineRun]:
+    """Every offline run under ``wandb_dir``, read once this process's W&B service has shut down
+    (``wandb.teardown()``): the service writes the transaction log in the background, and ``finish()`` may
+    return before the last records are on disk."""
+    import wandb
+
+    wandb.teardown()
+    return [read_offline_run(folder) for folder in find_offline_runs(wandb_dir)]

@@ -108,8 +108,9 @@ class WandbSink:
     """Logs evaluations into a W&B run (see the module docstring for which run and why).
 
     Own run: ``project``, ``entity``, ``name``, ``group``, ``job_type``, ``tags``, ``notes``, ``config``,
-    ``mode`` (``"online"``/``"offline"``/``"disabled"``; None: ``WANDB_MODE`` decides), ``dir`` (default: the
-    experiment directory), ``run_id`` + ``resume`` (``"allow"``/``"must"``: continue that run; server only),
+    ``mode`` (``"online"``/``"offline"``/``"disabled"``; None: ``WANDB_MODE`` decides), ``dir`` (default:
+    ``WANDB_DIR``, else the experiment directory), ``run_id`` + ``resume`` (``"allow"``/``"must"``: continue
+    that run; server only),
     ``init_timeout`` (seconds ``wandb.init`` may wait for the server), ``settings`` (more ``wandb.Settings``).
     Shared run: ``run`` (a ``wandb`` Run, or ``"current"`` for ``wandb.run``); it is never finished here.
     ``log_images``/``max_images``: the per-prompt comparisons (at most ``max_images``) and the progress grid.
@@ -152,7 +153,8 @@ class WandbSink:
             raise ValueError("give either run= (log into a run this process already started) or run_id=/resume= "
                              "(start a run that continues run_id), not both")
         self._given_run = run
-        base_dir = dir if dir is not None else experiment_dir
+        # default folder: the experiment's (offline runs then sit next to the checkpoints), unless WANDB_DIR says
+        base_dir = dir if dir is not None else (None if os.environ.get("WANDB_DIR") else experiment_dir)
         self._init = {k: v for k, v in dict(
             project=project, entity=entity, name=name, group=group, job_type=job_type,
             tags=list(tags) if tags else None, notes=notes, config=dict(config) if config else None, mode=mode,
