@@ -44,6 +44,7 @@ EXPECTED: dict[str, list[str]] = {
         "add_evaluation_options", "add_parser", "build_evaluator", "check_settings", "missing_metrics_extra",
         "open_tracker", "prepare", "run",
     ],
+    "bestckpt.cli.export": ["add_parser", "run"],
     "bestckpt.cli.prune": ["add_config_options", "add_parser", "config_overrides", "run"],
     "bestckpt.cli.release": ["add_parser", "run"],
     "bestckpt.cli.report": ["add_parser", "run"],
@@ -178,6 +179,9 @@ EXPECTED: dict[str, list[str]] = {
         "EXTRAS", "EvaluationEvent", "GuardedSink", "REGISTRY", "Sink", "SinkSpec", "evaluation_images",
         "make_sinks",
     ],
+    "bestckpt.sinks.export": ["ExportResult", "export_run", "recorded_events"],
+    "bestckpt.sinks.mlflow": ["MlflowSink", "metric_key"],
+    "bestckpt.sinks.options": ["add_sink_options", "sink_spec"],
     "bestckpt.sinks.report": ["ReportError", "find_checkpoint_dir", "render_report", "write_report"],
     "bestckpt.sinks.report.data": [
         "METRIC_ORDER", "RunData", "find_checkpoint_dir", "interval_of", "load_run", "reference_paths",
