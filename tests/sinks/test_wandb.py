@@ -202,3 +202,15 @@ def test_nothing_of_wandb_is_imported_unless_chosen() -> None:
             "import bestckpt.sinks.wandb\n"
             "assert 'wandb' not in sys.modules, 'the sink module imports wandb only when a sink is built'\n")
     subprocess.run([sys.executable, "-c", code, "/nonexistent"], check=True, timeout=120)
+
+
+def test_the_training_run_is_refused_where_there_is_none(offline: Path) -> None:
+    """A background worker or a sidecar has no training run: run="current" says so (and what to use instead)."""
+    sink = WandbSink(run="current")
+    with pytest.raises(ValueError, match="mode='inline'.*linked_settings"):
+        sink.log_evaluation(_event(10, 40.0, is_best=True))
+    with pytest.raises(RuntimeError, match="could not be started earlier"):  # fails at once from now on
+        sink.log_best(10, "/ckpt/0000010.pt", {"fid": 40.0})
+    sink.close()
+    with pytest.raises(ValueError, match="not both"):
+        WandbSink(run="current", run_id="abc")

@@ -159,7 +159,8 @@ def test_sidecar_logs_a_run_of_its_own_and_export_replays_the_same_rows(tmp_path
                OMP_NUM_THREADS="1", COLUMNS="400", PYTHONWARNINGS="ignore")
     proc = _cli("watch", str(ckpt_dir), "--protocol", str(protocol_file), "--sampler", SAMPLER, "--scorer", SCORER,
                 "--once", "--batch-size", "4", "--sink", "wandb", "--sink-option", "wandb.project=t2i",
-                "--sink-option", "wandb.group=exp-7", "--sink-option", "wandb.name=sidecar", env=env)
+                "--sink-option", "wandb.group=exp-7", "--sink-option", "wandb.name=sidecar",
+                "--sink-option", "wandb.training_run=abc123", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = _cli("export", str(ckpt_dir), "--sink", "wandb", "--sink-option", "wandb.project=t2i",
                 "--sink-option", "wandb.name=replayed", env=env)
@@ -171,6 +172,7 @@ def test_sidecar_logs_a_run_of_its_own_and_export_replays_the_same_rows(tmp_path
     runs = {r.name: r for r in read_offline_runs(offline)}
     sidecar, replayed = runs["sidecar"], runs["replayed"]
     assert sidecar.group == "exp-7" and sidecar.exited and replayed.exited
+    assert sidecar.config["bestckpt/training_run_id"] == "abc123"  # the link to the training run
     for run in (sidecar, replayed):
         _check_run(run, tracker)
     assert _scalar_rows(replayed) == _scalar_rows(sidecar)  # the same metrics, IsBest included

@@ -90,7 +90,7 @@ def linked_settings(run: Any, **overrides: Any) -> dict[str, Any]:
     settings: dict[str, Any] = {
         "project": run.project, "group": run.group or run.id, "job_type": "bestckpt-evaluation",
         "name": f"{run.name or run.id}-evaluation",
-        "config": {"bestckpt/training_run_id": run.id, "bestckpt/training_run_path": str(run.path)},
+        "training_run": run.id, "config": {"bestckpt/training_run_path": str(run.path)},
     }
     if run.entity:
         settings["entity"] = run.entity
@@ -117,6 +117,7 @@ class WandbSink:
     ``log_checkpoints``: upload each new best checkpoint as a ``model`` artifact with aliases ``best`` and
     ``step-N`` (W&B moves ``best`` to the newest version on the server); off by default: the summary points at
     the file instead. ``artifact_name``: default ``model-<run id>`` (Lightning's W&B logger's name).
+    ``training_run``: the training run's id, stored as ``bestckpt/training_run_id`` in the own run's config.
     """
 
     def __init__(
@@ -141,6 +142,7 @@ class WandbSink:
         max_images: int = 16,
         log_checkpoints: bool = False,
         artifact_name: str | None = None,
+        training_run: str | None = None,
         experiment_dir: str | Path | None = None,
     ) -> None:
         try:
@@ -153,6 +155,8 @@ class WandbSink:
             raise ValueError("give either run= (log into a run this process already started) or run_id=/resume= "
                              "(start a run that continues run_id), not both")
         self._given_run = run
+        if training_run:  # the link of a run of its own to the training run (a sidecar: --sink-option)
+            config = {**dict(config or {}), "bestckpt/training_run_id": str(training_run)}
         # default folder: the experiment's (offline runs then sit next to the checkpoints), unless WANDB_DIR says
         base_dir = dir if dir is not None else (None if os.environ.get("WANDB_DIR") else experiment_dir)
         self._init = {k: v for k, v in dict(
