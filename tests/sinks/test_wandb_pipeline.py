@@ -176,3 +176,24 @@ def test_sidecar_logs_a_run_of_its_own_and_export_replays_the_same_rows(tmp_path
     for run in (sidecar, replayed):
         _check_run(run, tracker)
     assert _scalar_rows(replayed) == _scalar_rows(sidecar)  # the same metrics, IsBest included
+
+
+def test_the_training_run_object_sent_to_the_worker_is_refused_and_training_goes_on(
+        tmp_path: Path, offline: Path) -> None:
+    """``{"run": run}`` in background mode: the worker gets an attached copy of the training run (wandb pickles
+    runs); a second writer is refused with one warning naming the fix, and evaluation is recorded as always."""
+    train = wandb.init(project="t2i", dir=str(offline), settings=wandb.Settings(console="off"))
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    ckpt_dir.mkdir(parents=True)
+    log_file = tmp_path / "worker.log"
+    evaluation = TrainingEvaluation(ckpt_dir, make_protocol(tmp_path), SAMPLER, mode="background",
+                                    scorer_spec=SCORER, batch_size=4, schedule=EvalSchedule(every_n_checkpoints=1),
+                                    log_file=log_file, sinks={"wandb": {"run": train}})
+    _train(evaluation, ckpt_dir, train, (100, 200))
+    evaluation.close()
+    train.finish()
+    assert [r.status for r in evaluation.tracker.records] == ["evaluated"] * 2
+    warnings = [line for line in log_file.read_text().splitlines() if "the wandb sink failed (" in line]
+    assert len(warnings) == 1 and "one writer" in warnings[0] and "linked_settings" in warnings[0], warnings
+    (run,) = read_offline_runs(offline)  # only the training run, with its own rows only
+    assert run.rows_with(STEP_METRIC) == [] and len(run.rows_with("Train/Loss")) == 2

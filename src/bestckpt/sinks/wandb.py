@@ -189,6 +189,12 @@ class WandbSink:
         try:
             if self.shared:
                 run = wandb.run if self._given_run == "current" else self._given_run
+                born = getattr(run, "_init_pid", None)  # a Run pickled into another process attaches to it
+                if born is not None and born != os.getpid():
+                    raise ValueError(
+                        f"run=: the W&B run {getattr(run, 'id', '?')} was started in process {born}, not in this one "
+                        f"(pid {os.getpid()}): a W&B run has one writer. In a background worker use a run of its "
+                        "own: sinks={'wandb': linked_settings(run)}")
                 if run is None or isinstance(run, str):
                     raise ValueError(
                         f"run={self._given_run!r}: no W&B run is active in this process (pid {os.getpid()}). "
