@@ -164,9 +164,15 @@ def _train_with_progress(console: Any, a: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from rich import get_console
 
+    from bestckpt.cli import fail
     from bestckpt.demo.recipe import resolve_defaults
+    from bestckpt.sinks.options import sink_spec
     from bestckpt.tracking.tracker import BestCheckpointTracker
 
+    try:
+        sink_spec(args)  # a malformed --sink/--sink-option is refused before training starts
+    except ValueError as exc:
+        return fail(str(exc))
     console = get_console()  # the one the log handler writes to, so log lines print above the live bar
     started = time.time()
     a = resolve_defaults(args)
