@@ -204,6 +204,9 @@ EXPECTED: dict[str, list[str]] = {
     "bestckpt.sinks.report.sections": ["best_samples", "checkpoints", "header", "metric_curves", "progress_grid"],
     "bestckpt.sinks.report.svg": ["Point", "fmt", "svg_plot", "svg_timeline"],
     "bestckpt.sinks.tensorboard": ["TAGS", "TensorBoardSink"],
+    "bestckpt.sinks.wandb": [
+        "BEST_KEY", "COMPARISONS_KEY", "GRID_KEY", "STEP_METRIC", "WandbSink", "evaluation_row", "linked_settings",
+    ],
     "bestckpt.testing": [],
     "bestckpt.testing.networks": [
         "TensorFeatureCLIP", "clip_tiny_random_test", "clip_vit_b_32_random_test", "inception_random_test",
