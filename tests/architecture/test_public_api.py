@@ -205,7 +205,8 @@ EXPECTED: dict[str, list[str]] = {
     "bestckpt.sinks.report.svg": ["Point", "fmt", "svg_plot", "svg_timeline"],
     "bestckpt.sinks.tensorboard": ["TAGS", "TensorBoardSink"],
     "bestckpt.sinks.wandb": [
-        "BEST_KEY", "COMPARISONS_KEY", "GRID_KEY", "STEP_METRIC", "WandbSink", "evaluation_row", "linked_settings",
+        "BEST_KEY", "COMPARISONS_KEY", "GRID_KEY", "STEP_METRIC", "WandbSink", "evaluation_row",
+        "linked_settings",
     ],
     "bestckpt.testing": [],
     "bestckpt.testing.networks": [
