@@ -325,8 +325,11 @@ def check_promises(ckdir: Path, reported: Reported, promises: tuple[str, ...]) -
         rec = records.get(reported.last_saved)
         path = rec["checkpoint_path"] if rec else f"{reported.last_saved:07d}.pt"
         if not os.path.lexists(ckdir / path):
+            seq = rec.get("seq", 0) if rec else 0
+            after = sorted((r.get("seq", 0), r["step"], r.get("info")) for r in records.values() if r.get("seq", 0) > seq)
             problems.append(f"the resume point {path} (the last checkpoint registered) was deleted; its record: "
-                            f"{rec}; the last reports: {reported.recent}")
+                            f"{rec}; recorded saves after it (seq, step, info): {after}; "
+                            f"the last reports: {reported.recent}")
     if "scores" in promises:
         for step in sorted(reported.valid):
             rec = records.get(step)
