@@ -22,8 +22,11 @@ machine's load), then checks, before anything repairs the directory:
    deletion intent (entries saved but never recorded because the kill came first are "unknown":
    reported by the tracker, never deleted, and counted separately);
 5. the promises (``--promises``): ``resume``: the last checkpoint whose registration the child
-   reported is on disk, unless ``keep_latest`` registrations may have followed it unreported (the
-   resume point is never deleted, restarts included); ``scores``: no
+   reported is on disk, unless ``keep_latest`` saves may have followed it unreported (the resume
+   point is never deleted, restarts included). A save counts from the child's ``writing`` report,
+   before its file is written: a kill between the write and the registration leaves a complete
+   checkpoint that the next start adopts as the newest save (pending) when its step is above every
+   recorded one, a registration the child never reports; ``scores``: no
    checkpoint whose valid score the child reported (and did not save again since) is recorded as
    failed (a failed re-evaluation never costs a valid score);
 
@@ -84,7 +87,8 @@ MIXES = {
 
 # ---------------------------------------------------------------------------------------------- the child
 class _Reporter:
-    """One line per completed tracker call (and one before each registration), on the pipe to the parent."""
+    """One line per completed tracker call (and one before each checkpoint write and each registration),
+    on the pipe to the parent."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -170,6 +174,7 @@ def _child(ckdir: Path, seed: int, compact_bytes: int, mix: Mix, report: _Report
             step = rng.choice([0, step // 2])
         step += 10
         name = f"{step:07d}.pt"
+        report("writing", step)  # a save may follow (the next start adopts it if the kill comes first)
         _write_checkpoint(ckdir, name, as_dir=rng.random() < mix.dir_prob)
         (ckdir / "latest").write_text(name)  # DeepSpeed writes it plainly (not atomic)
         evaluate = rng.random() < mix.evaluate_prob
@@ -282,7 +287,8 @@ class Reported:
     """What the children reported (completed calls), for the promise checks."""
 
     last_saved: int | None = None
-    later: int = 0  # registrations begun after last_saved (each may have happened, unreported)
+    later: int = 0  # saves begun after last_saved (each may have happened and been registered, unreported)
+    writing: int | None = None  # the step of a ``writing`` report not yet followed by its registration
     valid: set[int] = dataclasses.field(default_factory=set)  # a valid score reported, not saved again since
     events: Counter = dataclasses.field(default_factory=Counter)
     recent: list[str] = dataclasses.field(default_factory=list)  # the last reports, for messages
@@ -293,11 +299,17 @@ class Reported:
             return
         self.events[words[0]] += 1
         self.recent = (self.recent + [line])[-6:]
-        if words[0] == "saving":
+        if words[0] == "writing":  # a save begins: once its file is written, a start may adopt it
             self.later += 1
+            self.writing = int(words[1])
             self.valid.discard(int(words[1]))  # saved again (maybe): its earlier score is gone
+        elif words[0] == "saving":  # counted at its ``writing`` already, unless it registers an older write
+            if self.writing != int(words[1]):
+                self.later += 1
+            self.writing = None
+            self.valid.discard(int(words[1]))
         elif words[0] == "saved":
-            self.last_saved, self.later = int(words[1]), 0
+            self.last_saved, self.later, self.writing = int(words[1]), 0, None
         elif words[0] == "scored" and math.isfinite(float(words[2])):
             self.valid.add(int(words[1]))
 
@@ -313,8 +325,11 @@ def check_promises(ckdir: Path, reported: Reported, promises: tuple[str, ...]) -
         rec = records.get(reported.last_saved)
         path = rec["checkpoint_path"] if rec else f"{reported.last_saved:07d}.pt"
         if not os.path.lexists(ckdir / path):
+            seq = rec.get("seq", 0) if rec else 0
+            after = sorted((r.get("seq", 0), r["step"], r.get("info")) for r in records.values() if r.get("seq", 0) > seq)
             problems.append(f"the resume point {path} (the last checkpoint registered) was deleted; its record: "
-                            f"{rec}; the last reports: {reported.recent}")
+                            f"{rec}; recorded saves after it (seq, step, info): {after}; "
+                            f"the last reports: {reported.recent}")
     if "scores" in promises:
         for step in sorted(reported.valid):
             rec = records.get(step)

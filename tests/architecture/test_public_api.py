@@ -250,7 +250,9 @@ EXPECTED: dict[str, list[str]] = {
     "bestckpt.tracking.rescoring": ["RESCORING", "failed_again", "had_valid_score", "pending_again"],
     "bestckpt.tracking.results": ["RESULTS_SCHEMA", "ResultsFile", "results_document", "summary_of"],
     "bestckpt.tracking.roles": ["default_is_writer"],
-    "bestckpt.tracking.saveorder": ["fields", "file_id", "order", "restamp_if_copied", "same_checkpoint"],
+    "bestckpt.tracking.saveorder": [
+        "fields", "file_id", "order", "order_resaves", "restamp_if_copied", "same_checkpoint",
+    ],
     "bestckpt.tracking.settings": [
         "Change", "DELETION_SETTINGS", "NOT_PASSED", "adopt", "cli_option", "differences", "not_stored",
         "resolve", "stored_settings",

@@ -149,8 +149,14 @@ class Model:
         self.retain()
 
     def started(self, complete: Callable[[int], bool]) -> None:
-        """A writer opened the directory: unregistered checkpoints above every recorded step that are
-        ``complete`` are adopted as pending, in step order (R6)."""
+        """A writer opened the directory: live checkpoints written again but never registered are the
+        latest saves so far (R1: the re-save came before every later registration, whenever a call about
+        them comes); unregistered checkpoints above every recorded step that are ``complete`` are adopted
+        as pending, in step order (R6)."""
+        if MODEL_R1:
+            for rec in sorted((r for r in self.live() if r.step in self.resaved), key=lambda r: (r.seq, r.step)):
+                rec.seq, self.next_seq = self.next_seq, self.next_seq + 1
+            self.resaved.clear()
         if not MODEL_R6:
             return
         top = max(self.records, default=-1)

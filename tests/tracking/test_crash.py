@@ -97,3 +97,47 @@ def test_the_promise_checker_catches_a_lost_resume_point_and_a_lost_score(tmp_pa
     reported.apply("saving 30")
     reported.apply("saving 40")  # two registrations may have followed, unreported: no resume promise left
     assert not any("resume point" in p for p in soak.check_promises(ck, reported, ("resume",)))
+
+
+def test_a_save_adopted_at_start_counts_as_a_save_that_followed(tmp_path: Path):
+    """The sequence of the soak's one kind of resume-point report, without timing: 310 registered and
+    reported; 320 written, the kill before its registration (no ``saving`` report); the next start
+    adopts 320 as the newest save (pending); a restarted run saves 70. Keep-latest (2) keeps 70 and
+    320, so 310 is rightly deleted: two saves followed it. The checker counts a save from its
+    ``writing`` report; counting registrations only, it blamed the tracker for this directory."""
+    soak = _load_soak()
+    from bestckpt.tracking.tracker import BestCheckpointTracker
+
+    ck = tmp_path / "ck"
+    lines: list[str] = []
+    tracker = BestCheckpointTracker(ck, **soak.SETTINGS)
+    for step, score in [(10, 0.9), (20, 0.8), (30, 0.7), (310, 0.1)]:  # 310: not top-3, not every-200
+        lines.append(f"writing {step}")
+        (ck / f"{step:07d}.pt").write_bytes(b"x")
+        lines.append(f"saving {step}")
+        tracker.checkpoint_saved(step, ck / f"{step:07d}.pt")
+        tracker.update_checkpoint(step, 0, None, {"composite_score": score})
+        lines += [f"saved {step}", f"scored {step} {score}"]
+    del tracker
+    lines.append("writing 320")
+    (ck / "0000320.pt").write_bytes(b"x")  # committed; the kill came before the registration
+    tracker = BestCheckpointTracker(ck, **soak.SETTINGS)  # the next start adopts it: the newest save
+    assert {r.step: (r.status, r.info.get("adopted")) for r in tracker.records}[320] == ("pending", True)
+    lines.append("writing 70")  # a restarted run resumed from an older checkpoint
+    (ck / "0000070.pt").write_bytes(b"x")
+    lines.append("saving 70")
+    tracker.checkpoint_saved(70, ck / "0000070.pt", evaluate=False)  # the kill before "saved 70"
+    assert not (ck / "0000310.pt").exists() and (ck / "0000320.pt").exists() and (ck / "0000070.pt").exists()
+    reported = soak.Reported()
+    for line in lines:
+        reported.apply(line)
+    assert soak.check_after_kill(ck) == [] and soak.check_promises(ck, reported, ("resume",)) == []
+    old = soak.Reported()  # registrations only: 70 alone seems to follow 310
+    for line in lines:
+        if not line.startswith("writing"):
+            old.apply(line)
+    assert any("resume point 0000310.pt" in p for p in soak.check_promises(ck, old, ("resume",)))
+    one = soak.Reported()  # not vacuous: with one save after 310 (no 320), its deletion is reported
+    for line in [x for x in lines if not x.endswith(" 320")]:
+        one.apply(line)
+    assert any("resume point 0000310.pt" in p for p in soak.check_promises(ck, one, ("resume",)))

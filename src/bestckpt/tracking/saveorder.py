@@ -17,7 +17,10 @@ tag) is identified by its entries' newest time and total size; records of older 
 no ``file_id``, are compared by path only. File times are compared for equality only, never ordered (clocks
 differ between machines and may step back); a directory copied without its file times (``cp -r``)
 is recognised at the writer's start (:func:`restamp_if_copied`), so its checkpoints do not all look
-re-saved.
+re-saved. A checkpoint saved again by a process that stopped before registering it takes its place in
+the save order at the next writer's start (:func:`order_resaves`), not at the next call about it: that
+call may come after newer saves were registered (a late evaluation), and would then make it look newer
+than them and demote the real newest save, the resume point, out of keep-latest.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from typing import Any
 
 from bestckpt.tracking.state import Record, TrackerState
 
-__all__ = ["file_id", "same_checkpoint", "order", "fields", "restamp_if_copied"]
+__all__ = ["file_id", "same_checkpoint", "order", "fields", "restamp_if_copied", "order_resaves"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,3 +110,21 @@ def restamp_if_copied(st: TrackerState) -> int:
     logger.info("the files of %d checkpoints in %s changed times since they were registered (a copy that did not "
                 "keep them?); their current times are taken as the registered ones", count, st.dir)
     return count
+
+
+def order_resaves(st: TrackerState) -> list[int]:
+    """At the writer's start, after :func:`restamp_if_copied`: every live checkpoint whose file changed since
+    it was registered (a restarted run saved the step again and stopped before registering it) takes the
+    next ``seq`` now, oldest first. The re-save happened before this start, so every checkpoint registered
+    from now on is newer than it; the next call about it then finds the same file and keeps that ``seq``.
+    Returns their steps."""
+    changed = []
+    for rec in sorted(st.live(), key=lambda r: (r.seq, r.step)):
+        fid = file_id(st.dir, rec.path) if rec.file_id is not None else None
+        if fid is not None and fid != rec.file_id:
+            changed.append((rec, fid))
+    for rec, fid in changed:
+        st.put(dataclasses.replace(rec, seq=st.take_seq(), file_id=fid))
+        logger.warning("%s changed since it was registered (saved again, then the process stopped before registering "
+                       "it): it counts as saved after every checkpoint registered so far", rec.path)
+    return [rec.step for rec, _ in changed]

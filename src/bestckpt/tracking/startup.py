@@ -5,7 +5,8 @@
 - :func:`start` (under the directory's lock): refuse a ``best.pt`` that is not ours and a directory
   where the results file goes (before anything is changed), remove the
   leftovers of interrupted writes, load and reconcile the state (rebuilt from the checkpoints on
-  disk when there is none), adopt complete checkpoints newer than every recorded step as pending
+  disk when there is none), put checkpoints saved again but never registered in the save order,
+  adopt complete checkpoints newer than every recorded step as pending
   (written, but the process stopped before registering them), warn about stale pending ones,
   report the other step-named entries the state does not know (never touched),
   check a change of metric, then compact the state so that ``best_checkpoints.json`` alone is
@@ -68,6 +69,7 @@ def start(st: TrackerState, rank: Ranking, config: TrackerConfig) -> None:
     if (st.stamp is None or st.stamp[0] is None) and not st.records:
         reconcile.rebuild_from_disk(st, config)
     saveorder.restamp_if_copied(st)
+    saveorder.order_resaves(st)
     reconcile.adopt_unregistered(st, config)
     pending.warn_stale(st, config)
     unknown = reconcile.unknown_entries(st, config)
