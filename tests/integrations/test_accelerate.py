@@ -170,8 +170,8 @@ def test_a_failed_registration_reaches_every_process(tmp_path: Path) -> None:
     """The main process fails to register (nothing was saved): the other process raises too, no hang."""
     proc = _accelerate_launch(Path(__file__).parents[1] / "support" / "accelerate_worker.py", str(tmp_path / "out"))
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    results = sorted(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
-    assert len(results) == 2, proc.stdout
+    results = [p.read_text().strip() for p in sorted(tmp_path.glob("out.result-*"))]
+    assert len(results) == 2, (results, proc.stdout[-3000:])
     assert results[0].startswith("RESULT 0 FileNotFoundError") and "checkpoint-5" in results[0]
     assert results[1].startswith("RESULT 1 RuntimeError bestckpt: registering checkpoint-5 failed on the main process")
 
