@@ -6,20 +6,17 @@ rank is agreed on by all ranks (no hang); an empty shard still takes part; the i
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 from pipeline_kit import (
-    TESTS_DIR,
     KitScorer,
     TinySampler,
     make_protocol,
     save_checkpoint,
 )
+from torchrun_kit import run_script
 
 from bestckpt.evaluation.evaluate import (
     evaluate_checkpoint,
@@ -31,23 +28,11 @@ pytestmark = pytest.mark.distributed
 
 
 def run_torchrun(work: Path, backend: str = "gloo", timeout: float = 240) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1", BESTCKPT_TEST_BACKEND=backend, PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(TESTS_DIR / "dist_eval_worker.py"), str(work)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0 and _TORCH_ABORT in proc.stderr:
-        # Known, rare under heavy CPU load (about 1 run in 20 with two CPU hogs): a rank aborts inside
-        # torch's C++ with no Python exception. One more run tells that apart from a real failure, which
-        # fails again (and shows both outputs); the cause is recorded in the session notes.
-        first = proc.stderr[-2000:]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-        assert proc.returncode == 0, first + "\n--- rerun ---\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    """The worker under torchrun (2 ranks). A rank aborting inside torch's C++ with no Python exception is
+    known and rare under heavy CPU load (about 1 run in 20 with two CPU hogs): :func:`torchrun_kit.run_script`
+    runs once more on that exact signature, and a real failure fails again with both outputs."""
+    run_script("dist_eval_worker.py", work, backend=backend, timeout=timeout)
     return json.loads((work / "out.json").read_text())
-
-
-_TORCH_ABORT = "terminate called without an active exception"
 
 
 def prepare(work: Path) -> Protocol:

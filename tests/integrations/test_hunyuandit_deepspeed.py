@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from pipeline_kit import TESTS_DIR
+from torchrun_kit import run_checked
 
 pytestmark = [
     pytest.mark.distributed,
@@ -25,7 +26,6 @@ pytestmark = [
 REPO = TESTS_DIR.parent.parent
 SCRIPT = REPO / "examples" / "hunyuandit" / "train_deepspeed.py"
 TIMEOUT = 400  # seconds per launch: a collective hang fails the test
-_TORCH_ABORT = "terminate called without an active exception"
 
 
 def _env() -> dict[str, str]:
@@ -34,13 +34,7 @@ def _env() -> dict[str, str]:
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT, cwd=REPO)
-    if proc.returncode != 0 and _TORCH_ABORT in proc.stderr:  # rare torch C++ abort under heavy load: see test_distributed
-        first = proc.stderr[-2000:]
-        proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT, cwd=REPO)
-        assert proc.returncode == 0, first + "\n--- rerun ---\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return proc
+    return run_checked(cmd, _env(), TIMEOUT, cwd=REPO)  # one rerun after torch's rare C++ abort (test_distributed)
 
 
 def launch(results: Path, *options: str) -> tuple[Path, str]:

@@ -1,4 +1,4 @@
-"""Run a tests/support script under `torchrun --nproc_per_node 2` (real torch.distributed), failing with both outputs."""
+"""Run multi-process commands (torchrun, 2 ranks, real torch.distributed), failing with both outputs."""
 from __future__ import annotations
 
 import os
@@ -12,15 +12,21 @@ TESTS_DIR = Path(__file__).resolve().parent
 TORCH_ABORT = "terminate called without an active exception"
 
 
+def run_checked(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` (bounded by ``timeout``); one rerun after the known C++ abort; assert it succeeded."""
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    if proc.returncode != 0 and TORCH_ABORT in proc.stderr:
+        first = proc.stderr[-2000:]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+        assert proc.returncode == 0, first + "\n--- rerun ---\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc
+
+
 def run_script(script: str, work: Path, backend: str = "gloo", timeout: float = 240) -> None:
-    """``torchrun --standalone --nproc_per_node 2 tests/support/SCRIPT WORK``; one rerun after a known C++ abort."""
+    """``torchrun --standalone --nproc_per_node 2 tests/support/SCRIPT WORK``."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1", BESTCKPT_TEST_BACKEND=backend, PYTHONWARNINGS="ignore")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(TESTS_DIR / script), str(work)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0 and TORCH_ABORT in proc.stderr:
-        first = proc.stderr[-2000:]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-        assert proc.returncode == 0, first + "\n--- rerun ---\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    run_checked(cmd, env, timeout)
