@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 import warnings
 
 # BLAS threads for numpy/scipy must be fixed before numpy loads (2 cores shared on the dev machine).
@@ -19,15 +18,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-
-def _timed(fn, repeat: int = 1):  # type: ignore[no-untyped-def]
-    best, value = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        value = fn()
-        best = min(best, time.perf_counter() - t)
-    return value, best
+from timing import timed  # noqa: E402
 
 
 def main() -> None:
@@ -59,18 +50,18 @@ def run(args: argparse.Namespace) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        v_scipy, t_scipy = _timed(lambda: calculate_frechet_distance(mu1, s1, mu2, s2))
-    v_tf, t_tf = _timed(lambda: fid_statistics_to_metric({"mu": mu1, "sigma": s1}, {"mu": mu2, "sigma": s2},
+        v_scipy, t_scipy = timed(lambda: calculate_frechet_distance(mu1, s1, mu2, s2))
+    v_tf, t_tf = timed(lambda: fid_statistics_to_metric({"mu": mu1, "sigma": s1}, {"mu": mu2, "sigma": s2},
                                                          False)["frechet_inception_distance"])
-    v_ours, t_ours = _timed(lambda: fid_from_statistics(mu1, s1, mu2, s2), repeat=2)
+    v_ours, t_ours = timed(lambda: fid_from_statistics(mu1, s1, mu2, s2), repeat=2)
     ref = ReferenceStatistics(mu2, s2, num_samples=x_ref.shape[0])
-    _, t_factor = _timed(lambda: ref.factor)
-    v_rep, t_rep = _timed(lambda: ref.fid_to_statistics(mu1, s1), repeat=3)
+    _, t_factor = timed(lambda: ref.factor)
+    v_rep, t_rep = timed(lambda: ref.fid_to_statistics(mu1, s1), repeat=3)
     feats = x_gen[: args.n_gen]
     from bestckpt.metrics.fid import logger as fid_logger
 
     fid_logger.disabled = True  # the small-N warning is expected here
-    v_lr, t_lr = _timed(lambda: ref.fid_to_features(feats), repeat=3)
+    v_lr, t_lr = timed(lambda: ref.fid_to_features(feats), repeat=3)
     v_lr_ref = calculate_frechet_distance(feats.mean(0), np.cov(feats, rowvar=False), mu2, s2)
 
     print(f"FID values: scipy sqrtm (pytorch-fid) {v_scipy:.6f} | torch-fidelity eigvals {v_tf:.6f} | "

@@ -22,7 +22,6 @@ import argparse
 import os
 import platform
 import tempfile
-import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -32,15 +31,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-
-def _timed(fn, repeat: int = 1):  # type: ignore[no-untyped-def]
-    best, value = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        value = fn()
-        best = min(best, time.perf_counter() - t)
-    return value, best
+from timing import timed  # noqa: E402
 
 
 def demo_case(resamples: int, root: Path) -> None:
@@ -66,15 +57,15 @@ def demo_case(resamples: int, root: Path) -> None:
     ref = prepare_reference_statistics(protocol, off)
     sampler = make_sampler()
     evaluate_checkpoint(ckpt, 100, protocol, sampler, off, ref, dist=None, batch_size=64)  # warm-up
-    result, t_eval = _timed(lambda: evaluate_checkpoint(ckpt, 100, protocol, sampler, off, ref, dist=None,
+    result, t_eval = timed(lambda: evaluate_checkpoint(ckpt, 100, protocol, sampler, off, ref, dist=None,
                                                         batch_size=64))
     assert result.ok, result.error
     gen = torch.randint(0, 256, (protocol.num_samples, 3, 32, 32), generator=torch.Generator().manual_seed(1),
                         dtype=torch.uint8)
     refs = torch.randint(0, 256, gen.shape, generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
     feats = off.features(gen, list(protocol.sample_prompts), refs)
-    _, t_off = _timed(lambda: off.score(feats, ref, seed=0), repeat=3)
-    scores, t_on = _timed(lambda: on.score(feats, ref, seed=0), repeat=3)
+    _, t_off = timed(lambda: off.score(feats, ref, seed=0), repeat=3)
+    scores, t_on = timed(lambda: on.score(feats, ref, seed=0), repeat=3)
     cost = max(t_on - t_off, 0.0)
     print(f"demo: N={protocol.num_samples}, pool {feats['inception_pool'].shape[1]}-d, "
           f"logits {feats['inception_logits'].shape[1]}, {resamples} resamples")
@@ -96,7 +87,7 @@ def _inception_seconds_per_image(root: Path, batch: int = 8) -> float:
     images = torch.randint(0, 256, (batch, 3, 299, 299), generator=torch.Generator().manual_seed(0),
                            dtype=torch.uint8)
     net.features(images[:2])  # warm-up
-    _, t = _timed(lambda: net.features(images))
+    _, t = timed(lambda: net.features(images))
     return t / batch
 
 
@@ -128,11 +119,11 @@ def inception_case(n: int, resamples: int, root: Path, with_inception: bool) -> 
         out["composite_score"] = composite_score(out, *composite_defaults())
         return out
 
-    scores, t_score = _timed(score)
-    ci, t_ci = _timed(lambda: metric_intervals(scores, feats, ref, seed=0, composite=composite_defaults(),
+    scores, t_score = timed(score)
+    ci, t_ci = timed(lambda: metric_intervals(scores, feats, ref, seed=0, composite=composite_defaults(),
                                                resamples=resamples))
     x = feats["inception_pool"].numpy()
-    _, t_fid = _timed(lambda: stats.fid_to_features(x))
+    _, t_fid = timed(lambda: stats.fid_to_features(x))
     print(f"2048-d Inception features: N={n}, reference {n}, logits {c}, {resamples} resamples")
     print(f"  scoring alone (FID+KID+IS+CLIP+LPIPS+composite): {t_score:.2f} s; intervals: {t_ci:.2f} s "
           f"-> {sorted(ci)}")
