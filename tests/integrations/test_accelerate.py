@@ -13,10 +13,12 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from torchrun_kit import run_checked
 
 pytest.importorskip("accelerate")
 pytest.importorskip("diffusers")
@@ -37,22 +39,29 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _accelerate_launch(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _accelerate_launch(script: Path, *args: str, fresh: Callable[[], None] | None = None
+                       ) -> subprocess.CompletedProcess[str]:
     """``accelerate launch`` with 2 CPU processes: torchrun's launcher (``--multi_gpu``) with
-    ``ACCELERATE_USE_CPU`` so accelerate picks MULTI_CPU/gloo (``--cpu`` alone starts one process)."""
+    ``ACCELERATE_USE_CPU`` so accelerate picks MULTI_CPU/gloo (``--cpu`` alone starts one process).
+
+    ``fresh`` (a launch that starts from a known folder state): put that state back and launch once more after
+    torch's rare C++ abort of a gloo process (torchrun_kit); the returned process then succeeded."""
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_free_port()), str(script), *args]
+    if fresh is not None:
+        return run_checked(cmd, env, LAUNCH_TIMEOUT_S, cwd=ROOT, fresh=fresh)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, cwd=ROOT)
 
 
-def _launch(output_dir: Path, *script_args: str) -> subprocess.CompletedProcess[str]:
+def _launch(output_dir: Path, *script_args: str, fresh: Callable[[], None] | None = None
+            ) -> subprocess.CompletedProcess[str]:
     proc = _accelerate_launch(
         SCRIPT, "--output_dir", str(output_dir), "--use_ema", "--checkpointing_steps", "2", "--save_top_k", "1",
         "--keep_every_n_steps", "4", "--num_eval_prompts", "16", "--eval_sample_steps", "4",
-        "--eval_every_n_checkpoints", "1", *script_args)
+        "--eval_every_n_checkpoints", "1", *script_args, fresh=fresh)
     assert proc.returncode == 0, f"launch failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
     return proc
 
@@ -73,11 +82,16 @@ def _best_scored(state: dict[str, Any]) -> int:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("accelerate") / "sd-model"
-    (out / "logs").mkdir(parents=True)
-    (out / "notes.txt").write_text("user file\n")  # files outside the layout: never touched
-    (out / "logs" / "keep.txt").write_text("user log\n")
+
+    def user_files() -> None:  # files outside the layout: never touched
+        shutil.rmtree(out, ignore_errors=True)
+        (out / "logs").mkdir(parents=True)
+        (out / "notes.txt").write_text("user file\n")
+        (out / "logs" / "keep.txt").write_text("user log\n")
+
+    user_files()
     timings = out.parent / "timings.json"
-    first = _launch(out, "--max_train_steps", "8", "--timings-out", str(timings))
+    first = _launch(out, "--max_train_steps", "8", "--timings-out", str(timings), fresh=user_files)
     after_first = {"state": _state(out), "kept": _kept(out), "timings": json.loads(timings.read_text()),
                    "log": first.stdout + first.stderr}
     second = _launch(out, "--max_train_steps", "12", "--resume_from_checkpoint", "latest", "--save_on_main_only")
@@ -168,7 +182,12 @@ def _refusals(accelerator_cls: Any, project_config_cls: Any, tmp_path: Path) -> 
 
 def test_a_failed_registration_reaches_every_process(tmp_path: Path) -> None:
     """The main process fails to register (nothing was saved): the other process raises too, no hang."""
-    proc = _accelerate_launch(Path(__file__).parents[1] / "support" / "accelerate_worker.py", str(tmp_path / "out"))
+    def fresh() -> None:
+        for p in tmp_path.glob("out.result-*"):
+            p.unlink()
+
+    proc = _accelerate_launch(Path(__file__).parents[1] / "support" / "accelerate_worker.py", str(tmp_path / "out"),
+                              fresh=fresh)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     results = [p.read_text().strip() for p in sorted(tmp_path.glob("out.result-*"))]
     assert len(results) == 2, (results, proc.stdout[-3000:])

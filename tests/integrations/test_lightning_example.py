@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from torchrun_kit import run_checked
 
 from bestckpt.tracking.tracker import BestCheckpointTracker
 
@@ -20,10 +22,15 @@ TINY = ["--ckpt-every", "5", "--num-eval-prompts", "12", "--sample-steps", "4", 
         "--keep-every-n-steps", "10", "--batch-size", "16"]
 
 
-def _run(out: Path, *args: str) -> str:
+def _run(out: Path, *args: str, fresh: bool = False) -> str:
+    """Run the example; ``fresh`` (a run that starts from an empty ``out``): one rerun, from an empty ``out``
+    again, after torch's rare C++ abort of a gloo process (torchrun_kit)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     cmd = [sys.executable, str(SCRIPT), "--output-dir", str(out), "--timings-out", str(out / "timings.json"),
            *TINY, *args]
+    if fresh:
+        proc = run_checked(cmd, env, 400, cwd=ROOT, fresh=lambda: shutil.rmtree(out, ignore_errors=True))
+        return proc.stdout + proc.stderr
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-6000:]
@@ -80,7 +87,7 @@ def test_example_one_process_then_resume(tmp_path: Path) -> None:
 @pytest.mark.distributed
 def test_example_two_ddp_processes_gloo(tmp_path: Path) -> None:
     out, ckpt_dir = tmp_path / "run", tmp_path / "run" / "checkpoints"
-    text = _run(out, "--steps", "20", "--devices", "2", "--strategy", "ddp")
+    text = _run(out, "--steps", "20", "--devices", "2", "--strategy", "ddp", fresh=True)
     assert "distributed_backend=gloo" in text and "All distributed processes registered" in text
     scores = _check_best(ckpt_dir)
     assert sorted(scores) == [10, 20]  # every 2nd checkpoint evaluated

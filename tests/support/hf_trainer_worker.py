@@ -35,7 +35,10 @@ def main() -> None:
     if dist.get_rank() == 0:
         report = {"world_size": dist.get_world_size(), "registered_on": [r for r, n in registered if n]}
         (work / "report.json").write_text(json.dumps(report))
+    # Leave together, then tear the group down in order (see dist_eval_worker.py): a rank whose gloo pairs
+    # are torn down at interpreter exit while the other still finishes the last collective aborts in C++.
     dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

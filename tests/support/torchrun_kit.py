@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -12,11 +13,17 @@ TESTS_DIR = Path(__file__).resolve().parent
 TORCH_ABORT = "terminate called without an active exception"
 
 
-def run_checked(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``cmd`` (bounded by ``timeout``); one rerun after the known C++ abort; assert it succeeded."""
+def run_checked(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path | None = None,
+                fresh: Callable[[], None] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` (bounded by ``timeout``); one rerun after the known C++ abort; assert it succeeded.
+
+    ``fresh``: called before the rerun to put back what the command starts from (e.g. remove its output
+    folder), so the rerun is the same run, not a resume of the aborted one."""
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     if proc.returncode != 0 and TORCH_ABORT in proc.stderr:
         first = proc.stderr[-2000:]
+        if fresh is not None:
+            fresh()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
         assert proc.returncode == 0, first + "\n--- rerun ---\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
