@@ -217,6 +217,7 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "bestckpt.tracking": [],
     "bestckpt.tracking.aliasing": ["check_new_path", "kept_owner", "overlap", "symlinked"],
+    "bestckpt.tracking.attached": ["RESULTS", "annotate", "result_scalars", "results_of"],
     "bestckpt.tracking.bestlink": ["atomic_symlink", "read_pointer", "remove_link"],
     "bestckpt.tracking.commit": [
         "check_present", "commit", "decide", "point_best_link", "protected_steps", "write_state",

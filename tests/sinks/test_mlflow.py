@@ -165,6 +165,8 @@ def test_sidecar_logs_into_the_training_run_and_export_replays_it(tmp_path: Path
     tracker = BestCheckpointTracker(ckpt_dir, is_writer=False)
     assert [r.status for r in tracker.records] == ["evaluated"] * 3
     _check_run(client, run_id, tracker, protocol)
+    # a result measured after scoring (tracker.annotate), in the state: the replay below carries it
+    BestCheckpointTracker(ckpt_dir).annotate(200, "holdout", {"accuracy": 0.75, "note": "text is not a scalar"})
 
     # export: the same metrics from the state file, into a run of its own
     exp = client.create_experiment("export", artifact_location=str(store["root"] / "export"))
@@ -177,6 +179,8 @@ def test_sidecar_logs_into_the_training_run_and_export_replays_it(tmp_path: Path
     _check_run(client, replayed.info.run_id, tracker, protocol)
     for key in [*KEYS, IS_BEST_TAG]:
         assert _history(client, replayed.info.run_id, key) == _history(client, run_id, key), key
+    assert _history(client, replayed.info.run_id, "Evaluation/holdout/accuracy") == {200: 0.75}
+    assert not _history(client, replayed.info.run_id, "Evaluation/holdout/note")
 
 
 def test_unreachable_server_warns_once_and_changes_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture,
@@ -223,3 +227,12 @@ def test_demo_logs_the_same_scores(tmp_path: Path, store: dict[str, Any]) -> Non
         want = {r.step: r.metrics[name] for r in evaluated if r.metrics.get(name) is not None}
         assert got == pytest.approx(want), name
     assert client.get_run(run.info.run_id).data.tags["bestckpt.best_step"] == str(tracker.best.step)
+    # the best checkpoint's attribute accuracy (measured after the last evaluation) at the best's step
+    accuracy = json.loads((run_dir / "accuracy.json").read_text())
+    assert accuracy["step"] == tracker.best.step
+    for reader in ("classifier", "nearest_render"):
+        assert accuracy[reader]
+        for attribute, value in accuracy[reader].items():
+            key = f"Evaluation/accuracy/{reader}/{attribute}"
+            assert _history(client, run.info.run_id, key) == {tracker.best.step: pytest.approx(value)}, key
+    assert tracker.summary()["results"][str(tracker.best.step)]["accuracy"]["classifier"] == accuracy["classifier"]

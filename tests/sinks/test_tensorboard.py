@@ -58,3 +58,15 @@ def test_intervals_go_next_to_their_metric(tmp_path: Path) -> None:
     assert [(e.step, e.value) for e in acc.Scalars("Evaluation/FID_CI_low")] == [(5, 110.0)]
     assert [(e.step, e.value) for e in acc.Scalars("Evaluation/FID_CI_high")] == [(5, 131.0)]
     assert "Evaluation/KID_CI_low" not in acc.Tags()["scalars"]  # no value, no interval
+
+
+def test_attached_results_at_their_step_at_the_end(tmp_path: Path) -> None:
+    """Results attached after scoring (``tracker.annotate``) reach TensorBoard at the run's end, at their step."""
+    results = {"300": {"accuracy": {"classifier": {"color": 0.9, "all": 0.5}, "num_prompts": 12, "ok": True}}}
+    with TensorBoardSink(tmp_path) as sink:
+        sink.finish({"results": results}, None)
+    acc = _read(tmp_path)
+    got = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    assert got == {"Evaluation/accuracy/classifier/color": [(300, pytest.approx(0.9))],
+                   "Evaluation/accuracy/classifier/all": [(300, 0.5)],
+                   "Evaluation/accuracy/num_prompts": [(300, 12.0)]}  # a boolean is not a scalar

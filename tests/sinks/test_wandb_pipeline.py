@@ -162,6 +162,7 @@ def test_sidecar_logs_a_run_of_its_own_and_export_replays_the_same_rows(tmp_path
                 "--sink-option", "wandb.group=exp-7", "--sink-option", "wandb.name=sidecar",
                 "--sink-option", "wandb.training_run=abc123", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    BestCheckpointTracker(ckpt_dir).annotate(200, "holdout", {"accuracy": 0.75})  # measured after scoring
     proc = _cli("export", str(ckpt_dir), "--sink", "wandb", "--sink-option", "wandb.project=t2i",
                 "--sink-option", "wandb.name=replayed", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -176,6 +177,7 @@ def test_sidecar_logs_a_run_of_its_own_and_export_replays_the_same_rows(tmp_path
     for run in (sidecar, replayed):
         _check_run(run, tracker)
     assert _scalar_rows(replayed) == _scalar_rows(sidecar)  # the same metrics, IsBest included
+    assert replayed.summary["bestckpt"]["results"] == {"200": {"holdout": {"accuracy": 0.75}}}
 
 
 def test_the_training_run_object_sent_to_the_worker_is_refused_and_training_goes_on(

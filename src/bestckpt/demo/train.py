@@ -289,7 +289,8 @@ def start_evaluation(args: argparse.Namespace, obs: TrainObserver) -> Any:
 def best_accuracy(args: argparse.Namespace, tracker: Any) -> dict[str, Any] | None:
     """What the best checkpoint learned: per-attribute accuracy on the evaluation prompts by the demo classifier
     and by the nearest exact render (``bestckpt.demo.accuracy``), written to ``RUN_DIR/accuracy.json`` for the
-    report. The images are the ones its evaluation drew (same prompts, seeds and sampler settings)."""
+    report and attached to the best's record (``tracker.annotate``). The images are the ones its evaluation
+    drew (same prompts, seeds and sampler settings)."""
     import json
 
     from bestckpt.demo.accuracy import checkpoint_accuracy, format_accuracy
@@ -304,6 +305,8 @@ def best_accuracy(args: argparse.Namespace, tracker: Any) -> dict[str, Any] | No
         protocol = Protocol.from_file(args.run_dir / "protocol" / "protocol.json")
     acc = checkpoint_accuracy(path, protocol, num_prompts=args.num_eval_prompts)
     fsio.atomic_write_text(args.run_dir / "accuracy.json", json.dumps(acc, indent=2, sort_keys=True) + "\n")
+    # in the state with the best's record: the summary, the results JSON, the sinks and `bestckpt export` get it
+    tracker.annotate(best.step, "accuracy", {k: acc[k] for k in ("classifier", "nearest_render", "num_prompts")})
     logger.info("Best checkpoint (step %s) attribute accuracy: classifier %s; nearest exact render %s", acc["step"],
                 format_accuracy(acc["classifier"]), format_accuracy(acc["nearest_render"]))
     return acc
@@ -351,6 +354,7 @@ def main(args: argparse.Namespace, observer: TrainObserver | None = None) -> Tra
     t0 = time.time()
     step = start_step
     finished = False
+    accuracy = None
     try:
         while step < args.steps:
             x0, tokens, g = data.batch(step, args.batch_size)  # [B, 3, 32, 32] in [-1, 1], [B, L]
@@ -391,15 +395,17 @@ def main(args: argparse.Namespace, observer: TrainObserver | None = None) -> Tra
     finally:  # Ctrl-C or a crash: stop at once; queued checkpoints stay "pending" for the next run
         train_seconds = time.time() - t0
         writer.close()
-        if evaluation.mode == "background":
-            if finished:
+        if not finished and evaluation.mode == "background":
+            logger.warning("stopping without waiting for queued evaluations; re-run to resume and finish them")
+        try:
+            if finished and not args.no_eval:  # every evaluation in, the best is final: what did it learn?
                 obs.on_phase("finishing background evaluations")
-            else:
-                logger.warning("stopping without waiting for queued evaluations; re-run to resume and finish them")
-        evaluation.close(wait=finished)  # the guide's "=== Best Checkpoint Summary ===" block, the results JSON
+                evaluation.wait()
+                accuracy = best_accuracy(args, evaluation.tracker)  # attached to the best: the sinks get it
+        finally:
+            evaluation.close(wait=finished)  # the guide's "=== Best Checkpoint Summary ===", the results JSON
 
     # ---- finish -----------------------------------------------------------------------------
-    accuracy = None if args.no_eval else best_accuracy(args, evaluation.tracker)
     report = None
     if not args.no_report:
         from bestckpt.sinks.report import write_report

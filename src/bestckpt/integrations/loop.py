@@ -217,6 +217,14 @@ class TrainingEvaluation:
         if self.on_result is not None:
             self.on_result(outcome)
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait (at most ``timeout`` s) until every queued evaluation has its result, delivering them; the worker
+        keeps running. True when none is left. Then the best is final: measure more about it, attach that with
+        ``tracker.annotate(step, name, value)`` and :meth:`close`: the sinks get it with the summary."""
+        done = self.runner.wait(timeout) if self.mode == "background" else True
+        self.poll()
+        return bool(done)
+
     def close(self, wait: bool = True) -> None:
         """Finish (or leave pending, ``wait=False``) queued evaluations; log the summary; export results."""
         self.runner.close(wait=wait)

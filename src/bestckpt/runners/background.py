@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import queue
+import time
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,7 @@ class BackgroundRunner:
         self._results: Any = self._ctx.Queue()
         self._proc: Any = None
         self.completed: list[dict[str, Any]] = []
+        self._outstanding: set[int] = set()  # steps queued whose result has not arrived (wait())
         self._closed = False
         stale = reconcile_protocol(tracker, protocol, on_protocol_change) if self.schedule.enabled else []
         if stale:
@@ -99,6 +101,7 @@ class BackgroundRunner:
     def _queue(self, rec: Any) -> None:
         """Queue the tracker record ``rec``'s checkpoint for the worker."""
         self._jobs.put((rec.step, str(record_path(self.tracker, rec)), rec.epoch))
+        self._outstanding.add(rec.step)
 
     def _ensure_worker(self) -> None:
         if self._proc is not None and self._proc.is_alive():
@@ -124,6 +127,7 @@ class BackgroundRunner:
         if evaluate:
             self._ensure_worker()
             self._jobs.put((step, str(path), epoch))
+            self._outstanding.add(step)
         self.poll()
         return evaluate
 
@@ -158,7 +162,26 @@ class BackgroundRunner:
             except queue.Empty:
                 break
         self.completed.extend(new)
+        self._outstanding.difference_update(r["step"] for r in new)
         return new
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every queued evaluation has its result (the worker keeps running: more checkpoints may
+        come); at most ``timeout`` seconds. Returns whether all arrived (False: timed out or the worker died,
+        and what is left stays pending). Use it to act on the final best before :meth:`close`."""
+        end = None if timeout is None else time.monotonic() + float(timeout)
+        while self._outstanding and not self._closed:
+            if self._proc is None or not self._proc.is_alive():
+                self.poll()
+                if self._outstanding:
+                    logger.error("background evaluator is not running (exit code %s); steps %s stay pending",
+                                 None if self._proc is None else self._proc.exitcode, sorted(self._outstanding))
+                break
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            self.poll(timeout=1.0 if left is None else min(1.0, left))
+        return not self._outstanding
 
     def close(self, wait: bool = True, timeout: float | None = None) -> None:
         """Stop the worker. ``wait=True`` finishes queued evaluations first; otherwise they stay pending."""

@@ -48,6 +48,10 @@ class InlineRunner:
             return None
         return self.evaluator.evaluate_and_record(self.tracker, step, path, epoch)
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Nothing is ever queued inline (each evaluation ran in ``checkpoint_saved``): True."""
+        return True
+
     def close(self, wait: bool = True) -> None:
         """Finish and release the evaluator's sinks (``wait`` exists for symmetry with the background runner)."""
         self.evaluator.finish(self.tracker)

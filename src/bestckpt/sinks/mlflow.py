@@ -43,6 +43,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from bestckpt.sinks.base import EvaluationEvent
 from bestckpt.sinks.tensorboard import IS_BEST_TAG, TAGS
+from bestckpt.tracking.attached import result_scalars
 
 __all__ = ["MlflowSink", "metric_key"]
 
@@ -172,6 +173,7 @@ class MlflowSink:
     def finish(self, summary: Mapping[str, Any], results_file: Path | None) -> None:
         """The summary and the results JSON as artifacts; bestckpt's own run is then ended."""
         self.client.log_dict(self.run_id, dict(summary), "bestckpt/summary.json")
+        self._log_results(summary.get("results"))
         if results_file is not None and Path(results_file).is_file():
             self.client.log_artifact(self.run_id, str(results_file), "bestckpt")
         if summary.get("best_step") is not None:  # the final word (a late result may have moved the best)
@@ -181,6 +183,13 @@ class MlflowSink:
         if self.own_run and not self._ended:
             self.client.set_terminated(self.run_id, "FINISHED")
             self._ended = True
+
+    def _log_results(self, results: Mapping[str, Mapping[str, Any]] | None) -> None:
+        """Results attached after scoring (``tracker.annotate``): ``Evaluation/<name>/...`` metrics at their step."""
+        now = int(time.time() * 1000)
+        metrics = [Metric(tag, value, now, step) for step, tag, value in result_scalars(results)]
+        for start in range(0, len(metrics), 1000):  # MLflow's log_batch takes at most 1000 metrics
+            self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
 
     def close(self) -> None:
         """Nothing buffered: every call above is synchronous. Own runs stay open until :meth:`finish`

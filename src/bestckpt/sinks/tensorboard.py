@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from bestckpt.tracking.attached import result_scalars
+
 if TYPE_CHECKING:
     from bestckpt.sinks.base import EvaluationEvent
 
@@ -111,7 +113,10 @@ class TensorBoardSink:
         """Nothing more to write: ``Evaluation/IsBest`` already marks the step."""
 
     def finish(self, summary: Mapping[str, object], results_file: Path | None) -> None:
-        """Nothing to add at the end: the summary is in the results JSON and the report."""
+        """Results attached after scoring (``tracker.annotate``: ``Evaluation/<name>/...`` at their step); the
+        rest of the summary is in the results JSON and the report."""
+        for step, tag, value in result_scalars(summary.get("results")):  # type: ignore[arg-type]
+            self._writer.add_scalar(tag, value, global_step=step)
         self._writer.flush()
 
     def close(self) -> None:

@@ -297,7 +297,8 @@ class WandbSink:
         run.log_artifact(artifact, aliases=["best", f"step-{step}"])
 
     def finish(self, summary: Mapping[str, Any], results_file: Path | None) -> None:
-        """The run's summary block (ranking head, counts) in the run summary; the results JSON as a run file."""
+        """The run's summary block (ranking head, counts, ``results`` attached after scoring such as the demo's
+        accuracy) in the run summary under ``bestckpt``; the results JSON as a run file."""
         run = self._ensure_run()
         if self.shared:
             self._drain_shared(final=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bestckpt import fsio
+from bestckpt.tracking import attached
 from bestckpt.tracking.layout import RESULTS_FILE
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ def results_document(summary: Mapping[str, Any], tracker_config: Mapping[str, An
         "schema": RESULTS_SCHEMA,
         "pending": list(summary["pending"]),
         "failed": list(summary["failed"]),
+        "results": dict(summary.get("results") or {}),  # attached after scoring (tracker.annotate)
         "updated_at": updated_at,
     }
 
@@ -112,4 +114,5 @@ def summary_of(st: TrackerState, rank: Ranking, config: TrackerConfig, limit: in
         "failed": [{"step": s, "error": records[s].error} for s in rank.failed_steps()],
         "records_total": len(records),
         "on_disk": len(st.live_steps),
+        "results": attached.results_of(records.values()),
     }

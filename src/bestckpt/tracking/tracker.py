@@ -8,12 +8,10 @@ anything is removed, so a crash mid-delete is finished on the next start. A cras
 state write and the ``best.pt`` swap leaves ``best.pt`` on the previous best (still on disk, since
 deletions come after the swap) with a ``best_link`` marker in the state; the next call repairs it.
 
-Large states: once ``best_checkpoints.json`` exceeds ``state_compact_bytes`` (default 256 KiB)
-each call appends one fsynced line to ``best_checkpoints.journal`` instead of rewriting the
-snapshot; the snapshot is rewritten when the journal reaches a quarter of its size and at every
-tracker start. Read the state with :func:`bestckpt.tracking.journal.read_state` (snapshot +
-journal) or ``bestckpt status --json``; for ordinary runs ``best_checkpoints.json`` alone is
-always current. A tracker object may be shared by threads (an in-process lock serialises its calls).
+Large states: past ``state_compact_bytes`` (256 KiB) each call appends one fsynced line to
+``best_checkpoints.journal``; the snapshot is rewritten when the journal reaches a quarter of its size and at
+every start. Read it with :func:`bestckpt.tracking.journal.read_state` or ``bestckpt status --json``.
+A tracker object may be shared by threads (an in-process lock serialises its calls).
 
 Documented choices:
 - A checkpoint is ranked only when evaluated with a finite tracked metric; NaN, inf, a missing
@@ -32,12 +30,9 @@ Documented choices:
 - Only the writer writes (global rank 0 under ``torch.distributed``, :mod:`bestckpt.tracking.roles`);
   other ranks read the state and compute the same answers in memory.
 
-Layout: this module orchestrates (the public API, locking, transactions, the summary);
-:mod:`~bestckpt.tracking.startup` opens the directory, :mod:`~bestckpt.tracking.commit` is the
-commit step (retention, state write, ``best.pt``, deletions), :mod:`~bestckpt.tracking.reconcile`
-reloads the state and reconciles it with the directory, :mod:`~bestckpt.tracking.ranking` keeps the
-ranking incrementally, :mod:`~bestckpt.tracking.state` holds :class:`Record` and the in-memory
-state, :mod:`~bestckpt.tracking.results` writes ``best_checkpoint_results.json``.
+Layout: this module orchestrates (API, locks, transactions); :mod:`.startup` opens the directory,
+:mod:`.commit` commits (retention, state, ``best.pt``, deletions), :mod:`.reconcile` reloads and reconciles,
+:mod:`.ranking` ranks, :mod:`.state` holds the records, :mod:`.results` writes the results JSON.
 """
 from __future__ import annotations
 
@@ -54,6 +49,7 @@ import filelock
 
 from bestckpt import errors
 from bestckpt.tracking import (
+    attached,
     commit,
     finalized,
     journal,
@@ -301,6 +297,10 @@ class BestCheckpointTracker(GuideAPI):
         """Replace finalize's marks (``info["final"]``) of these live steps at once (:mod:`.finalized`)."""
         self._transaction(lambda: finalized.set_final(self._st, {check_step(s): e for s, e in entries.items()}))
 
+    def annotate(self, step: int, name: str, value: Any) -> None:
+        """Attach a result measured after scoring (JSON, e.g. an accuracy) to ``step``: summary, sinks (:mod:`.attached`)."""
+        self._transaction(lambda: attached.annotate(self._st, check_step(step), name, value))
+
     @property
     def best(self) -> Record | None:
         """The best checkpoint's record (what ``best.pt`` points at), or ``None``."""
@@ -424,7 +424,6 @@ class BestCheckpointTracker(GuideAPI):
                                 "and the next call repairs best.pt and finishes deletions") from exc
             return result
 
-    # ------------------------------------------------------------------ state I/O
     def _checked_path(self, step: int, path: str | Path | None, epoch: int | None = None) -> str:
         """``path`` (default: the template's name) relative to the directory: inside it, on disk, not one of
         our files, sharing no entry with another live step (:mod:`~bestckpt.tracking.aliasing`; under the lock)."""
