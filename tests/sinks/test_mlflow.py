@@ -125,6 +125,30 @@ def test_sidecar_logs_into_the_training_run_and_export_replays_it(tmp_path: Path
         assert history(client, replayed.info.run_id, key) == history(client, run_id, key), key
 
 
+def test_evaluate_command_logs_into_a_run_linked_to_the_training_run(tmp_path: Path,
+                                                                    mlflow_store: dict[str, Any]) -> None:
+    """`bestckpt evaluate --sink mlflow --sink-option mlflow.parent_run_id=...`: offline re-ranking logs every
+    score at its checkpoint's step into bestckpt's own run nested under the training run, then ends that run."""
+    from bestckpt.cli import main
+
+    client = mlflow_store["client"]
+    parent = training_run(mlflow_store, "evaluate")
+    protocol = make_protocol(tmp_path)
+    protocol_file = protocol.to_file(tmp_path / "protocol.json")
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    ckpt_dir.mkdir(parents=True)
+    for step in (100, 200, 300):
+        save_checkpoint(ckpt_dir / f"{step:07d}.pt", step)
+    assert main(["evaluate", str(ckpt_dir), "--protocol", str(protocol_file), "--sampler", SAMPLER, "--scorer", SCORER,
+                 "--batch-size", "4", "--sink", "mlflow", "--sink-option", f"mlflow.tracking_uri={mlflow_store['uri']}",
+                 "--sink-option", f"mlflow.parent_run_id={parent}"]) == 0
+    tracker = BestCheckpointTracker(ckpt_dir, is_writer=False)
+    assert [r.status for r in tracker.records] == ["evaluated"] * 3
+    child = child_run(client, parent)
+    assert child.info.status == "FINISHED"
+    check_run(client, child.info.run_id, tracker, protocol)
+
+
 def test_unreachable_server_warns_once_and_changes_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline_kit import KitScorer, TinySampler
