@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,3 +32,13 @@ def isolated_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in ("BESTCKPT_WEIGHTS_DIR", "BESTCKPT_ALLOW_DOWNLOAD", "BESTCKPT_VERIFY_WEIGHTS"):
         monkeypatch.delenv(name, raising=False)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One local MLflow SQLite store for the session (creating its tables takes seconds), shared by the sink and
+    integration tests: ``{"uri", "root", "client"}``; each test uses its own experiment (mlflow_kit.training_run)."""
+    pytest.importorskip("mlflow")
+    from mlflow_kit import open_store
+
+    return open_store(tmp_path_factory.mktemp("mlflow"))

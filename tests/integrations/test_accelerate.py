@@ -26,6 +26,7 @@ pytest.importorskip("diffusers")
 from bestckpt.errors import ConfigError  # noqa: E402
 from bestckpt.integrations.accelerate import AccelerateCheckpoints, check_total_limits, load_unet  # noqa: E402
 from bestckpt.tracking.layout import COMPLETE_MARKER, OWN_NAMES  # noqa: E402
+from bestckpt.tracking.tracker import BestCheckpointTracker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "diffusers"
@@ -216,3 +217,36 @@ def test_single_process_registers_after_a_real_save_state(tmp_path: Path) -> Non
         best.close()
     finally:
         AcceleratorState._reset_state(True)
+
+
+def test_sinks_option_reaches_the_background_worker(tmp_path: Path, mlflow_store: dict[str, Any]) -> None:
+    """One process, real ``save_state``: ``sinks=`` passes through AccelerateCheckpoints to the background worker
+    (inline is refused here), which logs into the training run by its id: scores at the checkpoints' steps, the
+    best pointer, the summary at ``close``."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from hf_kit import TinyImageModel
+    from mlflow_kit import check_run, training_run
+    from pipeline_kit import make_protocol
+
+    client, run_id = mlflow_store["client"], training_run(mlflow_store, "accelerate")
+    protocol = make_protocol(tmp_path)
+    out = tmp_path / "out"
+    try:
+        accelerator = Accelerator(cpu=True)
+        model = accelerator.prepare(TinyImageModel())
+        best = AccelerateCheckpoints(accelerator, out, protocol, "hf_kit:make_sampler", evaluate_every_n_checkpoints=1,
+                                     scorer_spec="pipeline_kit:make_kit_scorer", save_top_k=1,
+                                     sinks={"mlflow": {"tracking_uri": mlflow_store["uri"], "run_id": run_id}})
+        for step in (2, 4):
+            with torch.no_grad():
+                model.w.mul_(0.5)  # different weights, different scores
+            accelerator.save_state(str(out / f"checkpoint-{step}"))
+            best.checkpoint_saved(step)
+        best.close()
+    finally:
+        AcceleratorState._reset_state(True)
+    tracker = BestCheckpointTracker.open(out)
+    assert sorted(r.step for r in tracker.records if r.status == "evaluated") == [2, 4]
+    check_run(client, run_id, tracker, protocol, weights="online")

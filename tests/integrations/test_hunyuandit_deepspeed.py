@@ -202,3 +202,24 @@ def test_relaunch_resumes_from_a_kept_tag_in_a_new_directory(zero2: tuple[Path, 
     assert sorted(records(second / "checkpoints")) == [28, 32]  # a new ranking, continuing the steps
     assert read_client_state(second / "checkpoints" / "0000032.pt")["steps"] == 32
     assert tree(first) == snapshot  # the previous launch's directory is not touched
+
+
+def test_sinks_option_through_start_tags_saved_and_close(tmp_path: Path, mlflow_store: dict) -> None:
+    """One rank, real DeepSpeed saves of HunyuanDiT's step tags: ``sinks=`` given to ``start`` reaches MLflow
+    (inline evaluation on rank 0 logs into the training run: scores at the tags' steps, the best pointer, and the
+    summary at ``close``)."""
+    from mlflow_kit import check_run, training_run
+    from pipeline_kit import make_protocol
+
+    from bestckpt.tracking.tracker import BestCheckpointTracker
+
+    client, run_id = mlflow_store["client"], training_run(mlflow_store, "hunyuandit")
+    protocol = make_protocol(tmp_path)
+    protocol.to_file(tmp_path / "protocol.json")
+    (tmp_path / "sinks.json").write_text(json.dumps({"mlflow": {"tracking_uri": mlflow_store["uri"], "run_id": run_id}}))
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+          str(TESTS_DIR / "hydit_sink_worker.py"), str(tmp_path)])
+    tracker = BestCheckpointTracker.open(tmp_path / "checkpoints")
+    assert sorted(r.step for r in tracker.records if r.status == "evaluated") == [2, 4, 6]
+    assert {r.path for r in tracker.records} == {"0000002.pt", "0000004.pt", "0000006.pt"}
+    check_run(client, run_id, tracker, protocol, weights="ema")

@@ -184,3 +184,22 @@ def test_lightning_default_names_work_with_an_epoch_template(tmp_path: Path) -> 
     assert [r.path for r in tracker.records if r.step == 15] == ["epoch=0-step=15.ckpt"]
     # mode="off" scores nothing: only the newest save (the resume point) must stay
     assert (ckpt_dir / "epoch=0-step=15.ckpt").is_file()
+
+
+def test_sinks_option_logs_every_evaluation_into_the_training_run(tmp_path: Path,
+                                                                  mlflow_store: dict[str, Any]) -> None:
+    """``sinks=`` passes through the callback to TrainingEvaluation: MLflow gets the scores at the checkpoints'
+    steps, the best pointer and, at the end, the summary (read back through MlflowClient)."""
+    from mlflow_kit import check_run, training_run
+
+    client, run_id = mlflow_store["client"], training_run(mlflow_store, "lightning")
+    protocol = make_protocol(tmp_path, num_samples=4)
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    cb = BestCheckpointCallback(protocol, make_sampler(), mode="inline", scorer_spec="pipeline_kit:make_kit_scorer",
+                                schedule=EvalSchedule(1), save_top_k=1, keep_every_n_steps=0,
+                                sinks={"mlflow": {"tracking_uri": mlflow_store["uri"], "run_id": run_id}})
+    _trainer(ckpt_dir, [cb], steps=15).fit(TinyLit(), loader())
+    tracker = BestCheckpointTracker.open(ckpt_dir)
+    assert sorted(r.step for r in tracker.records if r.status == "evaluated") == [5, 10, 15]
+    check_run(client, run_id, tracker, protocol, weights="online")
+    assert client.get_run(run_id).info.status == "RUNNING"  # the training run is never ended by bestckpt

@@ -231,3 +231,23 @@ def test_deepspeed_zero3_cpu(tmp_path: Path) -> None:
     assert shards["best"] is None
     assert "model.safetensors" in gather["files"] and gather["warnings"] == []
     assert gather["status"] == "evaluated" and gather["best"] == "checkpoint-4"
+
+
+def test_sinks_option_logs_into_a_run_linked_to_the_training_run(tmp_path: Path, mlflow_store: dict[str, Any],
+                                                                 one_thread: None) -> None:
+    """``sinks=`` passes through the callback: bestckpt's own MLflow run, nested under the training run, gets the
+    scores at the checkpoints' steps, the best pointer and the summary, and is ended at the end of training."""
+    from mlflow_kit import check_run, child_run, training_run
+
+    client, parent = mlflow_store["client"], training_run(mlflow_store, "transformers")
+    protocol = make_protocol(tmp_path)
+    out = tmp_path / "out"
+    callback = BestCheckpointCallback(protocol, "hf_kit:make_sampler", mode="inline", **KIT, save_top_k=1,
+                                      keep_every_n_steps=0,
+                                      sinks={"mlflow": {"tracking_uri": mlflow_store["uri"], "parent_run_id": parent}})
+    _trainer(out, callback, max_steps=8).train()
+    tracker = BestCheckpointTracker.open(out)
+    assert sorted(r.step for r in tracker.records if r.status == "evaluated") == [4, 8]  # every 2nd checkpoint
+    child = child_run(client, parent)
+    assert child.info.status == "FINISHED"
+    check_run(client, child.info.run_id, tracker, protocol, weights="online")
