@@ -7,17 +7,21 @@ and finishes its sinks before exiting (exit code 0: it was not killed). MLflow's
 the pending steps tagged and the summary uploaded; a later evaluation (the sidecar) continues the same run and
 ends it ``FINISHED``. W&B's own run gets its exit record (exit code 1) and the summary naming the pending steps.
 Inline: a Ctrl-C in the middle of an evaluation, then ``close(wait=False)``, ends MLflow's run the same way.
+Training that ends without ``close()`` (returns, or is killed) still ends the run (a training subprocess).
 """
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pipeline_kit import KitScorer, TinySampler, make_protocol, save_checkpoint
-from waiting import Beacon, Gate
+from pipeline_kit import TESTS_DIR, KitScorer, TinySampler, make_protocol, save_checkpoint
+from waiting import Beacon, Gate, LineWaiter, wait_for_state
 
 from bestckpt.evaluation.protocol import Protocol
 from bestckpt.integrations.loop import TrainingEvaluation
@@ -25,6 +29,7 @@ from bestckpt.runners import EvalSchedule
 from bestckpt.runners.evaluator import Evaluator
 from bestckpt.runners.sidecar import SidecarWatcher
 from bestckpt.sinks.tensorboard import TAGS
+from bestckpt.tracking.tracker import BestCheckpointTracker
 
 SAMPLER, SCORER = "pipeline_kit:make_sampler", "pipeline_kit:make_kit_scorer"
 PENDING_TAG = "bestckpt.pending_steps"
@@ -173,3 +178,48 @@ def test_background_stopped_mid_evaluation_finishes_the_wandb_run(tmp_path: Path
     assert run.summary["bestckpt"]["pending"] == [200, 300]
     assert [int(r["Evaluation/step"]) for r in run.rows_with("Evaluation/step")] == [100]
     assert "best_checkpoint_results.json" in run.files
+
+
+# ------------------------------------------------------------------------- training ends without close()
+@pytest.mark.parametrize("how", ["exits", "killed"])
+def test_training_gone_without_close_still_ends_the_mlflow_run(tmp_path: Path, store: dict[str, Any],
+                                                               monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """``exits``: training returns without ``close()``; multiprocessing SIGTERMs the daemon worker at exit, which
+    stops now and ends the run ``KILLED``. ``killed``: training is SIGKILLed; the orphaned worker scores what is
+    queued, notices that training is gone and ends the run ``FINISHED``."""
+    client = store["client"]
+    exp, _ = _experiment(store, f"gone-{how}")
+    beacon, gate = Beacon(tmp_path / "sampling"), Gate(tmp_path / "gate")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PIPELINE_KIT_BEACON=str(beacon.path),
+               PIPELINE_KIT_GATE=str(gate.path), PIPELINE_KIT_HOLD="0000200.pt")
+    proc = subprocess.Popen([sys.executable, str(TESTS_DIR / "interrupted_trainer.py"), str(tmp_path), store["uri"],
+                             f"gone-{how}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = LineWaiter(proc.stdout)  # type: ignore[arg-type]
+        lines.wait_for("saved")
+        while not beacon.wait_line().endswith(" 0000200.pt"):  # the worker is inside step 200
+            pass
+        if how == "exits":
+            proc.stdin.write("\n")  # type: ignore[union-attr]
+            proc.stdin.flush()  # type: ignore[union-attr]
+            assert proc.wait(timeout=300) == 0  # returned; its exit waited for the worker to finish its sinks
+        else:
+            proc.kill()
+            proc.wait(timeout=300)
+    finally:
+        gate.open()
+        if proc.poll() is None:
+            proc.kill()
+    want = "KILLED" if how == "exits" else "FINISHED"
+    (run,) = wait_for_state(lambda: client.search_runs([exp]), lambda runs: runs and runs[0].info.status == want,
+                            what=f"the evaluation run ending {want}")
+    tracker = BestCheckpointTracker(tmp_path / "run" / "checkpoints", is_writer=False)
+    statuses = {r.step: r.status for r in tracker.records}
+    if how == "exits":
+        assert statuses == {100: "evaluated", 200: "pending", 300: "pending"}
+        assert run.data.tags[PENDING_TAG] == "200,300" and _summary(client, run.info.run_id)["pending"] == [200, 300]
+    else:
+        assert statuses == {100: "evaluated", 200: "evaluated", 300: "evaluated"}
+        assert PENDING_TAG not in run.data.tags and _summary(client, run.info.run_id)["pending"] == []
+    beacon.close()
