@@ -49,6 +49,9 @@ class InlineRunner:
         return self.evaluator.evaluate_and_record(self.tracker, step, path, epoch)
 
     def close(self, wait: bool = True) -> None:
-        """Finish and release the evaluator's sinks (``wait`` exists for symmetry with the background runner)."""
+        """Finish and release the evaluator's sinks (``wait`` exists for symmetry with the background runner).
+
+        After an interrupted evaluation too (a Ctrl-C inside :meth:`checkpoint_saved` records nothing: the step
+        stays ``pending``): the sinks get the summary naming the pending steps and end their own runs."""
         self.evaluator.finish(self.tracker)
         self.evaluator.close()

@@ -14,6 +14,7 @@ end of a run bestckpt created) before it exits:
   finished evaluation is not interrupted (the stop waits for it);
 - the training process gone: after the queued evaluations.
 
+Without any sink there is nothing to finish, and SIGTERM keeps its default action (the worker ends at once).
 Once told to stop, the worker gives itself :data:`FINISH_TIMEOUT` seconds (``SIGALRM``, whose default action
 ends the process): a sink whose service hangs never keeps it, or training's exit, waiting longer. SIGINT is
 ignored: a Ctrl-C in the terminal reaches every process of the group, and training decides what happens.
@@ -66,8 +67,11 @@ class _Stop:
         self._armed = False
         self._raised = False
 
-    def install(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_sigterm)
+    def install(self, *, graceful: bool) -> None:
+        """``graceful`` (there are sinks to finish): SIGTERM stops through :class:`_StopNow`; else it keeps its
+        default action (the process ends at once, even inside native code: nothing would be finished)."""
+        if graceful:
+            signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def arm(self) -> None:
@@ -161,7 +165,8 @@ def background_main(jobs: Queue[Job], results: Queue[dict[str, Any]], spec: dict
     when the training process is gone. Either way the sinks are finished first (see the module docstring).
     """
     stop = _Stop()
-    stop.install()  # before anything slow: a SIGTERM from now on ends the worker through its finish
+    # before anything slow: a SIGTERM from now on ends the worker through its finish
+    stop.install(graceful=bool(SinkSpec.from_dict(spec.get("sinks") or {})) or bool(spec.get("tensorboard_dir")))
     try:
         _serve(jobs, results, spec, stop)
     except _StopNow:  # arrived before the evaluator existed: nothing to finish
