@@ -41,6 +41,7 @@ class OfflineRun:
     files: list[str] = field(default_factory=list)  # paths named by "files" records
     artifacts: list[dict[str, Any]] = field(default_factory=list)  # name, type, aliases, metadata, entries
     exited: bool = False
+    exit_code: int | None = None  # the exit record's code (``run.finish(exit_code=...)``)
 
     def rows_with(self, key: str) -> list[dict[str, Any]]:
         return [row for row in self.history if key in row]
@@ -129,6 +130,7 @@ def read_offline_run(folder: str | Path) -> OfflineRun:
                 "entries": [e.path for e in a.manifest.contents]})
         elif kind == "exit":
             run.exited = True
+            run.exit_code = int(record.exit.exit_code)
     return run
 
 

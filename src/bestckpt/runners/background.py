@@ -17,7 +17,7 @@ from bestckpt.runners.evaluator import default_device
 from bestckpt.runners.protocol_change import reconcile_protocol
 from bestckpt.runners.records import record_of, record_path
 from bestckpt.runners.schedule import EvalSchedule
-from bestckpt.runners.worker import background_main
+from bestckpt.runners.worker import FINISH_TIMEOUT, background_main
 from bestckpt.sinks.base import SinkSpec
 
 __all__ = ["BackgroundRunner"]
@@ -31,15 +31,16 @@ class BackgroundRunner:
     The worker is started with the ``spawn`` method (safe with CUDA and threads) and builds its own
     sampler from ``sampler_spec`` ("module:factory"), scorer and tracker (same directory and
     config; every tracker call reloads state under the file lock). Only the global writer rank
-    should create a BackgroundRunner. ``sinks`` (a :class:`~bestckpt.sinks.base.SinkSpec` or
-    its short forms) are opened and written by the worker, which also calls their ``finish`` when training
-    closes the runner with ``wait=True``. ``scorer_spec`` ("module:factory") replaces the protocol's
-    default :class:`~bestckpt.evaluation.scorer.Scorer` with a custom one. The worker logs (the
+    should create a BackgroundRunner. ``sinks`` (a :class:`~bestckpt.sinks.base.SinkSpec` or its short
+    forms) are opened and written by the worker, which also calls their ``finish`` however the run ends
+    (:meth:`close` with or without waiting, training gone). ``scorer_spec`` ("module:factory") replaces the
+    protocol's default :class:`~bestckpt.evaluation.scorer.Scorer` with a custom one. The worker logs (the
     guide's lines included) at ``log_level`` to ``log_file`` when given, else to stderr (unless the
-    sampler factory set up logging itself). The worker is a daemon process (it dies with training
-    and never blocks its exit), so a sampler must not start child processes of its own (use
-    DataLoader ``num_workers=0`` inside it). Checkpoints queued but not yet scored stay ``pending`` in the
-    tracker, so pruning keeps them and ``bestckpt watch``/``evaluate`` can finish them after a crash.
+    sampler factory set up logging itself). The worker is a daemon process (stopped with training; it
+    finishes its sinks within :data:`~bestckpt.runners.worker.FINISH_TIMEOUT` seconds), so a sampler must not
+    start child processes of its own (use DataLoader ``num_workers=0`` inside it). Checkpoints queued but not
+    yet scored stay ``pending`` in the tracker, so pruning keeps them and ``bestckpt watch``/``evaluate`` can
+    finish them after a crash.
     """
 
     def __init__(
@@ -184,7 +185,13 @@ class BackgroundRunner:
         return not self._outstanding
 
     def close(self, wait: bool = True, timeout: float | None = None) -> None:
-        """Stop the worker. ``wait=True`` finishes queued evaluations first; otherwise they stay pending."""
+        """Stop the worker; either way its sinks are finished (summary, results file, the end of their run).
+
+        ``wait=True`` lets the worker evaluate what is queued first (at most ``timeout`` seconds, when given).
+        ``wait=False`` (Ctrl-C, a crash), or a ``timeout`` that ran out, stops it now: the evaluation in flight
+        is abandoned and, like the queued ones, stays ``pending`` (never failed, never a made-up score). The
+        worker then has :data:`~bestckpt.runners.worker.FINISH_TIMEOUT` seconds to finish its sinks; training
+        waits that long at most (plus a margin), then kills it."""
         if self._closed:
             return
         self._closed = True
@@ -194,8 +201,7 @@ class BackgroundRunner:
             self._jobs.put(None)
             self._proc.join(timeout)
         if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(5)
+            self._stop_worker()
         elif self._proc.exitcode:
             logger.error("background evaluator exited with code %s", self._proc.exitcode)
         self.poll()
@@ -205,6 +211,17 @@ class BackgroundRunner:
                            "`bestckpt evaluate` or `bestckpt watch`", left)
         self._jobs.close()
         self._results.close()
+
+    def _stop_worker(self) -> None:
+        """SIGTERM: the worker abandons its evaluation and finishes its sinks (bounded by its own alarm); a
+        worker that has not exited by then (stuck in native code) is killed."""
+        self._proc.terminate()
+        self._proc.join(FINISH_TIMEOUT + 5)
+        if self._proc.is_alive():
+            logger.error("background evaluator did not stop within %d s; killing it (its sinks may not have "
+                         "received the end of the run: `bestckpt export` replays it)", FINISH_TIMEOUT + 5)
+            self._proc.kill()
+            self._proc.join(5)
 
     def __enter__(self) -> BackgroundRunner:
         return self

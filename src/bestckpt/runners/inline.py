@@ -53,6 +53,9 @@ class InlineRunner:
         return True
 
     def close(self, wait: bool = True) -> None:
-        """Finish and release the evaluator's sinks (``wait`` exists for symmetry with the background runner)."""
+        """Finish and release the evaluator's sinks (``wait`` exists for symmetry with the background runner).
+
+        After an interrupted evaluation too (a Ctrl-C inside :meth:`checkpoint_saved` records nothing: the step
+        stays ``pending``): the sinks get the summary naming the pending steps and end their own runs."""
         self.evaluator.finish(self.tracker)
         self.evaluator.close()

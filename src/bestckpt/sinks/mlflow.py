@@ -20,7 +20,10 @@ What is logged, per evaluation (at ``step`` = the checkpoint's training step):
 Best checkpoint: tags ``bestckpt.best_step``, ``bestckpt.best_path``, ``bestckpt.best.<metric>`` (tags, not params:
   MLflow params cannot change once set, and the best moves). ``upload_best=True`` also uploads the checkpoint
   under ``best_checkpoint/<step:07d>/`` (off by default: checkpoints are large).
-End of run: artifacts ``bestckpt/summary.json`` and ``bestckpt/best_checkpoint_results.json``.
+End of run: artifacts ``bestckpt/summary.json`` and ``bestckpt/best_checkpoint_results.json``; bestckpt's own run
+  ends ``FINISHED``, or ``KILLED`` with the tag ``bestckpt.pending_steps`` when evaluations were cut short (training
+  stopped without waiting). A later ``bestckpt evaluate``/``watch`` finds the run again, sets it ``RUNNING`` while
+  it evaluates, and ends it ``FINISHED`` once nothing is pending.
 """
 from __future__ import annotations
 
@@ -51,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_RUN_NAME = "bestckpt-evaluation"
 DIR_TAG = "bestckpt.checkpoint_dir"
+#: tag naming the steps still pending evaluation when the run was finished (comma-separated; absent when none)
+PENDING_TAG = "bestckpt.pending_steps"
 
 
 def metric_key(name: str) -> str:
@@ -103,7 +108,10 @@ class MlflowSink:
                     query += f" and tags.`mlflow.parentRunId` = '{parent}'"
                 found = self.client.search_runs([experiment_id], query, max_results=1)
                 if found:
-                    return str(found[0].info.run_id)
+                    run = found[0].info
+                    if run.status != "RUNNING":  # ended earlier (KILLED: evaluations were left pending)
+                        self.client.update_run(run.run_id, status="RUNNING")  # evaluating again
+                    return str(run.run_id)
         return str(self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id)
 
     def log_evaluation(self, event: EvaluationEvent) -> None:
@@ -171,17 +179,29 @@ class MlflowSink:
                 self.client.log_artifact(self.run_id, str(target), dest)
 
     def finish(self, summary: Mapping[str, Any], results_file: Path | None) -> None:
-        """The summary and the results JSON as artifacts; bestckpt's own run is then ended."""
+        """The summary and the results JSON as artifacts; bestckpt's own run is then ended.
+
+        Steps still pending evaluation (training stopped with ``close(wait=False)``, Ctrl-C, a crash) are named
+        in the tag ``bestckpt.pending_steps`` (removed once none is left), and bestckpt's own run ends
+        ``KILLED`` (its evaluation was cut short) instead of ``FINISHED``; whoever evaluates them later
+        (``bestckpt evaluate``/``watch``) continues the same run and ends it ``FINISHED``."""
         self.client.log_dict(self.run_id, dict(summary), "bestckpt/summary.json")
         self._log_results(summary.get("results"))
         if results_file is not None and Path(results_file).is_file():
             self.client.log_artifact(self.run_id, str(results_file), "bestckpt")
+        tags = []
         if summary.get("best_step") is not None:  # the final word (a late result may have moved the best)
-            self.client.log_batch(self.run_id, tags=[
-                RunTag("bestckpt.best_step", str(summary["best_step"])),
-                RunTag("bestckpt.best_path", str(summary.get("best_checkpoint")))])
+            tags += [RunTag("bestckpt.best_step", str(summary["best_step"])),
+                     RunTag("bestckpt.best_path", str(summary.get("best_checkpoint")))]
+        pending = sorted(int(s) for s in summary.get("pending") or ())
+        if pending:
+            tags.append(RunTag(PENDING_TAG, ",".join(map(str, pending))[:5000]))
+        elif PENDING_TAG in self.client.get_run(self.run_id).data.tags:
+            self.client.delete_tag(self.run_id, PENDING_TAG)
+        if tags:
+            self.client.log_batch(self.run_id, tags=tags)
         if self.own_run and not self._ended:
-            self.client.set_terminated(self.run_id, "FINISHED")
+            self.client.set_terminated(self.run_id, "KILLED" if pending else "FINISHED")
             self._ended = True
 
     def _log_results(self, results: Mapping[str, Mapping[str, Any]] | None) -> None:

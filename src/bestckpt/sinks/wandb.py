@@ -176,6 +176,7 @@ class WandbSink:
         self._pending: deque[dict[str, Any]] = deque()  # shared run: rows waiting for the training's next log
         self._merged_at: int | None = None  # shared run: W&B step our last row was merged into
         self._closed = False
+        self._exit_code = 0  # set by finish: 1 when steps were left pending
 
     # ------------------------------------------------------------------ the run
     def _ensure_run(self) -> Any:
@@ -297,8 +298,9 @@ class WandbSink:
         run.log_artifact(artifact, aliases=["best", f"step-{step}"])
 
     def finish(self, summary: Mapping[str, Any], results_file: Path | None) -> None:
-        """The run's summary block (ranking head, counts, ``results`` attached after scoring such as the demo's
-        accuracy) in the run summary under ``bestckpt``; the results JSON as a run file."""
+        """The run's summary block (ranking head, counts, ``pending``, ``results`` attached after scoring such as
+        the demo's accuracy) in the run summary under ``bestckpt``; the results JSON as a run file. With steps still
+        pending, the own run will be finished with exit code 1 (see :meth:`close`)."""
         run = self._ensure_run()
         if self.shared:
             self._drain_shared(final=True)
@@ -306,11 +308,15 @@ class WandbSink:
         if "ranking" in block:  # the head only: a W&B summary is not the place for a long run's every record
             block["ranking"] = list(block["ranking"] or [])[:10]
         run.summary["bestckpt"] = block
+        # steps left pending (training stopped without waiting): the own run ends with exit code 1 (W&B shows it
+        # "failed": its evaluation did not complete), the steps named in the summary; the scores are all real
+        self._exit_code = 1 if block.get("pending") else 0
         if results_file is not None and Path(results_file).is_file():
             run.save(str(results_file), base_path=str(Path(results_file).parent), policy="now")
 
     def close(self) -> None:
-        """Write what waits, finish the sink's own run (never the training's); idempotent."""
+        """Write what waits, finish the sink's own run (never the training's): exit code 1 when :meth:`finish`
+        saw steps still pending (W&B shows the run "failed"), else 0; idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -325,4 +331,4 @@ class WandbSink:
                 finally:
                     self.run = None
             return
-        run.finish()
+        run.finish(exit_code=self._exit_code)
