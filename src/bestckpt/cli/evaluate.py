@@ -165,19 +165,21 @@ def run(args: argparse.Namespace) -> int:
             return fail(f"no checkpoint for step(s) {missing} in {args.checkpoint_dir}; pick steps from "
                         f"bestckpt status {args.checkpoint_dir}")
     failed = 0
-    with Progress(TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.description}")) as progress:
-        task = progress.add_task("", total=len(todo))
-        for step, path, rec in todo:
-            progress.update(task, description=f"step {step}")
-            if rec is None:
-                tracker.checkpoint_saved(step, str(path), evaluate=True)
-            result = evaluator.evaluate_and_record(tracker, step, path, None if rec is None else rec.epoch)
-            failed += 0 if result.ok else 1
-            progress.advance(task)
-    tracker.write_results()
-    evaluator.finish(tracker)
-    evaluator.close()
+    try:
+        with Progress(TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("{task.description}")) as progress:
+            task = progress.add_task("", total=len(todo))
+            for step, path, rec in todo:
+                progress.update(task, description=f"step {step}")
+                if rec is None:
+                    tracker.checkpoint_saved(step, str(path), evaluate=True)
+                result = evaluator.evaluate_and_record(tracker, step, path, None if rec is None else rec.epoch)
+                failed += 0 if result.ok else 1
+                progress.advance(task)
+    finally:  # Ctrl-C included: the results file and the sinks' end of the run (what is left stays pending)
+        tracker.write_results()
+        evaluator.finish(tracker)
+        evaluator.close()
     tracker.log_summary()
     print(f"{len(todo)} checkpoint(s) evaluated under protocol {protocol.short_hash}, {failed} failed")
     return 1 if failed else 0
