@@ -3,6 +3,9 @@ checkpoints of a run (offline re-ranking) and record the scores in the directory
 
 Checkpoints already scored under the same protocol (same hash) are skipped unless --force; those
 scored under another protocol are re-scored, so the ranking only ever compares like with like.
+
+On several GPUs: `torchrun --nproc_per_node 8 -m bestckpt evaluate CKPT_DIR ... --device cuda`: every rank
+evaluates the same checkpoints, each its share of the samples; global rank 0 records and prints.
 """
 from __future__ import annotations
 

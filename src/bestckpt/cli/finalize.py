@@ -6,7 +6,9 @@ under a larger protocol (F, or P with --samples-factor times the samples: more s
 those scores under the larger protocol's id, and moves best.pt only to a winner confirmed beyond noise;
 otherwise the current best stays. The decision is logged and written to CKPT_DIR/finalize.json (`bestckpt
 status` shows it); a finalized best is never moved back by later evaluations, only by another finalize.
-Interrupted, run it again: finalists already scored are skipped. Details: docs/finalize.md.
+Interrupted, run it again: finalists already scored are skipped. Under torchrun
+(`torchrun --nproc_per_node 8 -m bestckpt finalize ... --device cuda`) the ranks share each evaluation and global
+rank 0 records and prints. Details: docs/finalize.md.
 """
 from __future__ import annotations
 
