@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,12 +36,16 @@ def _checkpoints(ckpt: Path) -> Path:
     return ckpt
 
 
-def _torchrun(argv: list[str], fresh: object) -> str:
+def _torchrun_cmd(argv: list[str]) -> tuple[list[str], dict[str, str]]:
     """``torchrun --nproc_per_node 2 -m bestckpt ARGV``; every rank's output lines carry ``[default<rank>]:``."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--tee", "3",
-           "-m", "bestckpt", *argv]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--tee", "3",
+            "-m", "bestckpt", *argv], env
+
+
+def _torchrun(argv: list[str], fresh: object) -> str:
+    cmd, env = _torchrun_cmd(argv)
     proc = run_checked(cmd, env, timeout=150, fresh=fresh)  # type: ignore[arg-type]
     assert "[default1]:" not in proc.stdout, proc.stdout  # rank 1 prints nothing (its errors would go to stderr)
     return proc.stdout
@@ -95,3 +100,34 @@ def test_evaluate_and_finalize_under_torchrun_match_one_process(tmp_path: Path, 
     finals = [_final_scores(d) for d in (one, two)]
     assert finals[0] == finals[1] and any(finals[0].values())
     assert (two / "best.pt").readlink() == (one / "best.pt").readlink()
+
+
+def test_a_rank_that_stops_stops_them_all_and_nothing_is_recorded_as_failed(tmp_path: Path) -> None:
+    """Rank 1 is interrupted in its first sampling: rank 0's next collective fails (or torchrun ends it), so both
+    stop; the checkpoint is not recorded as a failed evaluation (the peer's death is not its fault), nothing
+    hangs (bounded by the subprocess timeout), and the run is left to evaluate again."""
+    make_protocol(tmp_path, num_samples=8).to_file(tmp_path / "protocol.json")
+    ckpt = _checkpoints(tmp_path / "checkpoints")
+    cmd, env = _torchrun_cmd(["evaluate", str(ckpt), "--protocol", str(tmp_path / "protocol.json"), "--sampler",
+                              "dist_cli_kit:make_stops_on_rank1", "--scorer", "pipeline_kit:make_kit_scorer",
+                              "--device", "cpu"])
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    assert "[default1]:bestckpt: interrupted" in proc.stderr, proc.stderr[-3000:]
+    records = BestCheckpointTracker.open(ckpt).records
+    assert {r.step for r in records} == set(STEPS), proc.stderr[-3000:]
+    for r in records:  # registered (pending) or untouched, never failed nor scored
+        assert r.status in ("pending", "saved") and not r.metrics and "error" not in r.info, (r, proc.stderr[-3000:])
+
+
+@pytest.mark.parametrize(("option", "message"), [(["--device", "cuda:1"], "under torchrun pass --device cuda"),
+                                                 (["--dist-timeout", "0"], "positive number of seconds")])
+def test_refused_under_torchrun_before_joining(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str], option: list[str],
+                                               message: str) -> None:
+    """One GPU named for every rank, or no timeout: one clear line, before any process group is started."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    ckpt = _checkpoints(tmp_path / "checkpoints")
+    assert main(["evaluate", str(ckpt), "--protocol", "p.json", "--sampler", "m:f", *option]) == 2
+    assert message in capsys.readouterr().err

@@ -103,12 +103,12 @@ def launched(args: argparse.Namespace) -> Iterator[DistContext | None]:
 
     from bestckpt.evaluation.distributed import current_context
 
+    if not args.dist_timeout > 0:
+        raise ConfigError(f"--dist-timeout {args.dist_timeout:g}: must be a positive number of seconds, e.g. 1800")
     args.device = _rank_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
     backend = args.dist_backend or ("nccl" if args.device.startswith("cuda") else "gloo")
     if args.device.startswith("cuda"):
         torch.cuda.set_device(torch.device(args.device))
-    if args.dist_timeout <= 0:
-        raise ConfigError(f"--dist-timeout {args.dist_timeout:g}: must be a positive number of seconds, e.g. 1800")
     tdist.init_process_group(backend, timeout=datetime.timedelta(seconds=args.dist_timeout))
     ctx = current_context()
     assert ctx is not None  # the group was just initialised
