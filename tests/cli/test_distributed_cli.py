@@ -121,13 +121,14 @@ def test_a_rank_that_stops_stops_them_all_and_nothing_is_recorded_as_failed(tmp_
 
 
 @pytest.mark.parametrize(("option", "message"), [(["--device", "cuda:1"], "under torchrun pass --device cuda"),
-                                                 (["--dist-timeout", "0"], "positive number of seconds")])
+                                                 (["--dist-timeout", "0"], "positive number of seconds"),
+                                                 (["--device", "cuda"], "start at most that many ranks per node")])
 def test_refused_under_torchrun_before_joining(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str], option: list[str],
                                                message: str) -> None:
     """One GPU named for every rank, or no timeout: one clear line, before any process group is started."""
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "4096")  # more GPUs than any machine has
     ckpt = _checkpoints(tmp_path / "checkpoints")
     assert main(["evaluate", str(ckpt), "--protocol", "p.json", "--sampler", "m:f", *option]) == 2
     assert message in capsys.readouterr().err

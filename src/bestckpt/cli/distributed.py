@@ -77,6 +77,10 @@ def _rank_device(device: str | None, local_rank: int) -> str:
     if index:
         raise ConfigError(f"--device {device} names one GPU for every rank; under torchrun pass --device cuda "
                           f"(each rank then uses cuda:LOCAL_RANK, here cuda:{local_rank})")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if local_rank >= count:
+        raise ConfigError(f"--device cuda: LOCAL_RANK {local_rank} needs cuda:{local_rank}, but this machine has {count} "
+                          "usable GPU(s); start at most that many ranks per node (--nproc_per_node), or use --device cpu")
     return f"cuda:{local_rank}"
 
 
@@ -123,7 +127,13 @@ def launched(args: argparse.Namespace) -> Iterator[DistContext | None]:
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-    tdist.barrier()
+    try:
+        tdist.barrier()
+    except Exception as exc:  # this rank finished; another one did not reach the end
+        with contextlib.suppress(Exception):
+            tdist.destroy_process_group()
+        raise RanksLost(f"this rank finished, but another one did not reach the end ({type(exc).__name__}: "
+                        f"{(str(exc).splitlines() or [''])[0][:300]}); see every rank's output") from exc
     tdist.destroy_process_group()
 
 
