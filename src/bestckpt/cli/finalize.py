@@ -150,10 +150,10 @@ def _report(released: list[int], before: dict[int, Any], gone: list[int], plan: 
     """One line per released finalist (deleted, or kept and why), per other deletion, and a summary."""
     from bestckpt.tracking.finalized import final_of
 
-    would = "would " if dry_run else ""
     for step in released:
         why = "; ".join(plan[step].reasons) if step in plan else "not on disk"
-        fate = f"{would}be deleted by retention" if step in gone else f"{would}{'be ' if dry_run else ''}kept ({why})"
+        fate = ("deleted by retention" if step in gone else f"kept ({why})") if not dry_run else (
+            "would be deleted by retention" if step in gone else f"would be kept ({why})")
         print(f"{'would release' if dry_run else 'released'} step {step} ({before[step].path}): no longer a "
               f"finalist; {fate}")
     for step in gone:
@@ -161,6 +161,7 @@ def _report(released: list[int], before: dict[int, Any], gone: list[int], plan: 
             print(f"retention {'would also delete' if dry_run else 'also deleted'} step {step} ({before[step].path})")
     scored = sum(1 for s in released if final_of(before[s]).get("scores"))
     chosen = best is not None and "chosen" in final_of(best)
-    print(f"{'dry run: ' if dry_run else ''}{len(released)} finalist(s) {would}released, {len(gone)} checkpoint(s) "
-          f"{would}deleted; the finalize scores of {scored} finalist(s) stay recorded; best.pt: step "
+    counts = (f"dry run, nothing changed: {len(released)} finalist(s) would be released, {len(gone)} checkpoint(s) "
+              "would be deleted" if dry_run else f"{len(released)} finalist(s) released, {len(gone)} checkpoint(s) deleted")
+    print(f"{counts}; the finalize scores of {scored} finalist(s) stay recorded; best.pt: step "
           f"{None if best is None else best.step}{' (chosen by an earlier finalize)' if chosen else ''}")

@@ -83,8 +83,7 @@ def carried(old: Record | None, info: Mapping[str, Any], same_save: bool) -> dic
 
 def protected(st: TrackerState) -> dict[int, str]:
     """Finalists of a finalize that runs (or was interrupted): kept until it finishes or is abandoned (:func:`abandon`)."""
-    return {r.step: ("finalist (bestckpt finalize running or interrupted; rerun it to "
-                     "finish, or give up with `bestckpt finalize DIR --abandon`)")
+    return {r.step: "finalist of an unfinished finalize (rerun it, or `finalize --abandon`)"
             for r in st.live() if final_of(r).get("finalizing") is not None}
 
 
@@ -101,18 +100,20 @@ def set_final(st: TrackerState, entries: Mapping[int, Mapping[str, Any] | None])
         st.put(dataclasses.replace(rec, info=info))
 
 
-def abandon(st: TrackerState) -> list[int]:
+def abandon(st: TrackerState, *, log: bool = True) -> list[int]:
     """Remove the ``finalizing`` pins of an interrupted finalize from the live records (retention then treats them
     like any other checkpoint); the scores it measured under its protocol stay (real measurements), and so does an
-    earlier finalize's ``chosen``. Returns the released steps (empty: no pins)."""
+    earlier finalize's ``chosen``. Returns the released steps, sorted (empty: no pins); ``log``: one line each."""
     released = []
-    for rec in [r for r in st.live() if "finalizing" in final_of(r)]:
+    for rec in sorted((r for r in st.live() if "finalizing" in final_of(r)), key=lambda r: r.step):
         marks = final_of(rec)
         if marks.pop("finalizing") is not None:
             released.append(rec.step)
         set_final(st, {rec.step: marks or None})
-        logger.info("finalize abandoned: step %d (%s) is no longer pinned as a finalist; its %d score(s) under a "
-                    "finalize protocol stay", rec.step, rec.path, len(marks.get("scores") or {}))
+        scores = len(marks.get("scores") or {})
+        if log:
+            logger.info("finalize abandoned: step %d (%s) is no longer pinned as a finalist%s", rec.step, rec.path,
+                        f"; its scores under {scores} finalize protocol(s) stay" if scores else "")
     return released
 
 

@@ -300,7 +300,7 @@ class BestCheckpointTracker(GuideAPI):
     def abandon_finalize(self) -> list[int]:
         """Unpin an interrupted finalize's finalists, keeping scores and choice (:func:`.finalized.abandon`; reader: preview)."""
         with finalized.running_lock(self.dir, abandoning=True) if self.is_writer else contextlib.nullcontext():
-            return self._transaction(lambda: finalized.abandon(self._st))
+            return self._transaction(lambda: finalized.abandon(self._st, log=self.is_writer))
 
     def annotate(self, step: int, name: str, value: Any) -> None:
         """Attach a result measured after scoring (JSON, e.g. an accuracy) to ``step``: summary, sinks (:mod:`.attached`)."""
