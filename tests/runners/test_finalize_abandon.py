@@ -15,35 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pipeline_kit import TESTS_DIR, KitScorer, TinySampler, make_protocol, save_checkpoint
+from pipeline_kit import TESTS_DIR, InterruptedEvaluator, KitScorer, TinySampler, make_protocol, save_checkpoint
 from waiting import Beacon, Gate
 
 from bestckpt.cli import main
 from bestckpt.errors import StateLockTimeout
 from bestckpt.evaluation.protocol import Protocol
-from bestckpt.runners import Evaluator
 from bestckpt.runners.finalize import finalize
 from bestckpt.tracking.finalized import final_of
 from bestckpt.tracking.layout import STATE_FILE
 from bestckpt.tracking.tracker import BestCheckpointTracker
 
 
-class _Interrupted(Evaluator):
-    """Interrupted (Ctrl-C) when it starts its ``stop_at``-th evaluation."""
-
-    def __init__(self, *args: Any, stop_at: int | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.stop_at, self.calls = stop_at, 0
-
-    def evaluate(self, step: int, path: str | Path) -> Any:
-        self.calls += 1
-        if self.calls == self.stop_at:
-            raise KeyboardInterrupt
-        return super().evaluate(step, path)
-
-
-def _evaluator(protocol: Protocol, stop_at: int | None = None) -> _Interrupted:
-    return _Interrupted(protocol, TinySampler(), scorer=KitScorer(), device="cpu", dist=None, stop_at=stop_at)
+def _evaluator(protocol: Protocol, stop_at: int | None = None) -> InterruptedEvaluator:
+    return InterruptedEvaluator(protocol, TinySampler(), scorer=KitScorer(), device="cpu", dist=None, stop_at=stop_at)
 
 
 def _scored_run(ckpt: Path, scores: dict[int, float], **settings: Any) -> BestCheckpointTracker:
