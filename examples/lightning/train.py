@@ -132,6 +132,9 @@ def main(args: Namespace) -> None:
 
     if args.timings_out is not None and trainer.is_global_zero:
         args.timings_out.write_text(json.dumps({"stack": "lightning", "blocked_s": best.blocked_s}))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # leave together, then tear the group down (torch warns when it is left up)
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -232,7 +232,10 @@ EXPECTED: dict[str, list[str]] = {
     "bestckpt.tracking.entries": [
         "UnsafePathError", "cleanup_temporaries", "confine", "delete_entry", "entry_stat", "move_aside",
     ],
-    "bestckpt.tracking.finalized": ["FINAL", "carried", "choice_time", "final_of", "protected", "set_final"],
+    "bestckpt.tracking.finalized": [
+        "FINAL", "LOCK_NAME", "abandon", "carried", "choice_time", "final_of", "protected", "running_lock",
+        "set_final",
+    ],
     "bestckpt.tracking.guide_api": ["CLEANUP_DEPRECATION", "GuideAPI"],
     "bestckpt.tracking.journal": ["StateFile", "read_state"],
     "bestckpt.tracking.layout": [

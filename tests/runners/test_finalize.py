@@ -12,6 +12,7 @@ from typing import Any
 import finalize_case as fc
 import pytest
 import torch
+from pipeline_kit import InterruptedEvaluator
 
 from bestckpt.cli import main
 from bestckpt.cli.status import collect
@@ -91,19 +92,6 @@ def test_finalize_confirms_the_truly_better_one_and_later_training_evaluations_d
     assert collect(ckpt)["finalize"]["chosen"] == fc.LATE  # `bestckpt status --json` carries the decision
 
 
-class _Interrupted(Evaluator):
-    """An evaluator that is interrupted (Ctrl-C) when it starts its ``stop_at``-th evaluation; counts the calls."""
-
-    def __init__(self, *args: Any, stop_at: int | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.stop_at, self.calls = stop_at, 0
-
-    def evaluate(self, step: int, path: str | Path) -> Any:
-        self.calls += 1
-        if self.calls == self.stop_at:
-            raise KeyboardInterrupt
-        return super().evaluate(step, path)
-
 
 def test_an_interrupted_finalize_keeps_its_finalists_and_resumes(case: dict[str, Any], tmp_path: Path,
                                                                  one_thread: None) -> None:
@@ -114,7 +102,7 @@ def test_an_interrupted_finalize_keeps_its_finalists_and_resumes(case: dict[str,
         tracker.checkpoint_saved(step, path.name)
         assert training.evaluate_and_record(tracker, step, ckpt / path.name).ok
     final = fc.full_protocol(48)
-    first = _Interrupted(final, fc.DemoSampler(), device="cpu", dist=None, stop_at=2)
+    first = InterruptedEvaluator(final, fc.DemoSampler(), device="cpu", dist=None, stop_at=2)
     with pytest.raises(KeyboardInterrupt):
         finalize(tracker, first)
     records = {r.step: r for r in tracker.records}
@@ -123,7 +111,7 @@ def test_an_interrupted_finalize_keeps_its_finalists_and_resumes(case: dict[str,
     assert all(plan[s].keep and any("finalist" in why for why in plan[s].reasons) for s in records)
     assert tracker.best.step == fc.EARLY  # type: ignore[union-attr]  # nothing decided yet
 
-    again = _Interrupted(final, fc.DemoSampler(), device="cpu", dist=None)
+    again = InterruptedEvaluator(final, fc.DemoSampler(), device="cpu", dist=None)
     decision = finalize(tracker, again)
     assert again.calls == 1  # the finalist scored before the interruption is not scored again
     assert (decision.chosen, decision.moved) == (fc.LATE, True), decision.reason

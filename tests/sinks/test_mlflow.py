@@ -178,15 +178,19 @@ def test_unreachable_server_warns_once_and_changes_nothing(tmp_path: Path, caplo
     assert all(r.ok for r in evaluation.results)
 
 
-def test_demo_logs_the_same_scores(tmp_path: Path, mlflow_store: dict[str, Any]) -> None:
-    """`bestckpt demo --sink mlflow`: the demo's background worker logs every recorded score at its step."""
+def test_demo_logs_the_same_scores(tmp_path: Path, mlflow_store: dict[str, Any], offline: Path) -> None:
+    """`bestckpt demo --sink mlflow --sink wandb`: the demo's background worker logs every recorded score at its
+    step into both, and the best checkpoint's accuracy (measured after the last evaluation) at the end."""
+    from wandb_offline import read_offline_runs
+
     client = mlflow_store["client"]
     run_dir = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "bestckpt", "demo", "--quick", "--threads", "1", "--no-report",
-                           "--run-dir", str(run_dir), "--sink", "mlflow",
+                           "--run-dir", str(run_dir), "--sink", "mlflow", "--sink", "wandb",
                            "--sink-option", f"mlflow.tracking_uri={mlflow_store['uri']}",
                            "--sink-option", "mlflow.experiment_name=demo",
-                           "--sink-option", f"mlflow.artifact_location={mlflow_store['root'] / 'demo'}"],
+                           "--sink-option", f"mlflow.artifact_location={mlflow_store['root'] / 'demo'}",
+                           "--sink-option", "wandb.project=demo"],
                           capture_output=True, text=True, timeout=540, env=_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (run,) = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
@@ -207,3 +211,16 @@ def test_demo_logs_the_same_scores(tmp_path: Path, mlflow_store: dict[str, Any])
             key = f"Evaluation/accuracy/{reader}/{attribute}"
             assert history(client, run.info.run_id, key) == {tracker.best.step: pytest.approx(value)}, key
     assert tracker.summary()["results"][str(tracker.best.step)]["accuracy"]["classifier"] == accuracy["classifier"]
+
+    # W&B (offline): the same scores against Evaluation/step, the accuracy in the summary, a finished run
+    (wb,) = read_offline_runs(offline)
+    assert wb.project == "demo" and wb.exited and wb.exit_code == 0
+    rows = {int(row["Evaluation/step"]): row for row in wb.rows_with("Evaluation/step")}
+    assert set(rows) == {r.step for r in evaluated}
+    for r in evaluated:
+        for name, value in r.metrics.items():
+            if value is not None:
+                assert rows[r.step][TAGS.get(name, f"Evaluation/{name}")] == pytest.approx(value), (r.step, name)
+    results = wb.summary["bestckpt"]["results"][str(tracker.best.step)]["accuracy"]
+    assert results["classifier"] == pytest.approx(accuracy["classifier"])
+    assert results["nearest_render"] == pytest.approx(accuracy["nearest_render"])

@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,19 +152,6 @@ def test_inline_interrupted_mid_evaluation_ends_the_mlflow_run_killed(tmp_path: 
 
 
 # ---------------------------------------------------------------------------------------------------- W&B
-@pytest.fixture
-def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    wandb = pytest.importorskip("wandb")
-    from wandb_offline import CLEARED, offline_env
-
-    root = tmp_path / "wandb_root"
-    for key in CLEARED:
-        monkeypatch.delenv(key, raising=False)
-    for key, value in offline_env(root).items():
-        monkeypatch.setenv(key, value)
-    yield root
-    wandb.teardown()
-
 
 def test_background_stopped_mid_evaluation_finishes_the_wandb_run(tmp_path: Path, offline: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:

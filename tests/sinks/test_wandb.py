@@ -13,29 +13,17 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from wandb_offline import CLEARED, OfflineRun, offline_env, read_offline_runs
+from wandb_offline import OfflineRun, read_offline_runs
 
 from bestckpt.sinks.base import EvaluationEvent, make_sinks
 from bestckpt.sinks.wandb import BEST_KEY, COMPARISONS_KEY, GRID_KEY, STEP_METRIC, WandbSink
 
 pytest.importorskip("wandb")
 
-
-@pytest.fixture
-def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Offline W&B confined to tmp_path (no network, no user settings or credentials read)."""
-    for key in CLEARED:
-        monkeypatch.delenv(key, raising=False)
-    for key, value in offline_env(tmp_path).items():
-        monkeypatch.setenv(key, value)
-    yield tmp_path
-    import wandb
-
-    wandb.teardown()  # the next test's settings (WANDB_DIR) are read by a fresh W&B service
 
 
 def _samples(root: Path, step: int, prompts: list[str]) -> list[tuple[Path, str]]:

@@ -12,14 +12,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pipeline_kit import TESTS_DIR, make_protocol, save_checkpoint
 from waiting import Gate
-from wandb_offline import CLEARED, OfflineRun, offline_env, read_offline_runs
+from wandb_offline import OfflineRun, read_offline_runs
 
 from bestckpt.integrations.loop import TrainingEvaluation
 from bestckpt.runners import EvalSchedule
@@ -32,16 +31,6 @@ wandb = pytest.importorskip("wandb")
 SAMPLER, SCORER = "pipeline_kit:make_sampler", "pipeline_kit:make_kit_scorer"
 METRICS = ("inception_score", "lpips", "fid", "kid", "composite_score")  # make_protocol's metrics
 
-
-@pytest.fixture
-def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    root = tmp_path / "wandb_root"
-    for key in CLEARED:
-        monkeypatch.delenv(key, raising=False)
-    for key, value in offline_env(root).items():
-        monkeypatch.setenv(key, value)
-    yield root
-    wandb.teardown()
 
 
 def _scalar_rows(run: OfflineRun) -> dict[int, dict[str, Any]]:

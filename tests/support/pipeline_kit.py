@@ -15,11 +15,13 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from bestckpt.evaluation.protocol import Protocol, SmallSampleWarning
 from bestckpt.evaluation.sampler import SampleBatch, SamplerSettings
+from bestckpt.runners.evaluator import Evaluator
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -246,3 +248,15 @@ def real_protocol(tmp_path: Path, num_samples: int = 4) -> Protocol:
                         metric_options={"inception_score": {"splits": 2}, "kid": {"subsets": 10, "subset_size": 4}})
 
 
+class InterruptedEvaluator(Evaluator):
+    """An :class:`Evaluator` interrupted (Ctrl-C) when it starts its ``stop_at``-th evaluation; counts the calls."""
+
+    def __init__(self, *args: Any, stop_at: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stop_at, self.calls = stop_at, 0
+
+    def evaluate(self, step: int, path: str | Path) -> Any:
+        self.calls += 1
+        if self.calls == self.stop_at:
+            raise KeyboardInterrupt
+        return super().evaluate(step, path)

@@ -12,13 +12,15 @@ directory (``bestckpt status`` shows it), and marks the chosen record, which the
 score (:mod:`bestckpt.tracking.finalized`): a later evaluation under the training protocol cannot move
 ``best.pt`` back; only another finalize can.
 
-Finalists stay on disk: while finalize runs (and after an interruption, until it is rerun) they carry a
-``finalizing`` mark that retention treats as a pin. Interrupted, it resumes: finalists already scored under
-the larger protocol (same save) are not scored again. Offline: it needs only the checkpoints, the protocol
+Finalists stay on disk: while finalize runs (and after an interruption, until it is rerun or abandoned:
+``bestckpt finalize DIR --abandon``, :func:`~bestckpt.tracking.finalized.abandon`) they carry a ``finalizing``
+mark that retention treats as a pin. Interrupted, it resumes: finalists already scored under the larger protocol
+(same save) are not scored again. Offline: it needs only the checkpoints, the protocol
 files and the sampler.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bestckpt import fsio
-from bestckpt.tracking.finalized import final_of
+from bestckpt.tracking.finalized import final_of, running_lock
 from bestckpt.tracking.policies import Candidate, interval_from_info, noise_margin, rank
 from bestckpt.tracking.state import Record
 
@@ -182,7 +184,14 @@ def finalize(tracker: BestCheckpointTracker, evaluator: Evaluator, *, top_k: int
     """Re-score the finalists with ``evaluator`` (built with the larger protocol), decide, record, explain.
 
     ``top_k``: how many of the training ranking's best are finalists (default: the run's ``save_top_k``). Every
-    rank of a distributed run calls it alike (as :meth:`Evaluator.evaluate` requires); only the writer records."""
+    rank of a distributed run calls it alike (as :meth:`Evaluator.evaluate` requires); only the writer records.
+    The writer holds the directory's finalize lock throughout (:func:`~bestckpt.tracking.finalized.running_lock`):
+    a second finalize, or ``--abandon``, refuses while this one runs."""
+    with running_lock(tracker.dir) if tracker.is_writer else contextlib.nullcontext():
+        return _finalize(tracker, evaluator, top_k)
+
+
+def _finalize(tracker: BestCheckpointTracker, evaluator: Evaluator, top_k: int | None) -> FinalDecision:
     protocol, metric, hib = evaluator.protocol, tracker.metric_name, tracker.higher_is_better
     best = tracker.best
     incumbent = None if best is None else best.step

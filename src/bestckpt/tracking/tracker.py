@@ -297,6 +297,11 @@ class BestCheckpointTracker(GuideAPI):
         """Replace finalize's marks (``info["final"]``) of these live steps at once (:mod:`.finalized`)."""
         self._transaction(lambda: finalized.set_final(self._st, {check_step(s): e for s, e in entries.items()}))
 
+    def abandon_finalize(self) -> list[int]:
+        """Unpin an interrupted finalize's finalists, keeping scores and choice (:func:`.finalized.abandon`; reader: preview)."""
+        with finalized.running_lock(self.dir, abandoning=True) if self.is_writer else contextlib.nullcontext():
+            return self._transaction(lambda: finalized.abandon(self._st, log=self.is_writer))
+
     def annotate(self, step: int, name: str, value: Any) -> None:
         """Attach a result measured after scoring (JSON, e.g. an accuracy) to ``step``: summary, sinks (:mod:`.attached`)."""
         self._transaction(lambda: attached.annotate(self._st, check_step(step), name, value))
@@ -396,12 +401,8 @@ class BestCheckpointTracker(GuideAPI):
                 self._lock.release()
 
     def _refresh(self) -> None:
-        if self.is_writer:
-            with self._locked():
-                self._load()
-        else:
-            with self._tlock:
-                self._load()
+        with self._locked() if self.is_writer else self._tlock:
+            self._load()
 
     def _transaction(self, mutate: Callable[[], _T], *, dry_run: bool | None = None) -> _T:
         """lock -> reload -> mutate -> write state -> swap best.pt -> delete (-> results)."""
