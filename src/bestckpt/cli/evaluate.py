@@ -3,6 +3,9 @@ checkpoints of a run (offline re-ranking) and record the scores in the directory
 
 Checkpoints already scored under the same protocol (same hash) are skipped unless --force; those
 scored under another protocol are re-scored, so the ranking only ever compares like with like.
+
+On several GPUs: `torchrun --nproc_per_node 8 -m bestckpt evaluate CKPT_DIR ... --device cuda`: every rank
+evaluates the same checkpoints, each its share of the samples; global rank 0 records and prints.
 """
 from __future__ import annotations
 
@@ -10,18 +13,20 @@ import argparse
 import importlib
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from bestckpt.cli.distributed import add_distributed_options, broadcast, in_turn, is_main, run_command
 from bestckpt.cli.prune import add_config_options, config_overrides
 from bestckpt.sinks.options import add_sink_options, sink_spec
 
 if TYPE_CHECKING:
+    from bestckpt.evaluation.distributed import DistContext
     from bestckpt.evaluation.protocol import Protocol
     from bestckpt.runners import Evaluator
     from bestckpt.tracking.tracker import BestCheckpointTracker
 
-__all__ = ["add_evaluation_options", "add_parser", "build_evaluator", "check_settings", "missing_metrics_extra",
-           "open_tracker", "prepare", "run"]
+__all__ = ["add_evaluation_options", "add_parser", "build_evaluator", "check_settings", "evaluate_all",
+           "evaluator_class", "missing_metrics_extra", "open_tracker", "plan", "prepare", "run"]
 
 
 def add_evaluation_options(p: argparse.ArgumentParser) -> None:
@@ -44,27 +49,40 @@ def add_evaluation_options(p: argparse.ArgumentParser) -> None:
     add_config_options(p)
 
 
-def open_tracker(args: argparse.Namespace) -> BestCheckpointTracker:
+def open_tracker(args: argparse.Namespace, *, is_writer: bool = True) -> BestCheckpointTracker:
+    """The run's tracker; under torchrun only global rank 0 is the writer (``is_writer``)."""
     from bestckpt.tracking.tracker import BestCheckpointTracker
 
-    return BestCheckpointTracker.open(args.checkpoint_dir, is_writer=True, **config_overrides(args))
+    return BestCheckpointTracker.open(args.checkpoint_dir, is_writer=is_writer, **config_overrides(args))
 
 
-def build_evaluator(args: argparse.Namespace) -> tuple[Protocol, Evaluator]:
-    """``(protocol, Evaluator)`` from the command line; raises ValueError with a clear message."""
+def build_evaluator(args: argparse.Namespace, dist: DistContext | None = None) -> tuple[Protocol, Evaluator]:
+    """``(protocol, Evaluator)`` from the command line (``dist``: the ranks under torchrun, which share each
+    evaluation); raises ValueError with a clear message."""
     from bestckpt.evaluation.protocol import Protocol
     from bestckpt.evaluation.sampler import load_factory, load_sampler
-    from bestckpt.runners import Evaluator
 
     protocol = Protocol.from_file(args.protocol)
     sampler = load_sampler(args.sampler)
     scorer = load_factory(args.scorer) if args.scorer else None
     samples_dir = args.samples_dir or (args.checkpoint_dir.resolve().parent / "evaluation_samples")
-    evaluator = Evaluator(protocol, sampler, scorer=scorer, device=args.device, samples_dir=samples_dir,
+    evaluator = evaluator_class(dist)(protocol, sampler, scorer=scorer, device=args.device, samples_dir=samples_dir,
                           tensorboard_dir=args.tensorboard_dir, weights_dir=args.weights_dir,
-                          cache_dir=args.cache_dir, dist=None, batch_size=args.batch_size,
+                          cache_dir=args.cache_dir, dist=dist, batch_size=args.batch_size,
                           sinks=sink_spec(args))
     return protocol, evaluator
+
+
+def evaluator_class(dist: DistContext | None) -> type[Evaluator]:
+    """:class:`~bestckpt.runners.Evaluator`, or under torchrun its lockstep form (a lost collective stops every rank
+    instead of being recorded as the checkpoint's failure)."""
+    if dist is None:
+        from bestckpt.runners import Evaluator
+
+        return Evaluator
+    from bestckpt.cli.lockstep import LockstepEvaluator
+
+    return LockstepEvaluator
 
 
 #: what evaluating needs from the ``metrics`` extra before anything else is loaded
@@ -92,8 +110,10 @@ def check_settings(args: argparse.Namespace) -> None:
         BestCheckpointTracker.open(args.checkpoint_dir, is_writer=False, **overrides)
 
 
-def prepare(args: argparse.Namespace) -> tuple[Protocol, Evaluator, BestCheckpointTracker] | None:
-    """(protocol, evaluator, tracker) for `evaluate` and `watch`; None after printing why not."""
+def prepare(args: argparse.Namespace, dist: DistContext | None = None) -> tuple[
+        Protocol, Evaluator, BestCheckpointTracker] | None:
+    """(protocol, evaluator, tracker) for `evaluate` and `watch`; None after printing why not. ``dist``: the ranks
+    under torchrun (only global rank 0 writes the bookkeeping)."""
     from bestckpt.cli import fail
 
     if not args.checkpoint_dir.is_dir():
@@ -105,8 +125,8 @@ def prepare(args: argparse.Namespace) -> tuple[Protocol, Evaluator, BestCheckpoi
         fail(f"bestckpt {args.command} needs the metrics extra: {missing}; install it with {_EXTRA_HINT}")
         return None
     try:
-        protocol, evaluator = build_evaluator(args)
-        tracker = open_tracker(args)
+        protocol, evaluator = build_evaluator(args, dist)
+        tracker = open_tracker(args, is_writer=is_main(dist))
     except ImportError as exc:
         fail(f"bestckpt {args.command} could not import what it needs ({exc}); install the metrics extra "
              f"with {_EXTRA_HINT}")
@@ -123,29 +143,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_evaluation_options(p)
     p.add_argument("--steps", type=int, nargs="+", metavar="STEP", help="only these steps (default: all complete ones)")
     p.add_argument("--force", action="store_true", help="re-score checkpoints already scored under this protocol")
+    add_distributed_options(p)
     p.set_defaults(func=run)
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
+#: one checkpoint to evaluate: (step, path, its record or None when no tracker registered it)
+_Todo = tuple[int, Path, Any]
 
+
+def plan(args: argparse.Namespace, tracker: BestCheckpointTracker, protocol: Protocol) -> tuple[
+        list[_Todo], str | None]:
+    """The checkpoints to evaluate, and the error that stops the command (``None``: none); prints what it skips."""
     from bestckpt.tracking.layout import find_checkpoints
 
-    prepared = prepare(args)
-    if prepared is None:
-        return 2
-    protocol, evaluator, tracker = prepared
     records = {r.step: r for r in tracker.records if not r.pruned}
     found = find_checkpoints(args.checkpoint_dir, tracker.config.step_from_name)
     wanted = set(args.steps) if args.steps else None
-    todo = []
+    todo: list[_Todo] = []
     for step, path, complete in found:
         if wanted is not None and step not in wanted:
             continue
@@ -157,29 +172,61 @@ def run(args: argparse.Namespace) -> int:
                 and rec.protocol_hash == protocol.hash):
             continue
         todo.append((step, path, rec))
-    if wanted is not None:
-        missing = sorted(wanted - {s for s, _, _ in found})
-        if missing:
-            from bestckpt.cli import fail
+    missing = sorted(wanted - {s for s, _, _ in found}) if wanted is not None else []
+    if missing:
+        return todo, (f"no checkpoint for step(s) {missing} in {args.checkpoint_dir}; pick steps from "
+                      f"bestckpt status {args.checkpoint_dir}")
+    return todo, None
 
-            return fail(f"no checkpoint for step(s) {missing} in {args.checkpoint_dir}; pick steps from "
-                        f"bestckpt status {args.checkpoint_dir}")
+
+def run(args: argparse.Namespace) -> int:
+    """`bestckpt evaluate`: one process, or every rank under torchrun."""
+    return run_command(args, _evaluate)
+
+
+def _evaluate(args: argparse.Namespace, ctx: DistContext | None) -> int:
+    """The command on one rank (``ctx``: the ranks under torchrun, else None): rank 0 decides what to evaluate."""
+    prepared = in_turn(ctx, lambda: prepare(args, ctx))
+    if prepared is None:
+        return 2
+    protocol, evaluator, tracker = prepared
+    todo, error = broadcast(plan(args, tracker, protocol) if is_main(ctx) else ([], None), ctx)
+    if error is not None:
+        from bestckpt.cli import fail
+
+        return fail(error) if is_main(ctx) else 2
+    failed = evaluate_all(todo, evaluator, tracker, show=is_main(ctx))
+    if is_main(ctx):
+        tracker.log_summary()
+        print(f"{len(todo)} checkpoint(s) evaluated under protocol {protocol.short_hash}, {failed} failed")
+    return 1 if failed else 0
+
+
+def evaluate_all(todo: list[_Todo], evaluator: Evaluator, tracker: BestCheckpointTracker, *, show: bool) -> int:
+    """Evaluate and record ``todo`` in order (a progress bar when ``show``); how many failed. Ctrl-C included, the
+    results file and the sinks' end of the run are written (what is left stays pending)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     failed = 0
     try:
         with Progress(TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TextColumn("{task.description}")) as progress:
+                      TextColumn("{task.description}"), disable=not show) as progress:
             task = progress.add_task("", total=len(todo))
             for step, path, rec in todo:
                 progress.update(task, description=f"step {step}")
-                if rec is None:
+                if rec is None and tracker.is_writer:
                     tracker.checkpoint_saved(step, str(path), evaluate=True)
                 result = evaluator.evaluate_and_record(tracker, step, path, None if rec is None else rec.epoch)
                 failed += 0 if result.ok else 1
                 progress.advance(task)
-    finally:  # Ctrl-C included: the results file and the sinks' end of the run (what is left stays pending)
+    finally:
         tracker.write_results()
         evaluator.finish(tracker)
         evaluator.close()
-    tracker.log_summary()
-    print(f"{len(todo)} checkpoint(s) evaluated under protocol {protocol.short_hash}, {failed} failed")
-    return 1 if failed else 0
+    return failed

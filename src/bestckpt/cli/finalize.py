@@ -6,22 +6,37 @@ under a larger protocol (F, or P with --samples-factor times the samples: more s
 those scores under the larger protocol's id, and moves best.pt only to a winner confirmed beyond noise;
 otherwise the current best stays. The decision is logged and written to CKPT_DIR/finalize.json (`bestckpt
 status` shows it); a finalized best is never moved back by later evaluations, only by another finalize.
-Interrupted, run it again: finalists already scored are skipped. Details: docs/finalize.md.
+Interrupted, run it again: finalists already scored are skipped. Under torchrun
+(`torchrun --nproc_per_node 8 -m bestckpt finalize ... --device cuda`) the ranks share each evaluation and global
+rank 0 records and prints. Details: docs/finalize.md.
 
 `bestckpt finalize CKPT_DIR --abandon [--dry-run]`: give up an interrupted finalize that will not be rerun. Its
 finalists lose their pins ("finalist (bestckpt finalize running or interrupted ...)" in `bestckpt status`) and
 retention runs at once, as after `bestckpt release`; the scores it measured and an earlier finalize's choice stay.
 Only when no finalize is running: a running one holds CKPT_DIR/.bestckpt-finalize.lock, and --abandon refuses.
-The evaluation options are not needed with --abandon (and are ignored).
+The evaluation options are not needed with --abandon (and are ignored); it runs in one process (not under torchrun).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bestckpt.cli.evaluate import add_evaluation_options, check_settings, missing_metrics_extra, open_tracker
+from bestckpt.cli.distributed import add_distributed_options, in_turn, is_main, run_command, world_size
+from bestckpt.cli.evaluate import (
+    add_evaluation_options,
+    check_settings,
+    evaluator_class,
+    missing_metrics_extra,
+    open_tracker,
+)
+
+if TYPE_CHECKING:
+    from bestckpt.evaluation.distributed import DistContext
+    from bestckpt.evaluation.protocol import Protocol
+    from bestckpt.runners import Evaluator
+    from bestckpt.tracking.tracker import BestCheckpointTracker
 
 __all__ = ["add_parser", "run"]
 
@@ -44,34 +59,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         if action.dest in ("protocol", "sampler"):
             action.required = False
             action.help = f"{action.help} (required unless --abandon)"
+    add_distributed_options(p)
     p.set_defaults(func=run)
     return p
 
 
-def run(args: argparse.Namespace) -> int:
+def _prepare(args: argparse.Namespace, dist: DistContext | None) -> tuple[Protocol, Evaluator, BestCheckpointTracker] | None:
+    """(the larger protocol, its evaluator, the run's tracker); None after printing why not."""
     from bestckpt.cli import fail
 
-    if not args.checkpoint_dir.is_dir():
-        return fail(f"{args.checkpoint_dir} is not a directory; pass the checkpoint directory of a run")
-    if args.abandon:
-        return _abandon(args)
-    if args.dry_run:
-        return fail("--dry-run previews --abandon only (add it); `bestckpt prune DIR --dry-run` previews retention")
-    if args.protocol is None or args.sampler is None:
-        return fail("finalize needs --protocol (the training protocol) and --sampler MODULE:FACTORY; or --abandon "
-                    "to give up an interrupted finalize")
     if args.tensorboard_dir is not None:
-        return fail("finalize writes no TensorBoard scalars (its scores are not the run's training curve); drop "
-                    "--tensorboard-dir: the decision and the scores go to finalize.json and `bestckpt status`")
+        fail("finalize writes no TensorBoard scalars (its scores are not the run's training curve); drop "
+             "--tensorboard-dir: the decision and the scores go to finalize.json and `bestckpt status`")
+        return None
     check_settings(args)
     missing = missing_metrics_extra()
     if missing is not None:
-        return fail(f"bestckpt finalize needs the metrics extra: {missing}; install it with "
-                    "pip install 'bestckpt[metrics]'")
+        fail(f"bestckpt finalize needs the metrics extra: {missing}; install it with pip install 'bestckpt[metrics]'")
+        return None
     from bestckpt.evaluation.protocol import Protocol
     from bestckpt.evaluation.sampler import load_factory, load_sampler
-    from bestckpt.runners import Evaluator
-    from bestckpt.runners.finalize import derive_protocol, finalize
+    from bestckpt.runners.finalize import derive_protocol
 
     try:
         if args.final_protocol is not None:
@@ -79,24 +87,57 @@ def run(args: argparse.Namespace) -> int:
         else:
             final = derive_protocol(Protocol.from_file(args.protocol), args.samples_factor)
         samples_dir = args.samples_dir or (args.checkpoint_dir.resolve().parent / "finalize_samples")
-        evaluator = Evaluator(final, load_sampler(args.sampler),
-                              scorer=load_factory(args.scorer) if args.scorer else None, device=args.device,
-                              samples_dir=samples_dir, tensorboard_dir=None, weights_dir=args.weights_dir,
-                              cache_dir=args.cache_dir, dist=None, batch_size=args.batch_size)
-        tracker = open_tracker(args)
+        make = evaluator_class(dist)
+        evaluator = make(final, load_sampler(args.sampler), scorer=load_factory(args.scorer) if args.scorer else None,
+                         device=args.device, samples_dir=samples_dir, tensorboard_dir=None, weights_dir=args.weights_dir,
+                         cache_dir=args.cache_dir, dist=dist, batch_size=args.batch_size)
+        tracker = open_tracker(args, is_writer=is_main(dist))
     except ImportError as exc:
-        return fail(f"bestckpt finalize could not import what it needs ({exc}); install the metrics extra")
+        fail(f"bestckpt finalize could not import what it needs ({exc}); install the metrics extra")
+        return None
     except (ValueError, TypeError, OSError) as exc:
-        return fail(str(exc))
+        fail(str(exc))
+        return None
+    return final, evaluator, tracker
+
+
+def run(args: argparse.Namespace) -> int:
+    """`bestckpt finalize`: one process, or every rank alike under torchrun (rank 0 records and prints);
+    ``--abandon``: one process."""
+    from bestckpt.cli import fail
+
+    if not args.checkpoint_dir.is_dir():
+        return fail(f"{args.checkpoint_dir} is not a directory; pass the checkpoint directory of a run")
+    if args.abandon:
+        if world_size() > 1:
+            return fail("--abandon changes only the bookkeeping and runs in one process: run it without torchrun")
+        return _abandon(args)
+    if args.dry_run:
+        return fail("--dry-run previews --abandon only (add it); `bestckpt prune DIR --dry-run` previews retention")
+    if args.protocol is None or args.sampler is None:
+        return fail("finalize needs --protocol (the training protocol) and --sampler MODULE:FACTORY; or --abandon "
+                    "to give up an interrupted finalize")
+    return run_command(args, _finalize)
+
+
+def _finalize(args: argparse.Namespace, ctx: DistContext | None) -> int:
+    from bestckpt.runners.finalize import finalize
+
+    prepared = in_turn(ctx, lambda: _prepare(args, ctx))
+    if prepared is None:
+        return 2
+    final, evaluator, tracker = prepared
     try:
         decision = finalize(tracker, evaluator, top_k=args.top_k)
     finally:
         evaluator.close()
+    unscored = [row["step"] for row in decision.finalists if row["final_score"] is None]
+    if not is_main(ctx):
+        return 1 if unscored else 0
     tracker.export_results()
     verdict = "best.pt moved to" if decision.moved else "best.pt stays on"
     print(f"finalize under protocol {final.short_hash} ({final.num_samples} samples): {decision.reason}; "
           f"{verdict} step {decision.chosen}")
-    unscored = [row["step"] for row in decision.finalists if row["final_score"] is None]
     if unscored:
         print(f"finalist(s) {unscored} could not be scored (see the log); run finalize again once the cause is fixed",
               file=sys.stderr)
