@@ -108,3 +108,19 @@ def test_status_and_results_show_stored_intervals(run_dir: Path):
     results = json.loads((run_dir / "best_checkpoint_results.json").read_text(encoding="utf-8"))
     best = results["best_checkpoints"][0]
     assert best["step"] == 700 and best["info"]["intervals"]["composite_score"] == [0.93, 0.97]
+
+
+def test_status_prints_error_texts_and_paths_as_data(tmp_path: Path, capsys, monkeypatch):
+    """An error text with rich markup characters (gloo's say ``[/opt/...]``) and a folder name in brackets are
+    printed as they are, not parsed as markup (which raised ``MarkupError``)."""
+    folder = tmp_path / "runs [exp-1]"
+    folder.mkdir()
+    tracker = BestCheckpointTracker(folder, save_top_k=1)
+    (folder / "0000100.pt").write_bytes(b"x")
+    tracker.checkpoint_saved(100, None, evaluate=True)
+    error = "RuntimeError: [/opt/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29500"
+    tracker.record_failure(100, error)
+    monkeypatch.setenv("COLUMNS", "400")  # one line per row: the cell is not folded
+    assert in_process("status", str(folder)) == 0
+    out = capsys.readouterr().out
+    assert f"error: {error}" in out and "runs [exp-1] — tracking" in out

@@ -103,11 +103,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_table(data: dict[str, Any], *, show_all: bool) -> None:
     from rich.console import Console
+    from rich.markup import escape  # error texts and paths are data, not markup (gloo's contain "[/...]")
     from rich.table import Table
 
     summary = data["summary"]
     direction = "higher is better" if summary["higher_is_better"] else "lower is better"
-    table = Table(title=f"{data['checkpoint_dir']} — tracking {summary['metric_name']} ({direction})")
+    table = Table(title=escape(f"{data['checkpoint_dir']} — tracking {summary['metric_name']} ({direction})"))
     for col in ("", "step", "epoch", "status", summary["metric_name"], "other metrics", "fate", "why"):
         table.add_column(col, overflow="fold")
     for row in data["records"]:
@@ -120,7 +121,7 @@ def _print_table(data: dict[str, Any], *, show_all: bool) -> None:
             "★" if row["best"] else "", str(row["step"]), "-" if row["epoch"] is None else str(row["epoch"]),
             _status_cell(row), _with_interval(tracked, row["interval"]), format_metrics(others),
             f"[{fate_style}]{row['fate']}[/]",
-            "; ".join(row["reasons"] + ([f"error: {row['error']}"] if row.get("error") else [])),
+            escape("; ".join(row["reasons"] + ([f"error: {row['error']}"] if row.get("error") else []))),
         )
     console = Console()
     console.print(table)
