@@ -124,3 +124,19 @@ def test_status_prints_error_texts_and_paths_as_data(tmp_path: Path, capsys, mon
     assert in_process("status", str(folder)) == 0
     out = capsys.readouterr().out
     assert f"error: {error}" in out and "runs [exp-1] — tracking" in out
+
+
+def test_demo_outputs_table_prints_bracketed_paths(tmp_path: Path):
+    """The demo's outputs table prints a run folder named like ``runs [exp-1]`` as it is (paths are not markup)."""
+    from rich.console import Console
+
+    from bestckpt.cli.demo import _outputs_table
+    from bestckpt.demo.train import TrainResult
+
+    run_dir = tmp_path / "runs [exp-1]"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    result = TrainResult(run_dir, run_dir / "checkpoints", 0, 10, 1.0, [], {}, run_dir / "report [v2].html")
+    console = Console(width=400, record=True)
+    console.print(_outputs_table(result))
+    text = console.export_text()
+    assert f"{run_dir / 'evaluation_samples'}" in text and "report [v2].html" in text

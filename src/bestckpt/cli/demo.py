@@ -139,25 +139,30 @@ def _accuracy_table(accuracy: dict[str, Any] | None) -> Any:
 def _outputs_table(result: Any) -> Any:
     """Where every output of the run is."""
     from rich.table import Table
+    from rich.text import Text
 
     ckpt = result.checkpoint_dir
     outputs = Table(title="Outputs", show_header=False)
     outputs.add_column("what")
     outputs.add_column("where")
+
+    def row(what: str, where: object) -> None:
+        outputs.add_row(what, Text(str(where)))  # paths are data, not rich markup (a folder may be "runs [a]")
+
     best_link = ckpt / "best.pt"
-    outputs.add_row("best checkpoint", f"{best_link} -> {best_link.readlink()}" if best_link.is_symlink()
-                    else str(best_link) if best_link.exists() else "none yet")
-    outputs.add_row("tracker state", str(ckpt / "best_checkpoints.json"))
-    outputs.add_row("results summary", str(ckpt / "best_checkpoint_results.json"))
-    outputs.add_row("evaluation samples", str(result.run_dir / "evaluation_samples"))
-    outputs.add_row("TensorBoard logs", f"{result.run_dir / 'tensorboard_logs'}  "
-                    f"(tensorboard --logdir {result.run_dir / 'tensorboard_logs'})")
-    outputs.add_row("evaluation protocol", str(result.run_dir / "protocol" / "protocol.json"))
-    outputs.add_row("evaluation worker log", str(result.run_dir / "logs" / "evaluation_worker.log"))
+    row("best checkpoint", f"{best_link} -> {best_link.readlink()}" if best_link.is_symlink()
+        else best_link if best_link.exists() else "none yet")
+    row("tracker state", ckpt / "best_checkpoints.json")
+    row("results summary", ckpt / "best_checkpoint_results.json")
+    row("evaluation samples", result.run_dir / "evaluation_samples")
+    row("TensorBoard logs", f"{result.run_dir / 'tensorboard_logs'}  "
+        f"(tensorboard --logdir {result.run_dir / 'tensorboard_logs'})")
+    row("evaluation protocol", result.run_dir / "protocol" / "protocol.json")
+    row("evaluation worker log", result.run_dir / "logs" / "evaluation_worker.log")
     if result.accuracy is not None:
-        outputs.add_row("best checkpoint's attribute accuracy", str(result.run_dir / "accuracy.json"))
+        row("best checkpoint's attribute accuracy", result.run_dir / "accuracy.json")
     if result.report is not None:
-        outputs.add_row("report", str(result.report))
+        row("report", result.report)
     return outputs
 
 
