@@ -19,6 +19,7 @@ def run_checked(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path |
 
     ``fresh``: called before the rerun to put back what the command starts from (e.g. remove its output
     folder), so the rerun is the same run, not a resume of the aborted one."""
+    env = {**env, "PYTHONFAULTHANDLER": "1"}  # an abort prints every thread's Python stack: where it happened
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     if proc.returncode != 0 and TORCH_ABORT in proc.stderr:
         first = proc.stderr[-2000:]

@@ -144,7 +144,7 @@ def _outputs_table(result: Any) -> Any:
     ckpt = result.checkpoint_dir
     outputs = Table(title="Outputs", show_header=False)
     outputs.add_column("what")
-    outputs.add_column("where")
+    outputs.add_column("where", overflow="fold")
 
     def row(what: str, where: object) -> None:
         outputs.add_row(what, Text(str(where)))  # paths are data, not rich markup (a folder may be "runs [a]")
