@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +24,9 @@ def run_checked(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path |
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     if proc.returncode != 0 and TORCH_ABORT in proc.stderr:
         first = proc.stderr[-2000:]
+        # shown in pytest's warnings summary even when the rerun passes: the abort's stacks, for its cause
+        warnings.warn(f"rerun after torch's C++ abort of {cmd[-2:]}; first run's stderr:\n{proc.stderr[-6000:]}",
+                      stacklevel=2)
         if fresh is not None:
             fresh()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
