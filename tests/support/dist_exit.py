@@ -17,10 +17,10 @@ meets the other ranks, destroys the group, and, if gloo threads are still alive,
 Measured on the 2-core machine with 2 busy-loop hogs, ``torchrun --nproc_per_node 2`` of a script that does 3
 ``all_reduce`` of a Python tensor and then: exits plainly 7 aborts in 9 runs; ``destroy_process_group`` 0/15;
 barrier + destroy 0/15; keeps a reference to the group (as DDP does) + barrier + destroy 5/14, interleaved with
-keeps it + :func:`leave` 0/14. Seen alive after barrier + destroy (``/proc/self/task`` names): 2 gloo threads in hf_trainer_worker (even after
-``del trainer`` + ``gc.collect()``), in a plain DDP(nn.Linear) script after ``del model``, and on rank 0 of
-``bestckpt evaluate|finalize`` under torchrun (no Python container references a ProcessGroup there: the holder
-is on the C++ side, not found yet).
+keeps it + :func:`leave` 0/14. Seen alive after barrier + destroy (``/proc/self/task`` names): 2 gloo threads
+in hf_trainer_worker (even after ``del trainer`` + ``gc.collect()``), in a plain DDP(nn.Linear) script after
+``del model``, and on rank 0 of ``bestckpt evaluate|finalize`` under torchrun (no Python container references a
+ProcessGroup there: the holder is on the C++ side, not found yet).
 """
 from __future__ import annotations
 
