@@ -17,6 +17,7 @@ import torch
 def main() -> None:
     import deepspeed
     import torch.distributed as dist
+    from dist_exit import leave
     from pipeline_kit import KitScorer, make_deepspeed_sampler
 
     from bestckpt.evaluation.protocol import Protocol
@@ -64,7 +65,7 @@ def main() -> None:
         recs = {r.step: {"status": r.status, "error": r.error, "weights": r.info.get("weights")}
                 for r in tracker.records}
         (work / "out.json").write_text(json.dumps({"complete": results, "records": recs}))
-    dist.barrier()
+    leave()  # DeepSpeed keeps the group's gloo threads alive (see dist_exit)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from dist_exit import leave
 from pipeline_kit import KitScorer, TinySampler
 
 from bestckpt.evaluation.evaluate import (
@@ -69,10 +70,7 @@ def main() -> None:
     out["failed_error_all_ranks"] = errors
     if rank == 0:
         (work / "out.json").write_text(json.dumps(out, indent=1))
-    # Leave together: a rank that tears down its gloo pairs while the other still finishes the last
-    # collective makes the other abort in C++ ("terminate called without an active exception").
-    dist.barrier()
-    dist.destroy_process_group()
+    leave()  # no gloo thread may outlive the interpreter's finalization (see dist_exit)
 
 
 if __name__ == "__main__":

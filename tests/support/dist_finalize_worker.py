@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from dist_exit import leave
 from pipeline_kit import KitScorer, TinySampler
 
 from bestckpt.evaluation.protocol import Protocol
@@ -28,8 +29,7 @@ def main() -> None:
                           batch_size=3)
     decision = finalize(tracker, evaluator)
     (work / f"out_{dist.get_rank()}.json").write_text(json.dumps(decision.to_json()))
-    dist.barrier()  # leave together (see dist_eval_worker.py)
-    dist.destroy_process_group()
+    leave()  # no gloo thread may outlive the interpreter's finalization (see dist_exit)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Any
 def main() -> None:
     import torch
     import torch.distributed as dist
+    from dist_exit import leave
     from hf_kit import PairData, TinyImageModel
     from transformers import Trainer, TrainingArguments
 
@@ -35,10 +36,7 @@ def main() -> None:
     if dist.get_rank() == 0:
         report = {"world_size": dist.get_world_size(), "registered_on": [r for r, n in registered if n]}
         (work / "report.json").write_text(json.dumps(report))
-    # Leave together, then tear the group down in order (see dist_eval_worker.py): a rank whose gloo pairs
-    # are torn down at interpreter exit while the other still finishes the last collective aborts in C++.
-    dist.barrier()
-    dist.destroy_process_group()
+    leave()  # DDP keeps the group's gloo threads alive: leave without interpreter finalization (dist_exit)
 
 
 if __name__ == "__main__":

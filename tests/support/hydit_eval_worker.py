@@ -16,6 +16,7 @@ import torch
 
 def main() -> None:
     import torch.distributed as dist
+    from dist_exit import leave
 
     from bestckpt.demo.tag_sampler import make_sampler
     from bestckpt.evaluation.protocol import Protocol
@@ -34,8 +35,7 @@ def main() -> None:
         out.write_text(json.dumps({"world_size": dist.get_world_size() if distributed else 1,
                                    "scores": dict(result.scores), "weights": result.weights, "error": result.error}))
     if distributed:
-        dist.barrier()
-        dist.destroy_process_group()
+        leave()  # no gloo thread may outlive the interpreter's finalization (see dist_exit)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import torch
 def main() -> None:
     import deepspeed
     import torch.distributed as dist
+    from dist_exit import leave
 
     from bestckpt.integrations import hunyuandit
     from bestckpt.runners import EvalSchedule
@@ -50,7 +51,7 @@ def main() -> None:
             engine.save_checkpoint(str(ckpt_dir), client_state={"steps": step, "epoch": 0, "ema": ema}, tag=tag)
             hunyuandit.tags_saved(rank, [(True, str(ckpt_dir / tag))], step, 0)
     hunyuandit.close(rank)
-    dist.barrier()
+    leave()  # DeepSpeed keeps the group's gloo threads alive (see dist_exit)
 
 
 if __name__ == "__main__":

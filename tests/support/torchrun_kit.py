@@ -1,4 +1,10 @@
-"""Run multi-process commands (torchrun, 2 ranks, real torch.distributed), failing with both outputs."""
+"""Run multi-process commands (torchrun, 2 ranks, real torch.distributed), failing with both outputs.
+
+The rare abort ``TORCH_ABORT`` (SIGABRT, exit code -6) is torch's, at interpreter exit: a ProcessGroupGloo worker
+thread still dropping a finished collective takes the GIL while CPython finalizes, CPython (< 3.14) ends it with
+``pthread_exit``, and the unwind through a ``noexcept`` destructor calls ``std::terminate`` (gdb backtraces, rates
+and the way out: ``dist_exit.py``). Workers end with ``dist_exit.leave()``; the rerun stays for other scripts
+(examples, ``accelerate launch``) that do not."""
 from __future__ import annotations
 
 import os
@@ -10,7 +16,7 @@ from pathlib import Path
 
 TESTS_DIR = Path(__file__).resolve().parent
 
-#: a rank aborting inside torch's C++ with no Python exception (rare under heavy CPU load, see test_distributed.py)
+#: a rank aborting inside torch's C++ at interpreter exit (rare under heavy CPU load; cause: dist_exit.py)
 TORCH_ABORT = "terminate called without an active exception"
 
 

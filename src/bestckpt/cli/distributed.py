@@ -11,9 +11,9 @@ the results and the sinks and prints; the other ranks print only errors. Without
 Ranks stay in step by agreeing, as the library does (:func:`~bestckpt.evaluation.distributed.agree_on_errors`):
 a rank that cannot start tells the others, and all stop together (:func:`in_turn`). A rank that dies (Ctrl-C, a
 crash) leaves the others blocked at most until the collective timeout, and torchrun ends them as soon as it sees
-the dead rank. The ranks leave together: a barrier, then the group is destroyed (a rank that tears down its gloo
-pairs while another still finishes the last collective makes that one abort), but never a barrier after an
-exception, which a peer may never reach.
+the dead rank. The ranks leave together: a barrier, then the group is destroyed (torch's rare C++ abort at
+interpreter exit is another matter, see tests/support/dist_exit.py); but never a barrier after an exception,
+which a peer may never reach.
 """
 from __future__ import annotations
 
