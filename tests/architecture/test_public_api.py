@@ -41,8 +41,8 @@ EXPECTED: dict[str, list[str]] = {
     "bestckpt.cli": ["COMMANDS", "build_parser", "fail", "main", "setup_logging"],
     "bestckpt.cli.demo": ["add_parser", "run"],
     "bestckpt.cli.distributed": [
-        "RanksLost", "add_distributed_options", "broadcast", "in_turn", "is_main", "launched", "run_command",
-        "world_size",
+        "GLOO_WORKER_THREAD", "RanksLost", "add_distributed_options", "broadcast", "gloo_threads", "in_turn",
+        "is_main", "launched", "run_command", "world_size",
     ],
     "bestckpt.cli.evaluate": [
         "add_evaluation_options", "add_parser", "build_evaluator", "check_settings", "evaluate_all",

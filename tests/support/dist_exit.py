@@ -20,7 +20,8 @@ barrier + destroy 0/15; keeps a reference to the group (as DDP does) + barrier +
 keeps it + :func:`leave` 0/14. Seen alive after barrier + destroy (``/proc/self/task`` names): 2 gloo threads
 in hf_trainer_worker (even after ``del trainer`` + ``gc.collect()``), in a plain DDP(nn.Linear) script after
 ``del model``, and on rank 0 of ``bestckpt evaluate|finalize`` under torchrun (no Python container references a
-ProcessGroup there: the holder is on the C++ side, not found yet).
+ProcessGroup there: the holder is on the C++ side, not found yet), which therefore ends the same way
+(``bestckpt.cli.distributed.run_command``).
 """
 from __future__ import annotations
 
@@ -29,19 +30,7 @@ import multiprocessing
 import os
 import sys
 
-GLOO_WORKER_THREAD = "pt_gloo_runloop"  # the thread name torch gives ProcessGroupGloo's worker threads
-
-
-def gloo_threads() -> int:
-    """How many ProcessGroupGloo worker threads this process still has (Linux: /proc/self/task)."""
-    names = []
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                names.append(f.read().strip())
-        except FileNotFoundError:  # the thread ended while listing
-            continue
-    return names.count(GLOO_WORKER_THREAD)
+from bestckpt.cli.distributed import gloo_threads  # the CLI under torchrun ends the same way
 
 
 def leave() -> None:

@@ -31,8 +31,8 @@ from bestckpt.errors import ConfigError
 if TYPE_CHECKING:
     from bestckpt.evaluation.distributed import DistContext
 
-__all__ = ["RanksLost", "add_distributed_options", "broadcast", "in_turn", "is_main", "launched", "run_command",
-           "world_size"]
+__all__ = ["GLOO_WORKER_THREAD", "RanksLost", "add_distributed_options", "broadcast", "gloo_threads", "in_turn",
+           "is_main", "launched", "run_command", "world_size"]
 
 _T = TypeVar("_T")
 
@@ -142,11 +142,49 @@ def run_command(args: argparse.Namespace, body: Callable[[argparse.Namespace, Di
     stderr and exit code 2."""
     try:
         with launched(args) as ctx:
-            return body(args, ctx)
+            code = body(args, ctx)
     except RanksLost as exc:
         from bestckpt.cli import fail
 
         return fail(str(exc))
+    if ctx is not None:
+        _leave(code)
+    return code
+
+
+#: the name torch gives ProcessGroupGloo's worker threads (``c10d::ProcessGroupGloo::runLoop``)
+GLOO_WORKER_THREAD = "pt_gloo_runloop"
+
+
+def gloo_threads() -> int:
+    """How many ProcessGroupGloo worker threads this process still has (Linux ``/proc/self/task``; 0 elsewhere)."""
+    names = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+    return names.count(GLOO_WORKER_THREAD)
+
+
+def _leave(code: int) -> None:
+    """End the process now when gloo worker threads outlived ``destroy_process_group`` (something in torch still
+    holds the group: seen on rank 0): such a thread that drops a finished collective while the interpreter finalizes
+    makes torch abort in C++ ("terminate called without an active exception", exit code -6, after all the work
+    was done; traced in ``tests/support/dist_exit.py``). Everything is written and closed by now; this flushes what
+    is buffered (logging, the terminal, a W&B service) and exits with the command's code."""
+    if gloo_threads() == 0:
+        return  # a normal interpreter exit is safe
+    import sys
+
+    logging.getLogger(__name__).debug("gloo worker threads outlive the process group: exiting without finalization")
+    wandb = sys.modules.get("wandb")
+    if wandb is not None:
+        with contextlib.suppress(Exception):
+            wandb.teardown()  # what a W&B sink's run still has in flight reaches its files
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def is_main(ctx: DistContext | None) -> bool:
