@@ -29,8 +29,8 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
 def _trainer(ckpt_dir: Path, callbacks: list[Any], steps: int, every: int = 5, **kwargs: Any) -> L.Trainer:
     mc = kwargs.pop("mc", None) or ModelCheckpoint(dirpath=ckpt_dir, filename="{step:07d}", save_top_k=-1,
                                                    every_n_train_steps=every)
-    return L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_progress_bar=False,
-                     enable_model_summary=False, callbacks=[mc, *callbacks], limit_val_batches=2,
+    return L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=kwargs.pop("logger", False),
+                     enable_progress_bar=False, enable_model_summary=False, callbacks=[mc, *callbacks], limit_val_batches=2,
                      num_sanity_val_steps=0, default_root_dir=ckpt_dir.parent, **kwargs)
 
 
@@ -203,3 +203,50 @@ def test_sinks_option_logs_every_evaluation_into_the_training_run(tmp_path: Path
     assert sorted(r.step for r in tracker.records if r.status == "evaluated") == [5, 10, 15]
     check_run(client, run_id, tracker, protocol, weights="online")
     assert client.get_run(run_id).info.status == "RUNNING"  # the training run is never ended by bestckpt
+
+
+def test_wandb_sink_shares_the_wandb_logger_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning's own ``WandbLogger`` (offline) and ``sinks={"wandb": {"run": "current"}}`` inline: the evaluations
+    go into the logger's run against ``Evaluation/step``, Lightning's rows are all kept, the run is not finished by
+    bestckpt (read back from the offline run file with wandb's own protobuf records)."""
+    wandb = pytest.importorskip("wandb")
+    from lightning.pytorch.loggers import WandbLogger
+    from wandb_offline import CLEARED, offline_env, read_offline_runs
+
+    from bestckpt.sinks.tensorboard import TAGS
+    from bestckpt.sinks.wandb import BEST_KEY, STEP_METRIC
+
+    root = tmp_path / "wandb_root"
+    for key in CLEARED:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in offline_env(root).items():
+        monkeypatch.setenv(key, value)
+    protocol = make_protocol(tmp_path, num_samples=4)
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    logger = WandbLogger(project="t2i", save_dir=str(root), offline=True)
+    cb = BestCheckpointCallback(protocol, make_sampler(), mode="inline", scorer_spec="pipeline_kit:make_kit_scorer",
+                                schedule=EvalSchedule(1), save_top_k=1, keep_every_n_steps=0,
+                                sinks={"wandb": {"run": "current"}})
+    class LoggingLit(TinyLit):  # the training's own logging through the logger, every step
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            loss = super().training_step(batch, batch_idx)
+            self.log("train_loss", loss)
+            return loss
+
+    try:
+        _trainer(ckpt_dir, [cb], steps=15, logger=logger, log_every_n_steps=1).fit(LoggingLit(), loader())
+        assert wandb.run is logger.experiment  # still the logger's run: bestckpt never finishes or replaces it
+    finally:
+        wandb.finish()
+    tracker = BestCheckpointTracker.open(ckpt_dir)
+    evaluated = {r.step: r for r in tracker.records if r.status == "evaluated"}
+    assert sorted(evaluated) == [5, 10, 15]
+    (run,) = read_offline_runs(root)
+    rows = {int(r[STEP_METRIC]): r for r in run.rows_with(STEP_METRIC)}
+    assert set(rows) == set(evaluated)
+    for step, record in evaluated.items():
+        for name, value in record.metrics.items():
+            assert rows[step][TAGS.get(name, f"Evaluation/{name}")] == pytest.approx(value), (step, name)
+    assert {int(r["trainer/global_step"]) for r in run.rows_with("train_loss")} >= set(range(15))  # none refused
+    assert tracker.best is not None and run.summary[BEST_KEY]["step"] == tracker.best.step
+    assert run.summary["bestckpt"]["best_step"] == tracker.best.step
