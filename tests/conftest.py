@@ -34,6 +34,22 @@ def isolated_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Offline W&B confined to ``tmp_path/wandb_root`` (no network, no user settings or credentials read), shared by
+    the sink and integration tests; yields that folder (read it back with ``wandb_offline.read_offline_runs``)."""
+    wandb = pytest.importorskip("wandb")
+    from wandb_offline import CLEARED, offline_env
+
+    root = tmp_path / "wandb_root"
+    for key in CLEARED:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in offline_env(root).items():
+        monkeypatch.setenv(key, value)
+    yield root
+    wandb.teardown()  # the next test's settings (WANDB_DIR) are read by a fresh W&B service
+
+
 @pytest.fixture(scope="session")
 def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One local MLflow SQLite store for the session (creating its tables takes seconds), shared by the sink and

@@ -205,25 +205,20 @@ def test_sinks_option_logs_every_evaluation_into_the_training_run(tmp_path: Path
     assert client.get_run(run_id).info.status == "RUNNING"  # the training run is never ended by bestckpt
 
 
-def test_wandb_sink_shares_the_wandb_logger_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wandb_sink_shares_the_wandb_logger_run(tmp_path: Path, offline: Path) -> None:
     """Lightning's own ``WandbLogger`` (offline) and ``sinks={"wandb": {"run": "current"}}`` inline: the evaluations
     go into the logger's run against ``Evaluation/step``, Lightning's rows are all kept, the run is not finished by
     bestckpt (read back from the offline run file with wandb's own protobuf records)."""
-    wandb = pytest.importorskip("wandb")
+    import wandb
     from lightning.pytorch.loggers import WandbLogger
-    from wandb_offline import CLEARED, offline_env, read_offline_runs
+    from wandb_offline import read_offline_runs
 
     from bestckpt.sinks.tensorboard import TAGS
     from bestckpt.sinks.wandb import BEST_KEY, STEP_METRIC
 
-    root = tmp_path / "wandb_root"
-    for key in CLEARED:
-        monkeypatch.delenv(key, raising=False)
-    for key, value in offline_env(root).items():
-        monkeypatch.setenv(key, value)
     protocol = make_protocol(tmp_path, num_samples=4)
     ckpt_dir = tmp_path / "run" / "checkpoints"
-    logger = WandbLogger(project="t2i", save_dir=str(root), offline=True)
+    logger = WandbLogger(project="t2i", save_dir=str(offline), offline=True)
     cb = BestCheckpointCallback(protocol, make_sampler(), mode="inline", scorer_spec="pipeline_kit:make_kit_scorer",
                                 schedule=EvalSchedule(1), save_top_k=1, keep_every_n_steps=0,
                                 sinks={"wandb": {"run": "current"}})
@@ -241,7 +236,7 @@ def test_wandb_sink_shares_the_wandb_logger_run(tmp_path: Path, monkeypatch: pyt
     tracker = BestCheckpointTracker.open(ckpt_dir)
     evaluated = {r.step: r for r in tracker.records if r.status == "evaluated"}
     assert sorted(evaluated) == [5, 10, 15]
-    (run,) = read_offline_runs(root)
+    (run,) = read_offline_runs(offline)
     rows = {int(r[STEP_METRIC]): r for r in run.rows_with(STEP_METRIC)}
     assert set(rows) == set(evaluated)
     for step, record in evaluated.items():
