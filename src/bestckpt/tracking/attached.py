@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from bestckpt import errors
-from bestckpt.tracking.state import Record, TrackerState
+from bestckpt.tracking.state import RESULTS_KEY, TrackerState
 from bestckpt.tracking.values import check_info
 
 __all__ = ["RESULTS", "annotate", "result_scalars", "results_of"]
 
 #: ``info`` key of the attached results
-RESULTS = "results"
+RESULTS = RESULTS_KEY
 
 
 def annotate(st: TrackerState, step: int, name: str, value: Any) -> None:
@@ -38,14 +38,10 @@ def annotate(st: TrackerState, step: int, name: str, value: Any) -> None:
     st.put(dataclasses.replace(rec, info=info))
 
 
-def results_of(records: Iterable[Record]) -> dict[str, dict[str, Any]]:
-    """``{str(step): {name: value}}`` of the records that carry results (the summary's ``results``)."""
-    out = {}
-    for rec in records:
-        found = rec.info.get(RESULTS)
-        if isinstance(found, dict) and found:
-            out[str(rec.step)] = dict(found)
-    return out
+def results_of(st: TrackerState) -> dict[str, dict[str, Any]]:
+    """``{str(step): {name: value}}`` of the records that carry results (the summary's ``results``). Read from the
+    state's index of such records: the summary is built at every write, and a long run has thousands of records."""
+    return {str(step): dict(st.records[step].info[RESULTS]) for step in sorted(st.annotated)}
 
 
 def result_scalars(results: Mapping[str, Mapping[str, Any]] | None) -> list[tuple[int, str, float]]:

@@ -114,5 +114,5 @@ def summary_of(st: TrackerState, rank: Ranking, config: TrackerConfig, limit: in
         "failed": [{"step": s, "error": records[s].error} for s in rank.failed_steps()],
         "records_total": len(records),
         "on_disk": len(st.live_steps),
-        "results": attached.results_of(records.values()),
+        "results": attached.results_of(st),
     }

@@ -145,6 +145,15 @@ def _file_id(value: Any) -> tuple[int, int] | None:
     return None
 
 
+#: ``info`` key of the results attached to a record after scoring (:mod:`~bestckpt.tracking.attached`)
+RESULTS_KEY = "results"
+
+
+def _annotated(record: Record) -> bool:
+    value = record.info.get(RESULTS_KEY)
+    return isinstance(value, dict) and bool(value)
+
+
 class TrackerState:
     """The records of one checkpoint directory and the state header fields, as last read or written.
 
@@ -163,6 +172,7 @@ class TrackerState:
         self.version = 0  # bumped at every change
         self.generation = 0  # bumped when the whole record set is replaced
         self.touched: set[int] = set()  # steps put since the last take_touched() (incremental ranking)
+        self.annotated: set[int] = set()  # steps whose record carries attached results (the summary's "results")
         self.force_full = False  # the next write must be a full snapshot
         self.unreadable: list[Any] = []  # stored entries we could not parse: kept, written back
         self.intents: list[dict[str, Any]] = []  # deletions decided, maybe not yet done
@@ -187,6 +197,7 @@ class TrackerState:
         if dirty:
             self.dirty.add(record.step)
         self.touched.add(record.step)
+        (self.annotated.add if _annotated(record) else self.annotated.discard)(record.step)
         self.version += 1
         key = (record.seq, record.step)
         if self.newest is None or key > self.newest:
@@ -196,6 +207,7 @@ class TrackerState:
     def set_records(self, records: dict[int, Record]) -> None:
         self.records = records
         self.live_steps = {s for s, r in records.items() if not r.pruned and s not in self.refused}
+        self.annotated = {s for s, r in records.items() if _annotated(r)}
         self.newest = max(((r.seq, s) for s, r in records.items()), default=None)
         self.next_seq = 1 + (self.newest[0] if self.newest else 0)
         self.live_paths = {records[s].path: s for s in sorted(self.live_steps)}
